@@ -1,0 +1,389 @@
+"""The delay engine: applies commands to the jobs table and forwards what is due.
+
+Two callers, one worker, one thread:
+
+- the ingest agent calls :meth:`Engine.schedule`, :meth:`Engine.cancel` and
+  :meth:`Engine.remove_fired` while it iterates its stream; these are the only table writes,
+  so every write happens inside an event and goes to that event's partition;
+- the firing loop (``app/timers.py``) calls :meth:`Engine.fire_due` with the clock, then sleeps
+  until :meth:`Engine.next_wake_ms` or until the agent schedules something earlier.
+
+Firing a partition (dramatiq's order: forward first, acknowledge second):
+
+1. Scan the partition's due keys from its watermark up to ``now``; skip jobs already in flight.
+2. Send every due job to its target topic, then await all the broker acknowledgements.
+3. For each acknowledged job, append ``(due key, version)`` to a *fired* record sent to the same
+   partition of the fired topic; keep the job in flight (skipped by later scans) meanwhile.
+4. The agent consumes the fired record and deletes the job, unless it was replaced or cancelled
+   since (its version differs). Only then is the job gone from the table and its changelog.
+
+A crash between 2 and 4 forwards the job again (same ``delayq-job-id``): at-least-once, never
+lost. Removal through the fired topic means only the partition's current owner ever writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.jobs import Job, decode_job, encode_fired, encode_job, job_version
+from app.times import now_ms
+from tables.keys import (
+    DUE_END,
+    decode_due_ms,
+    due_key,
+    due_prefix,
+    encode_due_ms,
+    id_key,
+    split_due_key,
+)
+from tables.store import PartitionStore
+
+__all__ = ["Engine", "EngineConfig", "Producer", "Stats"]
+
+log = logging.getLogger(__name__)
+
+
+class Producer(Protocol):
+    """Faust's producer: ``send`` enqueues and returns the future of the broker's ack."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+    ) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """The settings the engine uses (see ``app.settings.Settings``)."""
+
+    fired_topic: str
+    dead_letter_topic: str
+    fire_batch_max: int = 2_000
+    forward_timeout_s: float = 10.0
+    forward_attempts: int = 5
+    forward_retry_backoff_ms: int = 500
+    ack_timeout_ms: int = 30_000
+    #: The loop wakes at least this often even with nothing due (a safety net, not the clock).
+    max_idle_ms: int = 10_000
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters since the worker started; lateness of the most recent forwards."""
+
+    scheduled: int = 0
+    replaced: int = 0
+    cancelled: int = 0
+    cancel_unknown: int = 0
+    fired: int = 0
+    removed: int = 0
+    forward_failures: int = 0
+    dead_lettered: int = 0
+    lateness_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
+
+
+@dataclass(slots=True)
+class _PartitionState:
+    #: No live due key lies below this due time (lets scans seek past tombstones).
+    watermark_ms: int = 0
+    #: due key -> (version, forward again after this ms): forwarded, removal not yet seen.
+    in_flight: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    #: due key -> not before this ms: a failed forward waiting for its retry.
+    retry_at: dict[bytes, int] = field(default_factory=dict)
+    attempts: dict[bytes, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Forward:
+    partition: int
+    due_key: bytes
+    job: Job
+    ack: Awaitable[Any] | None = None
+    error: BaseException | None = None
+
+
+class Engine:
+    """Table mutations for the agent, and the firing pass for the loop."""
+
+    def __init__(self, store: PartitionStore, producer: Producer, config: EngineConfig) -> None:
+        self.store = store
+        self.producer = producer
+        self.config = config
+        self.stats = Stats()
+        self._parts: dict[int, _PartitionState] = {}
+        self._generation: int | None = None
+        self._wake = asyncio.Event()
+        #: When the loop plans to wake; None while a pass runs (any schedule then wakes it).
+        self._planned_wake_ms: int | None = None
+        self._next_wake_ms: int | None = None
+
+    def _state(self, partition: int) -> _PartitionState:
+        state = self._parts.get(partition)
+        if state is None:
+            state = self._parts[partition] = _PartitionState()
+        return state
+
+    # -- commands, applied by the agent inside stream iteration ---------------------------
+
+    def schedule(self, partition: int, job: Job) -> None:
+        """Store ``job``, replacing any pending job with the same id."""
+        old_index = self.store.get(partition, id_key(job.job_id))
+        new_key = due_key(job.due_ms, job.job_id)
+        if old_index is not None:
+            self.stats.replaced += 1
+            old_key = due_key(decode_due_ms(old_index), job.job_id)
+            if old_key != new_key:
+                self.store.delete(partition, old_key)
+        self.store.put(partition, new_key, encode_job(job))
+        index = encode_due_ms(job.due_ms)
+        if old_index != index:
+            self.store.put(partition, id_key(job.job_id), index)
+        state = self._state(partition)
+        state.retry_at.pop(new_key, None)
+        state.attempts.pop(new_key, None)
+        self.stats.scheduled += 1
+        self._note_due(state, job.due_ms)
+
+    def cancel(self, partition: int, job_id: bytes) -> bool:
+        """Remove the pending job ``job_id``; False if there is none."""
+        index = self.store.get(partition, id_key(job_id))
+        if index is None:
+            self.stats.cancel_unknown += 1
+            return False
+        self.store.delete(partition, due_key(decode_due_ms(index), job_id))
+        self.store.delete(partition, id_key(job_id))
+        self.stats.cancelled += 1
+        return True
+
+    def get(self, partition: int, job_id: bytes) -> Job | None:
+        """The pending job ``job_id`` in ``partition``, or None."""
+        index = self.store.get(partition, id_key(job_id))
+        if index is None:
+            return None
+        raw = self.store.get(partition, due_key(decode_due_ms(index), job_id))
+        return None if raw is None else decode_job(raw)
+
+    def remove_fired(self, partition: int, entries: Sequence[tuple[bytes, int]]) -> None:
+        """Delete forwarded jobs, each only if still the version that was forwarded."""
+        state = self._state(partition)
+        for key, version in entries:
+            flight = state.in_flight.get(key)
+            if flight is not None and flight[0] == version:
+                del state.in_flight[key]
+            raw = self.store.get(partition, key)
+            if raw is None or job_version(raw) != version:
+                continue  # cancelled or replaced after it was forwarded
+            due_ms, job_id = split_due_key(key)
+            self.store.delete(partition, key)
+            if self.store.get(partition, id_key(job_id)) == encode_due_ms(due_ms):
+                self.store.delete(partition, id_key(job_id))
+            self.stats.removed += 1
+
+    def _note_due(self, state: _PartitionState, due_ms: int) -> None:
+        if due_ms < state.watermark_ms:
+            state.watermark_ms = due_ms
+        planned = self._planned_wake_ms
+        if planned is None or due_ms < planned:
+            self._wake.set()
+
+    # -- assignment --------------------------------------------------------------------
+
+    def sync_assignment(self, generation: int, active: Collection[int]) -> None:
+        """Forget revoked partitions; after any rebalance rescan the rest from the start.
+
+        A rebalance may have restored changelog records into a partition without the agent
+        seeing them, so watermarks are reset. In-flight marks are kept: they expire on their
+        own, and keeping them avoids forwarding twice what is merely waiting for removal.
+        """
+        for partition in list(self._parts):
+            if partition not in active:
+                del self._parts[partition]
+        if generation != self._generation:
+            self._generation = generation
+            for state in self._parts.values():
+                state.watermark_ms = 0
+
+    # -- firing --------------------------------------------------------------------------
+
+    async def fire_due(self, now: int, active: Sequence[int]) -> int:
+        """Forward every job due at ``now`` in the ``active`` partitions; return the next wake.
+
+        The return value is the epoch ms at which something may next be due (``now`` when a
+        batch was full and more is due already).
+        """
+        self._planned_wake_ms = None
+        self._wake.clear()
+        wake = now + self.config.max_idle_ms
+        forwards: list[_Forward] = []
+        for partition in active:
+            batch, partition_wake = self._collect_due(partition, now)
+            forwards.extend(batch)
+            wake = min(wake, partition_wake)
+        if forwards:
+            await self._forward(forwards, now)
+        self._next_wake_ms = wake
+        return wake
+
+    def _collect_due(self, partition: int, now: int) -> tuple[list[_Forward], int]:
+        """Due jobs of one partition (earliest first) and when it next needs a look."""
+        state = self._state(partition)
+        batch: list[_Forward] = []
+        wake = now + self.config.max_idle_ms
+        first_due: int | None = None
+        scan = self.store.scan(partition, due_prefix(state.watermark_ms), DUE_END)
+        try:
+            for key, raw in scan:
+                due_ms = decode_due_ms(key[1:9])
+                if first_due is None:
+                    first_due = due_ms
+                if due_ms > now:
+                    wake = min(wake, due_ms)
+                    break
+                flight = state.in_flight.get(key)
+                if flight is not None and flight[1] > now:
+                    wake = min(wake, flight[1])
+                    continue
+                retry = state.retry_at.get(key)
+                if retry is not None and retry > now:
+                    wake = min(wake, retry)
+                    continue
+                batch.append(_Forward(partition, key, decode_job(raw)))
+                if len(batch) >= self.config.fire_batch_max:
+                    wake = now
+                    break
+        finally:
+            scan.close()
+        state.watermark_ms = now if first_due is None else first_due
+        return batch, wake
+
+    async def _forward(self, forwards: list[_Forward], now: int) -> None:
+        expires = now + self.config.ack_timeout_ms
+        for fwd in forwards:
+            self._state(fwd.partition).in_flight[fwd.due_key] = (fwd.job.version, expires)
+            try:
+                fwd.ack = await asyncio.wait_for(
+                    self.producer.send(
+                        fwd.job.target,
+                        fwd.job.forward_key,
+                        fwd.job.value,
+                        None,
+                        None,
+                        fwd.job.forward_headers(),
+                    ),
+                    self.config.forward_timeout_s,
+                )
+            except Exception as exc:
+                fwd.error = exc
+        await self._await_acks(forwards)
+        fired: dict[int, list[tuple[bytes, int]]] = {}
+        for fwd in forwards:
+            if fwd.error is None:
+                self.stats.fired += 1
+                self.stats.lateness_ms.append(now - fwd.job.due_ms)
+                fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
+            elif await self._give_up(fwd, now):
+                fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
+        for partition, entries in fired.items():
+            await self._send_fired(partition, entries)
+
+    async def _await_acks(self, forwards: list[_Forward]) -> None:
+        pending = [fwd for fwd in forwards if fwd.ack is not None]
+        results = await asyncio.gather(
+            *(
+                asyncio.wait_for(asyncio.shield(_as_future(f.ack)), self.config.forward_timeout_s)
+                for f in pending
+            ),
+            return_exceptions=True,
+        )
+        for fwd, result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                fwd.error = result
+
+    async def _give_up(self, fwd: _Forward, now: int) -> bool:
+        """Handle a failed forward: schedule a retry, or dead-letter it. True when done."""
+        state = self._state(fwd.partition)
+        state.in_flight.pop(fwd.due_key, None)
+        self.stats.forward_failures += 1
+        attempts = state.attempts.get(fwd.due_key, 0) + 1
+        reason = f"forward to {fwd.job.target!r} failed: {fwd.error!r}"
+        if attempts < self.config.forward_attempts:
+            state.attempts[fwd.due_key] = attempts
+            backoff = self.config.forward_retry_backoff_ms * 2 ** (attempts - 1)
+            state.retry_at[fwd.due_key] = now + backoff
+            log.warning("%s (attempt %d, retry in %d ms)", reason, attempts, backoff)
+            return False
+        try:
+            await self.dead_letter(fwd.job.job_id, fwd.job.value, fwd.job.contract_headers(),
+                                   f"{reason} after {attempts} attempts")
+        except Exception as exc:  # the dead-letter topic failed too: keep the job, retry later
+            log.error("dead-lettering job %r failed: %r", fwd.job.job_id, exc)
+            state.retry_at[fwd.due_key] = now + self.config.forward_retry_backoff_ms
+            return False
+        state.attempts.pop(fwd.due_key, None)
+        state.retry_at.pop(fwd.due_key, None)
+        return True
+
+    async def dead_letter(
+        self, key: bytes | None, value: bytes | None, headers: list[Any], reason: str
+    ) -> None:
+        """Write a record to the dead-letter topic with ``delayq-error`` and await the ack."""
+        from app.names import HEADER_ERROR
+
+        ack = await self.producer.send(
+            self.config.dead_letter_topic,
+            key,
+            value,
+            None,
+            None,
+            [*headers, (HEADER_ERROR, reason.encode())],
+        )
+        await asyncio.wait_for(_as_future(ack), self.config.forward_timeout_s)
+        self.stats.dead_lettered += 1
+
+    async def _send_fired(self, partition: int, entries: list[tuple[bytes, int]]) -> None:
+        ack = await self.producer.send(
+            self.config.fired_topic, None, encode_fired(entries), partition, None, None
+        )
+        state = self._state(partition)
+
+        def forget_on_failure(fut: asyncio.Future[Any]) -> None:
+            # The removal record was lost: let the jobs be forwarded again rather than linger.
+            if fut.cancelled() or fut.exception() is not None:
+                for key, _version in entries:
+                    state.in_flight.pop(key, None)
+
+        _as_future(ack).add_done_callback(forget_on_failure)
+
+    # -- the loop's sleep --------------------------------------------------------------------
+
+    async def sleep_until(self, wake_ms: int) -> None:
+        """Sleep until ``wake_ms`` or until the agent schedules a job due earlier."""
+        self._planned_wake_ms = wake_ms
+        if self._wake.is_set():
+            return
+        delay = (wake_ms - now_ms()) / 1000
+        if delay <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except TimeoutError:
+            pass
+
+    @property
+    def next_wake_ms(self) -> int | None:
+        """When the last pass planned to look again."""
+        return self._next_wake_ms
+
+
+def _as_future(awaitable: Awaitable[Any]) -> asyncio.Future[Any]:
+    return asyncio.ensure_future(awaitable)

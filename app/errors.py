@@ -1,0 +1,25 @@
+"""All delayq exceptions, one tree."""
+
+from __future__ import annotations
+
+__all__ = ["DelayqError", "ForwardFailed", "InvalidRecord", "SettingsError"]
+
+
+class DelayqError(Exception):
+    """Base class of every delayq error."""
+
+
+class SettingsError(DelayqError):
+    """A setting from the environment is missing or invalid."""
+
+
+class InvalidRecord(DelayqError):
+    """An ingest record breaks the wire contract; it goes to the dead-letter topic."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ForwardFailed(DelayqError):
+    """A due job could not be written to its target topic."""

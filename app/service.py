@@ -1,0 +1,70 @@
+"""The Faust app, configured from :class:`app.settings.Settings`.
+
+Imported by ``faust -A app worker``; a bad setting stops it here with a one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import faust
+
+from app import tansu_compat
+from app.errors import SettingsError
+from app.settings import Settings, load_settings
+
+__all__ = ["app", "embedded", "settings"]
+
+log = logging.getLogger(__name__)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"delayq: invalid settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _is_embedded(settings: Settings) -> bool:
+    if settings.broker_kind == "auto":
+        return tansu_compat.is_tansu(settings.bootstrap_servers)
+    return settings.broker_kind == "embedded"
+
+
+settings = _settings()
+#: True when talking to the embedded Tansu broker: only then do its workarounds apply.
+embedded = _is_embedded(settings)
+if embedded:
+    tansu_compat.install()
+
+# Real clusters: Kafka's group.min.session.timeout.ms is 6 s, so 10 s / 3 s are safe defaults.
+_session_timeout = settings.session_timeout_s or (
+    tansu_compat.SESSION_TIMEOUT_S if embedded else 10.0
+)
+_heartbeat = settings.heartbeat_interval_s or (
+    tansu_compat.HEARTBEAT_INTERVAL_S if embedded else 3.0
+)
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.broker_url,
+    store="rocksdb://",
+    datadir=str(settings.data_dir),
+    autodiscover=False,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    table_standby_replicas=settings.standby_replicas,
+    processing_guarantee="at_least_once",
+    producer_acks=-1,
+    producer_request_timeout=max(30.0, settings.forward_timeout_s * 3),
+    broker_session_timeout=_session_timeout,
+    broker_heartbeat_interval=_heartbeat,
+    broker_rebalance_timeout=max(60.0, _session_timeout * 3),
+    consumer_auto_offset_reset="earliest",
+    web_host=settings.web_host,
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    web_tables_enabled=False,
+)

@@ -1,0 +1,132 @@
+"""Settings: one pydantic class read from ``DELAYQ_*`` environment variables, validated at start.
+
+A bad value stops the worker before it connects, with one line per offending variable.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app import names
+from app.errors import SettingsError
+
+__all__ = ["Settings", "load_settings", "valid_topic_name"]
+
+_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+
+
+def valid_topic_name(name: str) -> bool:
+    """Whether Kafka accepts ``name`` as a topic name."""
+    return bool(_TOPIC_NAME.match(name)) and name not in {".", ".."}
+
+
+class Settings(BaseSettings):
+    """Everything a worker can be told, from ``DELAYQ_<NAME>`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="DELAYQ_", frozen=True, extra="ignore")
+
+    broker_url: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers, e.g. kafka://k1:9092;k2:9092. "
+        "The default is the embedded broker started by `make run`.",
+    )
+    broker_kind: Literal["auto", "kafka", "embedded"] = Field(
+        "auto",
+        description="auto: ask the broker whether it is the embedded Tansu broker; "
+        "its workarounds (app/tansu_compat.py) apply only then.",
+    )
+    app_id: str = Field("delayq", description="Consumer group id and prefix of internal topics.")
+    ingest_topic: str = names.DEFAULT_INGEST_TOPIC
+    dead_letter_topic: str = names.DEFAULT_DEAD_LETTER_TOPIC
+    fired_topic: str = names.DEFAULT_FIRED_TOPIC
+    partitions: int = Field(
+        8, ge=1, le=10_000, description="Partitions of the ingest topic: caps the worker count."
+    )
+    replication_factor: int = Field(1, ge=1, le=32)
+    standby_replicas: int = Field(1, ge=0, le=8)
+    data_dir: Path = Field(Path("data"), description="Where RocksDB keeps the tables.")
+    web_host: str = Field("127.0.0.1", description="HTTP binds here (loopback by default).")
+    web_port: int = Field(6066, ge=1, le=65_535)
+    session_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Consumer group session timeout. Default: 2 s on the embedded broker "
+        "(it holds joins for half of it), 10 s on a real cluster.",
+    )
+    heartbeat_interval_s: float | None = Field(
+        None, gt=0, description="Default: 0.5 s embedded, 3 s on a real cluster."
+    )
+    fire_batch_max: int = Field(
+        2_000, ge=1, le=100_000, description="Most jobs forwarded per partition per pass."
+    )
+    forward_timeout_s: float = Field(
+        10.0, gt=0, description="How long one forward may wait for the broker before it fails."
+    )
+    forward_attempts: int = Field(
+        5, ge=1, le=100, description="Failed forwards of a job before it is dead-lettered."
+    )
+    forward_retry_backoff_ms: int = Field(
+        500, ge=1, description="First retry delay of a failed forward; doubles per attempt."
+    )
+    ack_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A forwarded job whose removal was not seen within this is forwarded again.",
+    )
+
+    @field_validator("ingest_topic", "dead_letter_topic", "fired_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not valid_topic_name(value):
+            raise ValueError("not a valid Kafka topic name ([a-zA-Z0-9._-], 1-249 chars)")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> Settings:
+        topics = [self.ingest_topic, self.dead_letter_topic, self.fired_topic]
+        if len(set(topics)) != len(topics):
+            raise ValueError("ingest, dead-letter and fired topics must be distinct")
+        if self.session_timeout_s and self.heartbeat_interval_s:
+            if self.heartbeat_interval_s >= self.session_timeout_s:
+                raise ValueError("heartbeat_interval_s must be below session_timeout_s")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``broker_url`` as a plain ``host:port,...`` list for Kafka clients."""
+        servers = [s.split("://", 1)[-1] for s in re.split(r"[;,]", self.broker_url)]
+        return ",".join(s.strip() for s in servers if s.strip())
+
+    @property
+    def changelog_topic(self) -> str:
+        """The changelog topic of the jobs table (named by Faust)."""
+        return f"{self.app_id}-{names.JOBS_TABLE}-changelog"
+
+    def internal_topics(self) -> frozenset[str]:
+        """Topics a job may not target: forwarding there would corrupt delayq itself."""
+        return frozenset({self.ingest_topic, self.fired_topic, self.changelog_topic})
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or :class:`SettingsError` naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            env = f"DELAYQ_{field.upper()}" if error["loc"] else "settings"
+            lines.append(f"{env}: {error['msg']}")
+        raise SettingsError("; ".join(lines)) from None

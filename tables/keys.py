@@ -1,0 +1,66 @@
+"""Key encoding of the jobs table: byte order is due-time order.
+
+One RocksDB database per partition holds two key spaces:
+
+- ``b"D" + be64(due_ms) + job_id`` -> the encoded job (``app.jobs.encode_job``): the due index.
+  Big-endian unsigned due times sort bytewise in time order, so a scan from
+  ``due_prefix(t0)`` up to ``due_prefix(now + 1)`` yields exactly the due jobs, earliest first.
+- ``b"I" + job_id`` -> ``be64(due_ms)``: the id index, so replace and cancel need no scan.
+
+Faust's own offset key (``b"__faust\\0offset__"``) sorts after both spaces.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "DUE_END",
+    "DUE_PREFIX",
+    "ID_PREFIX",
+    "decode_due_ms",
+    "due_key",
+    "due_prefix",
+    "encode_due_ms",
+    "id_key",
+    "split_due_key",
+]
+
+DUE_PREFIX = b"D"
+#: First key after the due key space: the exclusive upper bound of a full due scan.
+DUE_END = b"E"
+ID_PREFIX = b"I"
+
+_U64 = struct.Struct(">Q")
+
+
+def encode_due_ms(due_ms: int) -> bytes:
+    """``due_ms`` as 8 big-endian bytes."""
+    return _U64.pack(due_ms)
+
+
+def decode_due_ms(raw: bytes) -> int:
+    """Inverse of :func:`encode_due_ms`."""
+    value: int = _U64.unpack(raw)[0]
+    return value
+
+
+def due_prefix(due_ms: int) -> bytes:
+    """The smallest due key with this due time: where a scan for ``>= due_ms`` seeks."""
+    return DUE_PREFIX + _U64.pack(due_ms)
+
+
+def due_key(due_ms: int, job_id: bytes) -> bytes:
+    """The due-index key of a job."""
+    return DUE_PREFIX + _U64.pack(due_ms) + job_id
+
+
+def split_due_key(key: bytes) -> tuple[int, bytes]:
+    """``(due_ms, job_id)`` of a due-index key."""
+    value: int = _U64.unpack_from(key, 1)[0]
+    return value, key[9:]
+
+
+def id_key(job_id: bytes) -> bytes:
+    """The id-index key of a job."""
+    return ID_PREFIX + job_id
