@@ -1,8 +1,23 @@
-"""delayq: a durable delay queue for Apache Kafka (``faust -A app worker``)."""
+"""delayq: a durable delay queue for Apache Kafka (``faust -A app worker``).
 
-from app.service import app
+The Faust app is loaded on first access of ``app.app``, so that light modules (the client, the
+CLI, the embedded broker) import without Faust and without reading worker settings.
+"""
 
-# Register the Faust primitives on the app (one module each).
-from app import agents, timers  # noqa: E402, F401  isort: skip
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name != "app":
+        raise AttributeError(f"module 'app' has no attribute {name!r}")
+    from app.service import app as faust_app
+
+    # Register the Faust primitives on the app: one module each.
+    from app import agents, timers, views  # noqa: F401
+
+    globals()["app"] = faust_app
+    return faust_app

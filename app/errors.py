@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DelayqError", "ForwardFailed", "InvalidRecord", "SettingsError"]
+__all__ = ["BrokerUnavailable", "DelayqError", "ForwardFailed", "InvalidRecord", "SettingsError"]
 
 
 class DelayqError(Exception):
@@ -23,3 +23,7 @@ class InvalidRecord(DelayqError):
 
 class ForwardFailed(DelayqError):
     """A due job could not be written to its target topic."""
+
+
+class BrokerUnavailable(DelayqError):
+    """The Kafka broker could not be reached, or did not acknowledge in time."""

@@ -41,6 +41,7 @@ engine = Engine(
         forward_attempts=settings.forward_attempts,
         forward_retry_backoff_ms=settings.forward_retry_backoff_ms,
         ack_timeout_ms=int(settings.ack_timeout_s * 1000),
+        max_forward_bytes=settings.max_forward_bytes,
     ),
 )
 

@@ -58,6 +58,8 @@ app = faust.App(
     table_standby_replicas=settings.standby_replicas,
     processing_guarantee="at_least_once",
     producer_acks=-1,
+    # Room for a dead letter of the largest forward plus delayq's headers.
+    producer_max_request_size=settings.max_forward_bytes * 2 + 65_536,
     producer_request_timeout=max(30.0, settings.forward_timeout_s * 3),
     broker_session_timeout=_session_timeout,
     broker_heartbeat_interval=_heartbeat,

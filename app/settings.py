@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     forward_retry_backoff_ms: int = Field(
         500, ge=1, description="First retry delay of a failed forward; doubles per attempt."
     )
+    max_forward_bytes: int = Field(
+        1_000_000,
+        ge=1_024,
+        description="Jobs whose forwarded record would be larger go to the dead-letter topic "
+        "at once (set it to the target topics' max.message.bytes).",
+    )
     ack_timeout_s: float = Field(
         30.0,
         gt=0,

@@ -23,8 +23,11 @@ Patching there keeps aiokafka's leader routing, retries (retriable errors raised
 retried by ``_retrieve_offsets``) and ``request_timeout_ms``; EARLIEST and by-timestamp lookups
 are untouched. Also corrected as a side effect: ``seek_to_end()`` and ``auto_offset_reset=latest``.
 
-Quirk 4 (no InitProducerId v0, hence no idempotence / exactly_once for aiokafka) has no
-workaround: use ``processing_guarantee='at_least_once'``.
+No workaround: quirk 3 (compaction never runs: recovery replays every changelog write) and
+quirk 4 (no InitProducerId v0, so no idempotence / exactly_once for aiokafka: use at_least_once).
+
+Detection: Metadata's cluster_id is Tansu's default ``tansu_cluster``. A Tansu started with another
+``--cluster-id`` is not recognised (treated as a real Kafka): force the embedded mode instead.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ import threading
 from collections import defaultdict
 from typing import Any
 
-#: Tansu's default ``--cluster-id`` (``app.embedded`` starts it with this id). A real Kafka cluster
-#: id is a random 22-character base64 UUID, so this never matches a real cluster.
+#: Tansu's default ``--cluster-id``, which app.embedded passes explicitly. A real Kafka cluster id
+#: is a random 22-character base64 UUID, so it never matches a real cluster.
 TANSU_CLUSTER_ID = "tansu_cluster"
 
 # Quirk 1: Tansu holds every JoinGroup reply for session_timeout / 2.
@@ -50,8 +53,9 @@ _PATCH_MARK = "_delayq_tansu_compat"
 
 
 def _address(server: str) -> tuple[str, int]:
-    host, _, port = server.strip().removeprefix("kafka://").rpartition(":")
-    return (host or "localhost"), int(port or 9092)
+    server = server.strip().removeprefix("kafka://")
+    host, sep, port = server.rpartition(":")
+    return (host, int(port)) if sep else (server, 9092)
 
 
 async def _first_cluster_id(bootstrap_servers: str, timeout: float) -> str | None:

@@ -1,0 +1,607 @@
+"""The Python client: schedule and cancel delayed Kafka records from any Python service.
+
+It only writes ingest records (README, "Wire contract") with aiokafka; it needs no worker code,
+and imports nothing of delayq but ``app.names``, ``app.durations``, ``app.times``, ``app.errors``
+(and ``app.settings``, lazily, for the ``DELAYQ_*`` defaults when an argument is omitted)::
+
+    async with AsyncDelayQueue(bootstrap_servers="k1:9092") as queue:
+        job = await queue.schedule(b"remind", target="reminders", delay="30m", key=b"user-7")
+        await queue.cancel(job.job_id)
+
+    with DelayQueue() as queue:  # plain scripts: an event loop runs in a background thread
+        queue.delay(b"ping", "90s", target="pings")  # go-zero's Delay(body, d)
+        queue.at(b"report", "2030-05-01T12:00:00Z", target="reports")  # go-zero's At(body, t)
+
+Every call returns once the broker has acknowledged the record (acks=all): the command is then
+durable. Arguments are validated before anything is sent (``ValueError`` naming the argument). A
+broker that cannot be reached, or does not answer within ``request_timeout`` seconds, raises
+:class:`~app.errors.BrokerUnavailable`; the command may or may not have been written then, and
+sending it again is safe when the job id is known (a schedule with the same id replaces the job,
+a second cancel does nothing), so pass ``job_id=`` to make retries exact.
+
+Cancel relies on Kafka's default key partitioner (murmur2, as in the Java client), which puts a
+cancel in the same ingest partition as the schedule with the same job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+import uuid
+import weakref
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    UnknownTopicOrPartitionError,
+)
+
+from app import names
+from app.durations import Duration, Moment, parse_duration_ms, parse_time_ms
+from app.errors import BrokerUnavailable, DelayqError
+from app.times import MAX_DUE_MS, now_ms
+
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "MAX_JOB_ID_BYTES",
+    "AsyncDelayQueue",
+    "Data",
+    "DelayQueue",
+    "Headers",
+    "ScheduledJob",
+]
+
+#: How long connecting, and each command, may wait for the broker.
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+#: Longest job id the worker accepts (``app.commands.MAX_JOB_ID_BYTES``; not imported from there
+#: because that module pulls in the worker's).
+MAX_JOB_ID_BYTES = 1024
+
+#: A key, value or header value: ``str`` is sent UTF-8 encoded.
+Data = bytes | bytearray | memoryview | str
+#: Headers of the forwarded record: a mapping, or ``(name, value)`` pairs (names may repeat).
+Headers = Mapping[str, Data] | Iterable[tuple[str, Data]]
+
+_T = TypeVar("_T")
+#: Kafka's topic name rule, as ``app.settings.valid_topic_name`` (not imported: pydantic).
+_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+_LOG_APPEND_TIME = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Extra time a sync call waits for its event loop beyond the bounds the async calls keep.
+_SYNC_GRACE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledJob:
+    """A job the broker has acknowledged: its id, and when the worker will forward it."""
+
+    job_id: str
+    due_ms: int
+
+    @property
+    def due_at(self) -> datetime:
+        """The due time as an aware UTC datetime."""
+        return _EPOCH + timedelta(milliseconds=self.due_ms)
+
+
+# --- validation (everything here runs before a connection is made) ----------------------------
+
+
+def _valid_topic_name(name: str) -> bool:
+    return bool(_TOPIC_NAME.match(name)) and name not in {".", ".."}
+
+
+def _topic(name: object, argument: str) -> str:
+    if not isinstance(name, str) or not _valid_topic_name(name):
+        raise ValueError(
+            f"{argument}: {name!r} is not a valid Kafka topic name "
+            "(1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')"
+        )
+    return name
+
+
+def _data(value: object, argument: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{argument}: not encodable as UTF-8 ({exc.reason})") from None
+    raise ValueError(f"{argument}: expected bytes or str, not {type(value).__name__}")
+
+
+def _job_id(job_id: object) -> bytes:
+    if not isinstance(job_id, str):
+        raise ValueError(f"job_id: expected a str, not {type(job_id).__name__}")
+    encoded = _data(job_id, "job_id")
+    if not encoded:
+        raise ValueError("job_id: must not be empty")
+    if len(encoded) > MAX_JOB_ID_BYTES:
+        raise ValueError(f"job_id: longer than {MAX_JOB_ID_BYTES} bytes (UTF-8)")
+    return encoded
+
+
+def _headers(headers: Headers | None) -> list[tuple[str, bytes]]:
+    if headers is None:
+        return []
+    if isinstance(headers, str | bytes):
+        raise ValueError("headers: expected a mapping or (name, value) pairs")
+    pairs: Iterable[Any] = headers.items() if isinstance(headers, Mapping) else headers
+    out: list[tuple[str, bytes]] = []
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"headers: expected (name, value) pairs, got {pair!r}")
+        name, value = pair
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"headers: a header name must be a non-empty str, got {name!r}")
+        if name.startswith(names.HEADER_PREFIX):
+            raise ValueError(
+                f"headers: {name!r}: the {names.HEADER_PREFIX!r} prefix is reserved for delayq "
+                "(use the target, delay, at and key arguments)"
+            )
+        out.append((name, _data(value, f"headers[{name!r}]")))
+    return out
+
+
+def _when(delay: Duration | None, at: Moment | None) -> tuple[int | None, int | None]:
+    """``(delay_ms, due_ms)``: exactly one of them is set."""
+    if (delay is None) == (at is None):
+        got = "both" if delay is not None else "neither"
+        raise ValueError(f"give exactly one of delay= or at= (got {got})")
+    if delay is not None:
+        try:
+            return parse_duration_ms(delay), None
+        except ValueError as exc:
+            raise ValueError(f"delay: {exc}") from None
+    assert at is not None
+    try:
+        return None, parse_time_ms(at)
+    except ValueError as exc:
+        raise ValueError(f"at: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Schedule:
+    """A validated schedule command, ready to be written."""
+
+    job_id: str
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    delay_ms: int | None
+    due_ms: int | None
+
+
+def _schedule(
+    ingest_topic: str,
+    value: Data | None,
+    target: str,
+    delay: Duration | None,
+    at: Moment | None,
+    key: Data | None,
+    job_id: str | None,
+    headers: Headers | None,
+) -> _Schedule:
+    if _topic(target, "target") == ingest_topic:
+        raise ValueError(f"target: {target!r} is the ingest topic of delayq itself")
+    job = uuid.uuid4().hex if job_id is None else job_id
+    _job_id(job)
+    delay_ms, due_ms = _when(delay, at)
+    out = _headers(headers)
+    out.append((names.HEADER_TARGET, target.encode()))
+    if due_ms is not None:
+        out.append((names.HEADER_DUE_MS, str(due_ms).encode()))
+    else:
+        out.append((names.HEADER_DELAY_MS, str(delay_ms).encode()))
+    if key is not None:
+        out.append((names.HEADER_KEY, _data(key, "key")))
+    encoded = None if value is None else _data(value, "value")
+    return _Schedule(job, encoded, out, delay_ms, due_ms)
+
+
+def _bootstrap_list(servers: str | Iterable[str]) -> list[str]:
+    """``k1:9092,k2:9092``, ``kafka://k1:9092;k2:9092`` or a list, as ``["k1:9092", ...]``."""
+    items = re.split(r"[;,\s]+", servers) if isinstance(servers, str) else list(servers)
+    hosts = [item.strip().split("://", 1)[-1] for item in items if item and item.strip()]
+    if not hosts or not all(hosts):
+        raise ValueError(f"bootstrap_servers: no broker address in {servers!r}")
+    return hosts
+
+
+# --- the asyncio client ---------------------------------------------------------------------
+
+
+class AsyncDelayQueue:
+    """Schedules and cancels jobs by writing to delayq's ingest topic (asyncio).
+
+    ``bootstrap_servers`` and ``ingest_topic`` default to ``DELAYQ_BROKER_URL`` and
+    ``DELAYQ_INGEST_TOPIC`` (``app.settings``). ``producer_options`` go to ``AIOKafkaProducer``
+    (e.g. ``security_protocol``, ``sasl_mechanism``, ``ssl_context``). Connects on ``start()``,
+    ``async with`` or the first command; ``close()`` flushes and disconnects.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Iterable[str] | None = None,
+        ingest_topic: str | None = None,
+        *,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+        client_id: str = "delayq-client",
+        producer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if bootstrap_servers is None or ingest_topic is None:
+            from app.settings import load_settings  # only now: it needs pydantic
+
+            settings = load_settings()
+            if bootstrap_servers is None:
+                bootstrap_servers = settings.bootstrap_servers
+            if ingest_topic is None:
+                ingest_topic = settings.ingest_topic
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout: must be positive, got {request_timeout!r}")
+        self.bootstrap_servers = _bootstrap_list(bootstrap_servers)
+        self.ingest_topic = _topic(ingest_topic, "ingest_topic")
+        self.request_timeout = float(request_timeout)
+        self._client_id = client_id
+        self._options = dict(producer_options or {})
+        self._producer: Any = None
+        self._start_lock = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        servers = ",".join(self.bootstrap_servers)
+        return f"<AsyncDelayQueue {servers} ingest={self.ingest_topic!r}>"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def _where(self) -> str:
+        return f"the Kafka broker at {','.join(self.bootstrap_servers)}"
+
+    async def start(self) -> None:
+        """Connect, or :class:`BrokerUnavailable` within ``request_timeout`` seconds."""
+        await self._started()
+
+    async def _started(self) -> Any:
+        if self._closed:
+            raise RuntimeError("this delay queue is closed")
+        async with self._start_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    **{
+                        "client_id": self._client_id,
+                        # Tansu (the embedded broker) has no idempotent producers.
+                        "enable_idempotence": False,
+                        **self._options,
+                        "bootstrap_servers": self.bootstrap_servers,
+                        "acks": "all",
+                        "request_timeout_ms": int(self.request_timeout * 1000),
+                    }
+                )
+                try:
+                    await asyncio.wait_for(producer.start(), self.request_timeout)
+                except BaseException as exc:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.stop(), self.request_timeout)
+                    if isinstance(exc, TimeoutError):
+                        why = f"no answer within {self.request_timeout:g}s"
+                    elif isinstance(exc, KafkaError | OSError):
+                        why = "connection failed: is it running, is the address right?"
+                    else:
+                        raise
+                    raise BrokerUnavailable(f"cannot reach {self._where} ({why})") from exc
+                self._producer = producer
+        return self._producer
+
+    async def close(self) -> None:
+        """Flush and disconnect (waits at most ``request_timeout`` seconds). Idempotent."""
+        self._closed = True
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), self.request_timeout)
+
+    async def _produce(
+        self,
+        what: str,
+        key: bytes,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int | None = None,
+    ) -> Any:
+        producer = await self._started()
+        send = producer.send_and_wait(
+            self.ingest_topic, value, key=key, headers=headers, timestamp_ms=timestamp_ms
+        )
+        try:
+            return await asyncio.wait_for(send, self.request_timeout)
+        except UnknownTopicOrPartitionError as exc:
+            raise DelayqError(
+                f"{what}: the ingest topic {self.ingest_topic!r} does not exist on {self._where}"
+            ) from exc
+        except (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError) as exc:
+            raise self._unavailable(what, exc) from exc
+        except KafkaError as exc:
+            if exc.retriable:
+                raise self._unavailable(what, exc) from exc
+            raise DelayqError(f"{what}: refused by {self._where}: {exc!r}") from exc
+
+    def _unavailable(self, what: str, exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"{what}: no acknowledgement from {self._where} within {self.request_timeout:g}s "
+            f"({type(exc).__name__}); it may or may not have been written, and sending it "
+            "again with the same job id is safe"
+        )
+
+    async def schedule(
+        self,
+        value: Data | None,
+        *,
+        target: str,
+        delay: Duration | None = None,
+        at: Moment | None = None,
+        key: Data | None = None,
+        job_id: str | None = None,
+        headers: Headers | None = None,
+    ) -> ScheduledJob:
+        """Forward ``value`` to ``target`` after ``delay`` or at ``at`` (exactly one of them).
+
+        ``value`` None forwards a tombstone. ``key`` is the forwarded record's key (default: the
+        job id). ``job_id`` defaults to a new random id; scheduling an existing id replaces that
+        job. A ``delay`` counts from the ingest record's timestamp, which is set here, so the
+        returned due time is the one the worker computes.
+        """
+        command = _schedule(self.ingest_topic, value, target, delay, at, key, job_id, headers)
+        what = f"schedule of job {command.job_id!r}"
+        await self._started()
+        timestamp_ms = None
+        if command.delay_ms is not None:
+            timestamp_ms = now_ms()
+            if timestamp_ms + command.delay_ms > MAX_DUE_MS:
+                raise ValueError("delay: now + delay is beyond 9999-12-31T23:59:59.999Z")
+        meta = await self._produce(
+            what, command.job_id.encode(), command.value, command.headers, timestamp_ms
+        )
+        if command.due_ms is not None:
+            return ScheduledJob(command.job_id, command.due_ms)
+        assert timestamp_ms is not None and command.delay_ms is not None
+        if meta.timestamp_type == _LOG_APPEND_TIME and meta.timestamp and meta.timestamp > 0:
+            timestamp_ms = int(meta.timestamp)  # the topic overrides producer timestamps
+        return ScheduledJob(command.job_id, timestamp_ms + command.delay_ms)
+
+    async def delay(
+        self,
+        value: Data | None,
+        delay: Duration,
+        *,
+        target: str,
+        key: Data | None = None,
+        job_id: str | None = None,
+        headers: Headers | None = None,
+    ) -> ScheduledJob:
+        """Forward ``value`` to ``target`` after ``delay`` (go-zero's ``Delay(body, d)``)."""
+        return await self.schedule(
+            value, target=target, delay=delay, key=key, job_id=job_id, headers=headers
+        )
+
+    async def at(
+        self,
+        value: Data | None,
+        at: Moment,
+        *,
+        target: str,
+        key: Data | None = None,
+        job_id: str | None = None,
+        headers: Headers | None = None,
+    ) -> ScheduledJob:
+        """Forward ``value`` to ``target`` at ``at`` (go-zero's ``At(body, t)``)."""
+        return await self.schedule(
+            value, target=target, at=at, key=key, job_id=job_id, headers=headers
+        )
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel the pending job ``job_id``; nothing happens if there is none (any more)."""
+        encoded = _job_id(job_id)
+        await self._produce(f"cancel of job {job_id!r}", encoded, None, [])
+
+
+# --- the blocking client ----------------------------------------------------------------------
+
+
+class _LoopThread:
+    """An event loop running in a daemon thread, for blocking callers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="delayq-client", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError("a DelayQueue cannot be called from its own event loop")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if future.done():
+                raise  # the coroutine's own TimeoutError
+            future.cancel()
+            raise BrokerUnavailable(
+                f"no answer from the Kafka broker within {timeout:g}s"
+            ) from None
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+
+
+def _shutdown(runner: _LoopThread, queue: AsyncDelayQueue, timeout: float) -> None:
+    """Close ``queue`` inside ``runner``'s loop, then stop the loop (also at exit or GC)."""
+    with contextlib.suppress(Exception):
+        runner.call(queue.close(), timeout)
+    runner.stop()
+
+
+class DelayQueue:
+    """The blocking form of :class:`AsyncDelayQueue`: same arguments, same methods.
+
+    Runs its own event loop in a background thread (started on first use), so it works in plain
+    scripts, threads and frameworks without asyncio. Use it as a context manager or call
+    :meth:`close`. In asyncio code, prefer :class:`AsyncDelayQueue`: these calls block.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Iterable[str] | None = None,
+        ingest_topic: str | None = None,
+        *,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+        client_id: str = "delayq-client",
+        producer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._queue = AsyncDelayQueue(
+            bootstrap_servers,
+            ingest_topic,
+            request_timeout=request_timeout,
+            client_id=client_id,
+            producer_options=producer_options,
+        )
+        # Connecting and one command are each bounded by request_timeout.
+        self._timeout = 2 * self._queue.request_timeout + _SYNC_GRACE_S
+        self._runner: _LoopThread | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return self._queue.bootstrap_servers
+
+    @property
+    def ingest_topic(self) -> str:
+        return self._queue.ingest_topic
+
+    @property
+    def request_timeout(self) -> float:
+        return self._queue.request_timeout
+
+    def __repr__(self) -> str:
+        return f"<DelayQueue {','.join(self.bootstrap_servers)} ingest={self.ingest_topic!r}>"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise RuntimeError("this delay queue is closed")
+            if self._runner is None:
+                self._runner = _LoopThread()
+                self._finalizer = weakref.finalize(
+                    self, _shutdown, self._runner, self._queue, self._timeout
+                )
+            runner = self._runner
+        return runner.call(coro, self._timeout)
+
+    def start(self) -> None:
+        """Connect, or :class:`BrokerUnavailable` within ``request_timeout`` seconds."""
+        self._call(self._queue.start())
+
+    def close(self) -> None:
+        """Flush, disconnect and stop the background thread. Idempotent."""
+        with self._lock:
+            self._closed = True
+            finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer()
+
+    def schedule(
+        self,
+        value: Data | None,
+        *,
+        target: str,
+        delay: Duration | None = None,
+        at: Moment | None = None,
+        key: Data | None = None,
+        job_id: str | None = None,
+        headers: Headers | None = None,
+    ) -> ScheduledJob:
+        """See :meth:`AsyncDelayQueue.schedule`."""
+        return self._call(
+            self._queue.schedule(
+                value, target=target, delay=delay, at=at, key=key, job_id=job_id, headers=headers
+            )
+        )
+
+    def delay(
+        self,
+        value: Data | None,
+        delay: Duration,
+        *,
+        target: str,
+        key: Data | None = None,
+        job_id: str | None = None,
+        headers: Headers | None = None,
+    ) -> ScheduledJob:
+        """Forward ``value`` to ``target`` after ``delay`` (go-zero's ``Delay(body, d)``)."""
+        return self.schedule(
+            value, target=target, delay=delay, key=key, job_id=job_id, headers=headers
+        )
+
+    def at(
+        self,
+        value: Data | None,
+        at: Moment,
+        *,
+        target: str,
+        key: Data | None = None,
+        job_id: str | None = None,
+        headers: Headers | None = None,
+    ) -> ScheduledJob:
+        """Forward ``value`` to ``target`` at ``at`` (go-zero's ``At(body, t)``)."""
+        return self.schedule(value, target=target, at=at, key=key, job_id=job_id, headers=headers)
+
+    def cancel(self, job_id: str) -> None:
+        """See :meth:`AsyncDelayQueue.cancel`."""
+        self._call(self._queue.cancel(job_id))

@@ -1,0 +1,109 @@
+"""Pending jobs survive a SIGKILLed worker (data dir kept or wiped); two workers share the work."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.times import now_ms
+from tests.conftest import WorkerFactory
+from tests.support import Kafka, Namespace, by_job_id, headers_of, schedule_headers, wait_for
+
+pytestmark = pytest.mark.integration
+
+JOBS = 300
+
+
+async def schedule_jobs(kafka: Kafka, ns: Namespace, prefix: str, due: int) -> list[bytes]:
+    ids = [f"{prefix}-{i:04}".encode() for i in range(JOBS)]
+    await kafka.send_many(
+        ns.ingest, [(job_id, job_id, schedule_headers(ns.target(), due_ms=due)) for job_id in ids]
+    )
+    return ids
+
+
+async def changelog_holds(kafka: Kafka, ns: Namespace, records: int) -> None:
+    """Wait until the worker has written ``records`` changelog records (2 per new job)."""
+    changelog = f"{ns.app_id}-jobs-changelog"
+    seen = await kafka.collect([changelog], lambda rs: len(rs) >= records)
+    assert len(seen) >= records
+
+
+async def assert_all_forwarded_once_or_more_never_early(
+    kafka: Kafka, ns: Namespace, ids: list[bytes], due: int
+) -> int:
+    records = await kafka.collect(
+        [ns.target()], lambda rs: set(by_job_id(rs)) >= set(ids), timeout=90
+    )
+    delivered = by_job_id(records)
+    missing = set(ids) - set(delivered)
+    assert not missing, f"{len(missing)} jobs never forwarded"
+    wanted = set(ids)
+    ours = [r for r in records if headers_of(r)["delayq-job-id"] in wanted]
+    for record in ours:
+        assert record.timestamp >= int(headers_of(record)["delayq-due-ms"]) >= due
+        assert record.value == headers_of(record)["delayq-job-id"]
+    return len(ours) - len(ids)  # duplicates
+
+
+@pytest.mark.parametrize("data_dir", ["kept", "wiped"])
+async def test_pending_jobs_survive_a_sigkilled_worker(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory, tmp_path: Path, data_dir: str
+) -> None:
+    # Given a worker holding jobs due in a few seconds, and some already fired
+    worker = start_worker()
+    await kafka.send_many(
+        ns.ingest,
+        [(b"early-%d" % i, b"e", schedule_headers(ns.target(), delay_ms=0)) for i in range(20)],
+    )
+    due = now_ms() + 4_000
+    ids = await schedule_jobs(kafka, ns, "pending", due)
+    await changelog_holds(kafka, ns, 2 * (JOBS + 20))
+    # When it is SIGKILLed (no flush, no commit) and started again
+    worker.kill()
+    if data_dir == "wiped":
+        shutil.rmtree(worker.data_dir)
+    start_worker(data_dir=worker.data_dir)
+    # Then every pending job is forwarded, none early
+    duplicates = await assert_all_forwarded_once_or_more_never_early(kafka, ns, ids, due)
+    assert duplicates == 0  # nothing had fired before the kill
+    # And the 20 that had fired before the kill are still all there (at least once)
+    early = await kafka.collect(
+        [ns.target()], lambda rs: len({r.key for r in rs if r.key.startswith(b"early")}) >= 20
+    )
+    assert len({r.key for r in early if r.key.startswith(b"early")}) == 20
+
+
+async def test_two_workers_split_the_partitions_and_fire_every_job(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+) -> None:
+    # Given two workers in one group
+    a = start_worker("a")
+    b = start_worker("b")
+
+    def split() -> bool:
+        ha, hb = a.health(), b.health()
+        pa, pb = set(ha.get("active_partitions", [])), set(hb.get("active_partitions", []))
+        return (
+            ha["status"] == hb["status"] == "ok"
+            and bool(pa) and bool(pb) and not pa & pb
+            and pa | pb == set(range(ns.partitions))
+        )
+
+    wait_for(split, "both workers to own active partitions")
+    # When jobs fall due on every partition
+    due = now_ms() + 2_000
+    ids = await schedule_jobs(kafka, ns, "shared", due)
+    # Then together they forward every job
+    await assert_all_forwarded_once_or_more_never_early(kafka, ns, ids, due)
+    # And when one worker is killed, the survivor takes over its partitions and fires new jobs
+    b.kill()
+    wait_for(
+        lambda: set(a.health().get("active_partitions", [])) == set(range(ns.partitions)),
+        "the survivor to own every partition",
+    )
+    due = now_ms() + 500
+    later = await schedule_jobs(kafka, ns, "after-failover", due)
+    await assert_all_forwarded_once_or_more_never_early(kafka, ns, later, due)

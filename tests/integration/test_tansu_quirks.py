@@ -1,0 +1,172 @@
+"""The Tansu quirks that app.tansu_compat works around, shown against a live embedded broker.
+
+Each "quirk still exists" test fails once a Tansu upgrade fixes the quirk: then delete the
+matching workaround in app/tansu_compat.py (and this module's test for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.protocol.offset import OffsetRequest
+
+from app import tansu_compat
+from app.embedded import EmbeddedBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "tansu-quirks"
+BATCHES = 3
+RECORDS_PER_BATCH = 5
+TRUE_END = BATCHES * RECORDS_PER_BATCH  # 15: the high watermark of partition 0
+NEWEST_BATCH_BASE = TRUE_END - RECORDS_PER_BATCH  # 10
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def quirks_broker() -> Iterator[EmbeddedBroker]:
+    """A Tansu of our own (not the session broker): fresh, with only this module's topic."""
+    with EmbeddedBroker() as embedded:
+        yield embedded
+
+
+@pytest.fixture(scope="module")
+def batches_written(quirks_broker: EmbeddedBroker) -> str:
+    """Partition 0 of TOPIC holds BATCHES record batches of RECORDS_PER_BATCH records each;
+    partition 1 is empty."""
+
+    async def write() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=quirks_broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(TOPIC, num_partitions=2, replication_factor=1)])
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=quirks_broker.bootstrap)
+        await producer.start()
+        try:
+            for b in range(BATCHES):
+                batch = producer.create_batch()
+                for r in range(RECORDS_PER_BATCH):
+                    assert batch.append(key=None, value=f"{b}-{r}".encode(), timestamp=None)
+                batch.close()
+                delivered = await producer.send_batch(batch, TOPIC, partition=0)
+                await asyncio.wait_for(delivered, TIMEOUT)
+        finally:
+            await producer.stop()
+
+    asyncio.run(write())
+    return TOPIC
+
+
+@pytest.fixture
+async def consumer(quirks_broker: EmbeddedBroker, batches_written: str) -> AsyncIterator[Any]:
+    client = AIOKafkaConsumer(bootstrap_servers=quirks_broker.bootstrap, request_timeout_ms=30_000)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+@pytest.fixture
+def unpatched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka as shipped, even if tansu_compat.install() already ran in this process."""
+    if tansu_compat._original is not None:
+        monkeypatch.setattr(Fetcher, "_proc_offset_request", tansu_compat._original)
+
+
+P0 = TopicPartition(TOPIC, 0)
+P1 = TopicPartition(TOPIC, 1)
+
+
+async def _leader(consumer: Any, tp: TopicPartition) -> int:
+    await consumer._client.force_metadata_update()
+    node: int | None = consumer._client.cluster.leader_for_partition(tp)
+    assert node is not None
+    return node
+
+
+# --- quirk 2: ListOffsets(LATEST) --------------------------------------------------------------
+
+
+async def test_list_offsets_latest_is_base_of_newest_batch_plus_one(consumer: Any) -> None:
+    """The raw ListOffsets request, whatever is patched: Tansu still answers wrongly."""
+    node = await _leader(consumer, P0)
+    response = await consumer._client.send(node, OffsetRequest(-1, 0, [(TOPIC, [(0, -1)])]))
+    [(_, [(partition, error_code, *_, offset)])] = response.topics
+    assert (partition, error_code) == (0, 0)
+    assert offset == NEWEST_BATCH_BASE + 1 != TRUE_END, "Tansu fixed ListOffsets? see module doc"
+
+
+async def test_fetch_high_watermark_is_correct(consumer: Any) -> None:
+    """What the workaround relies on (with max_wait_ms > 0: 0 gets no partitions back)."""
+    node = await _leader(consumer, P0)
+    request = FetchRequest(100, 1, 1, 0, [(TOPIC, [(0, 0, 1), (1, 0, 1)])])
+    response = await consumer._client.send(node, request)
+    highwaters = {p: (err, hw) for _, parts in response.topics for p, err, hw, *_ in parts}
+    assert highwaters == {0: (0, TRUE_END), 1: (0, 0)}
+
+
+async def test_unpatched_end_offsets_miss_the_newest_batch(unpatched: None, consumer: Any) -> None:
+    end = await consumer.end_offsets([P0, P1])
+    assert end[P0] < TRUE_END, "Tansu fixed ListOffsets? see module doc"
+    assert end == {P0: NEWEST_BATCH_BASE + 1, P1: 0}
+
+
+async def test_install_corrects_end_offsets(consumer: Any) -> None:
+    tansu_compat.install()
+    patched = Fetcher._proc_offset_request
+    tansu_compat.install()  # idempotent
+    assert Fetcher._proc_offset_request is patched
+    assert tansu_compat._original is not patched
+
+    assert await consumer.end_offsets([P0, P1]) == {P0: TRUE_END, P1: 0}
+    assert await consumer.end_offsets([P0]) == {P0: TRUE_END}
+    assert await consumer.end_offsets([P1]) == {P1: 0}  # only empty partitions: waits 100 ms
+    assert await consumer.beginning_offsets([P0, P1]) == {P0: 0, P1: 0}  # untouched
+    consumer.assign([P0])
+    await consumer.seek_to_end(P0)
+    assert await consumer.position(P0) == TRUE_END
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+
+def test_is_tansu(quirks_broker: EmbeddedBroker) -> None:
+    assert tansu_compat.is_tansu(quirks_broker.bootstrap)
+    assert tansu_compat.is_tansu(quirks_broker.url)
+
+
+async def test_is_tansu_from_a_running_loop(quirks_broker: EmbeddedBroker) -> None:
+    assert tansu_compat.is_tansu(quirks_broker.bootstrap)
+
+
+def test_is_tansu_false_for_a_closed_port() -> None:
+    started = time.monotonic()
+    assert not tansu_compat.is_tansu(f"127.0.0.1:{free_port()}", timeout=TIMEOUT)
+    assert time.monotonic() - started < TIMEOUT  # refused at once, not timed out
+
+
+# --- quirk 4: no transactions / idempotence -----------------------------------------------------
+
+
+async def test_idempotent_producer_fails(
+    quirks_broker: EmbeddedBroker, batches_written: str
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=quirks_broker.bootstrap, enable_idempotence=True)
+    try:
+        with pytest.raises(KafkaError):  # InitProducerId v0 -> UnknownError (Tansu wants v3+)
+            await asyncio.wait_for(producer.start(), TIMEOUT)
+            await asyncio.wait_for(producer.send_and_wait(TOPIC, b"x", partition=1), TIMEOUT)
+    finally:
+        await producer.stop()

@@ -1,0 +1,85 @@
+"""Every rule of the wire contract an ingest record can break, and the commands it can carry."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.commands import MAX_JOB_ID_BYTES, Cancel, parse_command
+from app.errors import InvalidRecord
+from app.jobs import Job
+
+FORBIDDEN = frozenset({"delayq-ingest", "delayq-fired", "delayq-jobs-changelog"})
+T = 1_700_000_000_000
+
+
+def parse(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]) -> object:
+    return parse_command(
+        key, value, headers, timestamp_ms=T, version=7, forbidden_targets=FORBIDDEN
+    )
+
+
+def test_schedule_with_absolute_due_time_keeps_value_key_and_foreign_headers() -> None:
+    command = parse(
+        b"order-1",
+        b"payload",
+        [
+            ("delayq-target", b"orders"),
+            ("delayq-due-ms", b"1700000005000"),
+            ("delayq-key", b"fwd-key"),
+            ("trace", b"t1"),
+            ("delayq-job-id", b"stale"),
+        ],
+    )
+    assert command == Job(b"order-1", 1_700_000_005_000, "orders", b"fwd-key", b"payload",
+                          (("trace", b"t1"),), 7)
+
+
+def test_schedule_with_delay_counts_from_record_timestamp() -> None:
+    command = parse(b"j", b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"1500")])
+    assert isinstance(command, Job)
+    assert command.due_ms == T + 1500
+    assert command.key is None
+
+
+def test_null_value_with_target_is_a_tombstone_schedule() -> None:
+    command = parse(b"j", None, [("delayq-target", b"t"), ("delayq-delay-ms", b"0")])
+    assert isinstance(command, Job)
+    assert command.value is None
+
+
+def test_null_value_without_target_is_a_cancel() -> None:
+    assert parse(b"j", None, [("trace", b"x")]) == Cancel(b"j")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers", "reason"),
+    [
+        (None, b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"1")], "key"),
+        (b"", b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"1")], "key"),
+        (b"x" * (MAX_JOB_ID_BYTES + 1), b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"1")],
+         "longer than"),
+        (b"j", b"v", [("delayq-delay-ms", b"1")], "delayq-target is missing"),
+        (b"j", b"v", [("delayq-target", b"t")], "exactly one"),
+        (b"j", b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"1"), ("delayq-due-ms", b"1")],
+         "exactly one"),
+        (b"j", b"v", [("delayq-target", b"t"), ("delayq-due-ms", b"soon")], "decimal"),
+        (b"j", b"v", [("delayq-target", b"t"), ("delayq-due-ms", b"-5")], "decimal"),
+        (b"j", b"v", [("delayq-target", b"t"), ("delayq-due-ms", b"1e9")], "decimal"),
+        (b"j", b"v", [("delayq-target", b"t"), ("delayq-due-ms", None)], "decimal"),
+        (b"j", b"v", [("delayq-target", b"t"), ("delayq-due-ms", "\u0663".encode())], "decimal"),
+        (b"j", b"v", [("delayq-target", b"t"), ("delayq-due-ms", b"253402300800000")], "range"),
+        (b"j", b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"253402300799999")], "9999"),
+        (b"j", b"v", [("delayq-target", b"bad topic"), ("delayq-delay-ms", b"1")], "topic name"),
+        (b"j", b"v", [("delayq-target", b"\xff"), ("delayq-delay-ms", b"1")], "UTF-8"),
+        (b"j", b"v", [("delayq-target", b"delayq-ingest"), ("delayq-delay-ms", b"1")], "internal"),
+        (b"j", b"v", [("delayq-target", b"a"), ("delayq-target", b"b"), ("delayq-delay-ms", b"1")],
+         "more than once"),
+        (b"j", None, [("delayq-delay-ms", b"1")], "cancel"),
+    ],
+)
+def test_bad_records_are_refused_with_a_reason(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]], reason: str
+) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        parse(key, value, headers)
+    assert reason in caught.value.reason

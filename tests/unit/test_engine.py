@@ -1,0 +1,279 @@
+"""The engine driven by a fixed clock: real RocksDB partitions, a recording producer.
+
+The producer stands in for Kafka here only; tests/integration runs the same engine against the
+embedded broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rocksdict import Options, Rdict
+
+from app.engine import Engine, EngineConfig
+from app.jobs import Job, decode_fired
+from app.times import now_ms
+from tables.keys import due_key
+from tables.store import PartitionDB, PartitionStore
+
+NOW = 1_700_000_000_000
+
+
+class RecordingProducer:
+    """Acknowledges every send at once, or fails sends to topics in ``failing``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
+        self.failing: set[str] = set()
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+    ) -> Awaitable[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if topic in self.failing:
+            fut.set_exception(RuntimeError(f"{topic} refuses writes"))
+        else:
+            self.sent.append((topic, key, value, partition, headers))
+            fut.set_result(None)
+        return fut
+
+    def to(self, topic: str) -> list[tuple[str, bytes | None, bytes | None, int | None, Any]]:
+        return [s for s in self.sent if s[0] == topic]
+
+    def take_fired(self) -> list[tuple[int, list[tuple[bytes, int]]]]:
+        fired = [(s[3] or 0, list(decode_fired(s[2] or b""))) for s in self.to("fired")]
+        self.sent = [s for s in self.sent if s[0] != "fired"]
+        return fired
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, **config: Any) -> None:
+        self.dbs: dict[int, PartitionDB] = {}
+        self.tmp_path = tmp_path
+        self.changelog: list[tuple[int, bytes, bytes | None]] = []
+        self.store = PartitionStore(lambda: self.dbs, self.open_db, self._log)
+        self.producer = RecordingProducer()
+        self.engine = Engine(
+            self.store,
+            self.producer,
+            EngineConfig(fired_topic="fired", dead_letter_topic="dlq", **config),
+        )
+        self.engine.sync_assignment(1, [0, 1])
+        self.version = 0
+
+    def _log(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self.changelog.append((partition, key, value))
+
+    def open_db(self, partition: int) -> PartitionDB:
+        if partition not in self.dbs:
+            db: Any = Rdict(str(self.tmp_path / f"p{partition}"), options=Options(raw_mode=True))
+            self.dbs[partition] = db
+        return self.dbs[partition]
+
+    def schedule(self, job_id: str, due_ms: int, partition: int = 0, value: bytes = b"v") -> Job:
+        self.version += 1
+        job = Job(job_id.encode(), due_ms, "out", None, value, (), self.version)
+        self.open_db(partition)
+        self.engine.schedule(partition, job)
+        return job
+
+    async def fire(self, now: int) -> int:
+        return await self.engine.fire_due(now, sorted(self.dbs))
+
+    def forwarded_ids(self) -> list[bytes]:
+        return [s[1] or b"" for s in self.producer.to("out")]
+
+    def ack_all(self) -> None:
+        for partition, entries in self.producer.take_fired():
+            self.engine.remove_fired(partition, entries)
+
+    def close(self) -> None:
+        for db in self.dbs.values():
+            db.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.close()
+
+
+async def test_forwards_exactly_the_due_jobs_in_due_order_and_wakes_for_the_next(
+    h: Harness,
+) -> None:
+    # Given jobs due before, at, and after now
+    for job_id, due in [("c", NOW), ("a", NOW - 50), ("late", NOW + 1), ("b", NOW - 10)]:
+        h.schedule(job_id, due)
+    # When the loop fires at now
+    wake = await h.fire(NOW)
+    # Then the due ones went out earliest first, never the one due 1 ms later
+    assert h.forwarded_ids() == [b"a", b"b", b"c"]
+    assert wake == NOW + 1
+    # and they carry the stable de-dup headers
+    headers = dict(h.producer.to("out")[0][4])
+    assert headers == {"delayq-job-id": b"a", "delayq-due-ms": str(NOW - 50).encode()}
+
+
+async def test_a_job_stays_until_its_removal_record_is_applied(h: Harness) -> None:
+    h.schedule("a", NOW)
+    await h.fire(NOW)
+    # Before the fired record comes back the job is still stored but not forwarded again
+    assert h.engine.get(0, b"a") is not None
+    await h.fire(NOW + 5)
+    assert h.forwarded_ids() == [b"a"]
+    # When the removal is applied, the job and its id index are gone, in the changelog too
+    h.ack_all()
+    assert h.engine.get(0, b"a") is None
+    assert (0, due_key(NOW, b"a"), None) in h.changelog
+    assert (0, b"Ia", None) in h.changelog
+
+
+async def test_an_unacknowledged_forward_is_sent_again_after_the_ack_timeout(h: Harness) -> None:
+    h.schedule("a", NOW)
+    await h.fire(NOW)
+    h.producer.take_fired()  # the removal record is lost
+    await h.fire(NOW + 29_999)
+    assert h.forwarded_ids() == [b"a"]
+    await h.fire(NOW + 30_001)
+    assert h.forwarded_ids() == [b"a", b"a"]
+
+
+async def test_replace_keeps_only_the_latest_schedule(h: Harness) -> None:
+    h.schedule("a", NOW + 1_000, value=b"first")
+    h.schedule("a", NOW + 2_000, value=b"second")
+    await h.fire(NOW + 1_500)
+    assert h.forwarded_ids() == []
+    await h.fire(NOW + 2_000)
+    assert [s[2] for s in h.producer.to("out")] == [b"second"]
+    assert h.engine.stats.replaced == 1
+
+
+async def test_a_replacement_during_flight_survives_the_old_removal(h: Harness) -> None:
+    # Given a job forwarded but not yet removed
+    h.schedule("a", NOW, value=b"old")
+    await h.fire(NOW)
+    # When it is replaced with the same due time (same due key), then the removal arrives
+    h.schedule("a", NOW, value=b"new")
+    h.ack_all()
+    # Then the replacement is still pending and fires next
+    job = h.engine.get(0, b"a")
+    assert job is not None and job.value == b"new"
+    await h.fire(NOW + 1)
+    assert [s[2] for s in h.producer.to("out")] == [b"old", b"new"]
+
+
+async def test_cancel_removes_a_pending_job_and_counts_unknown_ids(h: Harness) -> None:
+    h.schedule("a", NOW + 10)
+    assert h.engine.cancel(0, b"a") is True
+    assert h.engine.cancel(0, b"nope") is False
+    await h.fire(NOW + 100)
+    assert h.forwarded_ids() == []
+    assert (h.engine.stats.cancelled, h.engine.stats.cancel_unknown) == (1, 1)
+
+
+async def test_a_job_earlier_than_the_watermark_is_still_found(h: Harness) -> None:
+    h.schedule("later", NOW + 500)
+    await h.fire(NOW)  # the watermark moves up to NOW + 500
+    h.schedule("past", NOW - 1_000)
+    await h.fire(NOW + 1)
+    assert h.forwarded_ids() == [b"past"]
+
+
+async def test_after_a_rebalance_records_restored_behind_the_engine_are_found(h: Harness) -> None:
+    h.schedule("later", NOW + 500)
+    await h.fire(NOW)
+    # Given a record restored from the changelog, not seen by the agent
+    h.dbs[0].put(due_key(NOW - 5, b"restored"), h.dbs[0].get(due_key(NOW + 500, b"later")))
+    # When the assignment generation changes
+    h.engine.sync_assignment(2, [0, 1])
+    await h.fire(NOW + 1)
+    assert h.forwarded_ids() == [b"later"]  # its stored job says "later": it was copied
+
+
+async def test_a_full_batch_asks_to_run_again_at_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, fire_batch_max=2)
+    for i in range(5):
+        h.schedule(f"j{i}", NOW - 10 + i)
+    assert await h.fire(NOW) == NOW
+    assert len(h.forwarded_ids()) == 2
+    await h.fire(NOW)
+    await h.fire(NOW)
+    assert h.forwarded_ids() == [b"j0", b"j1", b"j2", b"j3", b"j4"]
+    h.close()
+
+
+async def test_partitions_are_independent(h: Harness) -> None:
+    h.schedule("p0", NOW, partition=0)
+    h.schedule("p1", NOW - 1, partition=1)
+    await h.fire(NOW)
+    assert sorted(h.forwarded_ids()) == [b"p0", b"p1"]
+    fired = dict(h.producer.take_fired())
+    assert set(fired) == {0, 1}
+
+
+async def test_failing_forwards_retry_with_backoff_then_go_to_dead_letters(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, forward_attempts=3, forward_retry_backoff_ms=100)
+    h.producer.failing.add("out")
+    h.schedule("a", NOW)
+    wake = await h.fire(NOW)  # attempt 1 fails: retry after 100 ms
+    assert wake == NOW + 100
+    assert await h.fire(NOW + 50) == NOW + 100  # not yet
+    wake = await h.fire(NOW + 100)  # attempt 2 fails: retry after 200 ms
+    assert wake == NOW + 300
+    await h.fire(NOW + 300)  # attempt 3 fails: dead-lettered, then removed
+    dead = h.producer.to("dlq")
+    assert len(dead) == 1
+    headers = dict(dead[0][4])
+    assert b"after 3 attempts" in headers["delayq-error"]
+    assert headers["delayq-target"] == b"out"
+    assert headers["delayq-due-ms"] == str(NOW).encode()
+    h.ack_all()
+    assert h.engine.get(0, b"a") is None
+    assert h.engine.stats.dead_lettered == 1
+    h.close()
+
+
+async def test_when_dead_letters_fail_too_the_job_is_kept(tmp_path: Path) -> None:
+    h = Harness(tmp_path, forward_attempts=1)
+    h.producer.failing.update({"out", "dlq"})
+    h.schedule("a", NOW)
+    await h.fire(NOW)
+    assert h.producer.take_fired() == []
+    assert h.engine.get(0, b"a") is not None
+    h.close()
+
+
+async def test_a_schedule_earlier_than_the_planned_wake_interrupts_the_sleep(h: Harness) -> None:
+    now = now_ms()  # sleep_until sleeps on the real clock
+    h.schedule("far", now + 60_000)
+    wake = await h.fire(now)
+    sleeper = asyncio.create_task(h.engine.sleep_until(wake))
+    await asyncio.sleep(0)
+    assert not sleeper.done()
+    h.schedule("soon", now + 10)
+    await asyncio.wait_for(sleeper, 5)
+
+
+async def test_an_oversized_forward_is_dead_lettered_without_retries(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_forward_bytes=1_000, forward_attempts=5)
+    h.schedule("big", NOW, value=b"x" * 2_000)
+    h.schedule("small", NOW, value=b"x" * 10)
+    await h.fire(NOW)
+    assert h.forwarded_ids() == [b"small"]
+    dead = h.producer.to("dlq")
+    assert [d[1] for d in dead] == [b"big"]
+    assert b"exceeds max_forward_bytes" in dict(dead[0][4])["delayq-error"]
+    h.close()
