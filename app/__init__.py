@@ -14,10 +14,9 @@ __all__ = ["app"]
 def __getattr__(name: str) -> Any:
     if name != "app":
         raise AttributeError(f"module 'app' has no attribute {name!r}")
-    from app.service import app as faust_app
-
     # Register the Faust primitives on the app: one module each.
     from app import agents, timers, views  # noqa: F401
+    from app.service import app as faust_app
 
     globals()["app"] = faust_app
     return faust_app

@@ -24,14 +24,15 @@ lost. Removal through the fired topic means only the partition's current owner e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.jobs import Job, decode_job, encode_fired, encode_job, job_version
 from app.errors import ForwardFailed
+from app.jobs import Job, decode_job, encode_fired, encode_job, job_version
 from app.names import HEADER_ERROR
 from app.times import now_ms
 from tables.keys import (
@@ -48,6 +49,9 @@ from tables.store import PartitionStore
 __all__ = ["Engine", "EngineConfig", "Producer", "Stats"]
 
 log = logging.getLogger(__name__)
+
+#: Retries of a failing forward are never spaced further apart than this.
+_MAX_BACKOFF_MS = 60_000
 
 
 class Producer(Protocol):
@@ -318,15 +322,15 @@ class Engine:
         return retry_ms
 
     async def _await_acks(self, forwards: list[_Forward]) -> None:
-        pending = [fwd for fwd in forwards if fwd.ack is not None]
+        pending = [(fwd, fwd.ack) for fwd in forwards if fwd.ack is not None]
         results = await asyncio.gather(
             *(
-                asyncio.wait_for(asyncio.shield(_as_future(f.ack)), self.config.forward_timeout_s)
-                for f in pending
+                asyncio.wait_for(asyncio.shield(_as_future(ack)), self.config.forward_timeout_s)
+                for _fwd, ack in pending
             ),
             return_exceptions=True,
         )
-        for fwd, result in zip(pending, results, strict=True):
+        for (fwd, _ack), result in zip(pending, results, strict=True):
             if isinstance(result, BaseException):
                 fwd.error = result
 
@@ -338,18 +342,22 @@ class Engine:
         attempts = state.attempts.get(fwd.due_key, 0) + 1
         reason = f"forward to {fwd.job.target!r} failed: {fwd.error!r}"
         # Retrying cannot help a record that is too large or a topic that is refused.
-        retriable = getattr(fwd.error, "retriable", True) and not isinstance(
+        retriable = bool(getattr(fwd.error, "retriable", True)) and not isinstance(
             fwd.error, ForwardFailed
         )
         if retriable and attempts < self.config.forward_attempts:
             state.attempts[fwd.due_key] = attempts
-            backoff = self.config.forward_retry_backoff_ms * 2 ** (attempts - 1)
+            backoff = min(self.config.forward_retry_backoff_ms << (attempts - 1), _MAX_BACKOFF_MS)
             state.retry_at[fwd.due_key] = now + backoff
             log.warning("%s (attempt %d, retry in %d ms)", reason, attempts, backoff)
             return now + backoff
         try:
-            await self.dead_letter(fwd.job.job_id, fwd.job.value, fwd.job.contract_headers(),
-                                   f"{reason} after {attempts} attempts")
+            await self.dead_letter(
+                fwd.job.job_id,
+                fwd.job.value,
+                fwd.job.contract_headers(),
+                f"{reason} after {attempts} attempts",
+            )
         except Exception as exc:  # the dead-letter topic failed too: keep the job, retry later
             log.error("dead-lettering job %r failed: %r", fwd.job.job_id, exc)
             state.retry_at[fwd.due_key] = now + self.config.forward_retry_backoff_ms
@@ -397,10 +405,8 @@ class Engine:
         delay = (wake_ms - now_ms()) / 1000
         if delay <= 0:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
-        except TimeoutError:
-            pass
 
     @property
     def next_wake_ms(self) -> int | None:

@@ -49,6 +49,4 @@ engine = Engine(
 def active_partitions() -> list[int]:
     """Partitions of the jobs table this worker owns as active (not standby), sorted."""
     changelog = jobs_table.changelog_topic.get_topic_name()
-    return sorted(
-        tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog
-    )
+    return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog)

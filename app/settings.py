@@ -104,9 +104,9 @@ class Settings(BaseSettings):
         topics = [self.ingest_topic, self.dead_letter_topic, self.fired_topic]
         if len(set(topics)) != len(topics):
             raise ValueError("ingest, dead-letter and fired topics must be distinct")
-        if self.session_timeout_s and self.heartbeat_interval_s:
-            if self.heartbeat_interval_s >= self.session_timeout_s:
-                raise ValueError("heartbeat_interval_s must be below session_timeout_s")
+        session, heartbeat = self.session_timeout_s, self.heartbeat_interval_s
+        if session and heartbeat and heartbeat >= session:
+            raise ValueError("heartbeat_interval_s must be below session_timeout_s")
         return self
 
     @property

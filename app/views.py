@@ -15,13 +15,11 @@ __all__ = ["health"]
 
 def _standby_partitions() -> list[int]:
     changelog = jobs_table.changelog_topic.get_topic_name()
-    return sorted(
-        tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == changelog
-    )
+    return sorted(tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == changelog)
 
 
 @app.page("/health")
-class health(View):  # noqa: N801 - Faust names a page after its class
+class health(View):
     """200 once this worker's tables are recovered and it is firing; 503 before."""
 
     async def get(self, request: Request) -> Response:

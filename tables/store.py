@@ -13,12 +13,12 @@ database and sends the changelog record itself, so that:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, Protocol
 
 from rocksdict import ReadOptions
 
-__all__ = ["ChangelogSink", "PartitionStore", "PartitionDB"]
+__all__ = ["ChangelogSink", "PartitionDB", "PartitionStore"]
 
 
 class PartitionDB(Protocol):
@@ -76,7 +76,9 @@ class PartitionStore:
         self._open_db(partition).delete(key)
         self._changelog(partition, key, None)
 
-    def scan(self, partition: int, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(
+        self, partition: int, start: bytes, stop: bytes
+    ) -> Generator[tuple[bytes, bytes], None, None]:
         """Items with ``start <= key < stop`` in byte order.
 
         A generator: consume or close it before the next ``await``.

@@ -36,9 +36,7 @@ WorkerFactory = Callable[..., Worker]
 
 
 @pytest.fixture
-def start_worker(
-    broker: EmbeddedBroker, ns: Namespace, tmp_path: Path
-) -> Iterator[WorkerFactory]:
+def start_worker(broker: EmbeddedBroker, ns: Namespace, tmp_path: Path) -> Iterator[WorkerFactory]:
     """Start a ready worker: ``start_worker(name="a", data_dir=None, env=None)``."""
     workers: list[Worker] = []
 

@@ -1,4 +1,4 @@
-"""Every kind of bad ingest record reaches the dead-letter topic with its reason; nothing is lost."""
+"""Every kind of bad ingest record reaches the dead-letter topic with its reason."""
 
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ async def test_each_bad_record_is_dead_lettered_with_key_value_headers_and_reaso
     bad: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], str]] = [
         (None, b"no key", schedule_headers(target, delay_ms=0), "job id) is missing"),
         (b"no-target", b"v", [("delayq-delay-ms", b"0")], "delayq-target is missing"),
-        (b"bad-time", b"v", schedule_headers(target) + [("delayq-due-ms", b"tomorrow")],
-         "non-negative decimal"),
+        (
+            b"bad-time",
+            b"v",
+            [*schedule_headers(target), ("delayq-due-ms", b"tomorrow")],
+            "non-negative decimal",
+        ),
         (b"both-times", b"v", schedule_headers(target, due_ms=1, delay_ms=1), "exactly one"),
         (b"no-time", b"v", schedule_headers(target), "exactly one"),
         (b"bad-topic", b"v", schedule_headers("no spaces/allowed", delay_ms=0), "topic name"),

@@ -55,14 +55,14 @@ async def test_a_cancelled_job_is_never_forwarded(
     start_worker()
     now = now_ms()
     # Given a job due in 2 s, cancelled at once
-    await kafka.send(ns.ingest, b"cancelled", b"x", schedule_headers(ns.target(), due_ms=now + 2_000))
+    await kafka.send(
+        ns.ingest, b"cancelled", b"x", schedule_headers(ns.target(), due_ms=now + 2_000)
+    )
     await kafka.send(ns.ingest, b"cancelled", None)
     # And a marker job due after it, on the same partition
     await kafka.send(ns.ingest, b"marker", b"m", schedule_headers(ns.target(), due_ms=now + 2_500))
     # When the marker has been forwarded
-    records = await kafka.collect(
-        [ns.target()], lambda rs: any(r.key == b"marker" for r in rs)
-    )
+    records = await kafka.collect([ns.target()], lambda rs: any(r.key == b"marker" for r in rs))
     # Then the cancelled job never was
     assert [r.key for r in records] == [b"marker"]
 
@@ -80,9 +80,7 @@ async def test_a_replaced_job_fires_once_with_the_latest_schedule(
     await kafka.send(ns.ingest, b"s", b"s2", schedule_headers(ns.target(), due_ms=now + 3_600_000))
     await kafka.send(ns.ingest, b"s", b"s3", schedule_headers(ns.target(), due_ms=now + 1_200))
     await kafka.send(ns.ingest, b"marker", b"m", schedule_headers(ns.target(), due_ms=now + 2_000))
-    records = await kafka.collect(
-        [ns.target()], lambda rs: any(r.key == b"marker" for r in rs)
-    )
+    records = await kafka.collect([ns.target()], lambda rs: any(r.key == b"marker" for r in rs))
     # Then each fired once, with its latest value
     assert [(r.key, r.value) for r in records] == [(b"r", b"v2"), (b"s", b"s3"), (b"marker", b"m")]
 
@@ -92,7 +90,9 @@ async def test_past_due_jobs_fire_at_once(
 ) -> None:
     start_worker()
     # Given jobs due an hour ago and at the epoch
-    await kafka.send(ns.ingest, b"old", b"1", schedule_headers(ns.target(), due_ms=now_ms() - 3_600_000))
+    await kafka.send(
+        ns.ingest, b"old", b"1", schedule_headers(ns.target(), due_ms=now_ms() - 3_600_000)
+    )
     await kafka.send(ns.ingest, b"epoch", b"2", schedule_headers(ns.target(), due_ms=0))
     await kafka.send(ns.ingest, b"zero", b"3", schedule_headers(ns.target(), delay_ms=0))
     # Then all three are forwarded (no waiting for a tick)
@@ -118,8 +118,10 @@ async def test_due_jobs_go_out_in_due_order_per_partition(
     # Given 400 jobs in random order over the ingest partitions, all due within 2 s of each other
     rng = random.Random(11)
     base = now_ms() + 3_000
-    jobs = [(f"j{i:03}".encode(), base + rng.randrange(2_000), rng.randrange(ns.partitions))
-            for i in range(400)]
+    jobs = [
+        (f"j{i:03}".encode(), base + rng.randrange(2_000), rng.randrange(ns.partitions))
+        for i in range(400)
+    ]
     partition_of = {job_id: p for job_id, _due, p in jobs}
     await kafka.send_many(
         ns.ingest,

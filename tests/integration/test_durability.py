@@ -88,7 +88,9 @@ async def test_two_workers_split_the_partitions_and_fire_every_job(
         pa, pb = set(ha.get("active_partitions", [])), set(hb.get("active_partitions", []))
         return (
             ha["status"] == hb["status"] == "ok"
-            and bool(pa) and bool(pb) and not pa & pb
+            and bool(pa)
+            and bool(pb)
+            and not pa & pb
             and pa | pb == set(range(ns.partitions))
         )
 

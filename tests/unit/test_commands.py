@@ -12,7 +12,9 @@ FORBIDDEN = frozenset({"delayq-ingest", "delayq-fired", "delayq-jobs-changelog"}
 T = 1_700_000_000_000
 
 
-def parse(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]) -> object:
+def parse(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+) -> object:
     return parse_command(
         key, value, headers, timestamp_ms=T, version=7, forbidden_targets=FORBIDDEN
     )
@@ -30,8 +32,9 @@ def test_schedule_with_absolute_due_time_keeps_value_key_and_foreign_headers() -
             ("delayq-job-id", b"stale"),
         ],
     )
-    assert command == Job(b"order-1", 1_700_000_005_000, "orders", b"fwd-key", b"payload",
-                          (("trace", b"t1"),), 7)
+    assert command == Job(
+        b"order-1", 1_700_000_005_000, "orders", b"fwd-key", b"payload", (("trace", b"t1"),), 7
+    )
 
 
 def test_schedule_with_delay_counts_from_record_timestamp() -> None:
@@ -56,12 +59,20 @@ def test_null_value_without_target_is_a_cancel() -> None:
     [
         (None, b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"1")], "key"),
         (b"", b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"1")], "key"),
-        (b"x" * (MAX_JOB_ID_BYTES + 1), b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"1")],
-         "longer than"),
+        (
+            b"x" * (MAX_JOB_ID_BYTES + 1),
+            b"v",
+            [("delayq-target", b"t"), ("delayq-delay-ms", b"1")],
+            "longer than",
+        ),
         (b"j", b"v", [("delayq-delay-ms", b"1")], "delayq-target is missing"),
         (b"j", b"v", [("delayq-target", b"t")], "exactly one"),
-        (b"j", b"v", [("delayq-target", b"t"), ("delayq-delay-ms", b"1"), ("delayq-due-ms", b"1")],
-         "exactly one"),
+        (
+            b"j",
+            b"v",
+            [("delayq-target", b"t"), ("delayq-delay-ms", b"1"), ("delayq-due-ms", b"1")],
+            "exactly one",
+        ),
         (b"j", b"v", [("delayq-target", b"t"), ("delayq-due-ms", b"soon")], "decimal"),
         (b"j", b"v", [("delayq-target", b"t"), ("delayq-due-ms", b"-5")], "decimal"),
         (b"j", b"v", [("delayq-target", b"t"), ("delayq-due-ms", b"1e9")], "decimal"),
@@ -72,8 +83,12 @@ def test_null_value_without_target_is_a_cancel() -> None:
         (b"j", b"v", [("delayq-target", b"bad topic"), ("delayq-delay-ms", b"1")], "topic name"),
         (b"j", b"v", [("delayq-target", b"\xff"), ("delayq-delay-ms", b"1")], "UTF-8"),
         (b"j", b"v", [("delayq-target", b"delayq-ingest"), ("delayq-delay-ms", b"1")], "internal"),
-        (b"j", b"v", [("delayq-target", b"a"), ("delayq-target", b"b"), ("delayq-delay-ms", b"1")],
-         "more than once"),
+        (
+            b"j",
+            b"v",
+            [("delayq-target", b"a"), ("delayq-target", b"b"), ("delayq-delay-ms", b"1")],
+            "more than once",
+        ),
         (b"j", None, [("delayq-delay-ms", b"1")], "cancel"),
     ],
 )

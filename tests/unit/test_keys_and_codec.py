@@ -12,7 +12,16 @@ from tables.keys import decode_due_ms, due_key, due_prefix, encode_due_ms, id_ke
 def test_due_keys_sort_in_due_order_whatever_the_ids() -> None:
     # Given due times that sort differently as text (9 > 10 > 100 in text order)
     rng = random.Random(7)
-    dues = [0, 9, 10, 100, 1_000, 2**40, MAX_DUE_MS, *(rng.randrange(MAX_DUE_MS) for _ in range(200))]
+    dues = [
+        0,
+        9,
+        10,
+        100,
+        1_000,
+        2**40,
+        MAX_DUE_MS,
+        *(rng.randrange(MAX_DUE_MS) for _ in range(200)),
+    ]
     ids = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12))) for _ in dues]
     # When encoded as due keys
     keys = [due_key(d, i) for d, i in zip(dues, ids, strict=True)]
