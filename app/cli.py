@@ -115,8 +115,11 @@ class DelayqGroup(click.Group):
 
 
 @contextlib.contextmanager
-def _client_errors() -> Iterator[None]:
-    """The client's exceptions as :class:`CommandError` with the matching exit code."""
+def _client_errors(**renamed: str) -> Iterator[None]:
+    """The client's exceptions as :class:`CommandError` with the matching exit code.
+
+    ``renamed`` maps client arguments to this command's parameters, for the messages.
+    """
     try:
         yield
     except SettingsError as exc:
@@ -127,7 +130,7 @@ def _client_errors() -> Iterator[None]:
         raise CommandError(str(exc), EXIT_FAILURE) from exc
     except ValueError as exc:  # the client validates its arguments with ValueError
         argument, sep, reason = str(exc).partition(": ")
-        option = _OPTION_OF.get(argument)
+        option = renamed.get(argument) or _OPTION_OF.get(argument)
         message = f"{option}: {reason}" if sep and option else str(exc)
         raise CommandError(message, EXIT_USAGE) from exc
 
@@ -335,7 +338,7 @@ def cancel(
     job_id: str, bootstrap: str | None, ingest_topic: str | None, timeout: float, as_json: bool
 ) -> None:
     """Cancel the pending job ID (a job that is not pending is left alone)."""
-    with _client_errors():
+    with _client_errors(job_id="ID"):
         queue = _queue(bootstrap, ingest_topic, timeout)
         try:
             queue.cancel(job_id)

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from types import FrameType, TracebackType
 from typing import IO
 
@@ -170,13 +171,30 @@ class EmbeddedBroker:
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def usage_banner(broker_url: str) -> str:
-    """PLACEHOLDER (to be written with the API): how to schedule a job against ``broker_url``."""
-    return (
-        f"delayq: embedded broker at {broker_url} (in memory: stopping loses all data)\n"
-        "delayq: TODO usage_banner(): how to schedule a job\n"
-        "delayq: press Ctrl-C to stop the worker and the broker"
-    )
+def usage_banner(broker_url: str, web_port: int) -> str:
+    """How to schedule a job against the running demo, printed once the worker is ready."""
+    bootstrap = broker_url.split("://", 1)[-1]
+    return f"""
+delayq is ready: embedded broker {bootstrap} (in memory: stopping it loses everything),
+worker health at http://127.0.0.1:{web_port}/health
+
+Schedule a job due in 5 seconds, from another terminal:
+  .venv/bin/delayq schedule --bootstrap {bootstrap} --target demo-out --delay 5s 'hello later'
+or from any Kafka client: a record to delayq-ingest with key = job id and headers
+  delayq-target: demo-out   delayq-delay-ms: 5000
+  .venv/bin/python examples/schedule_confluent.py --bootstrap {bootstrap} --target demo-out \\
+      --delay-ms 5000 hello
+Cancel it: .venv/bin/delayq cancel --bootstrap {bootstrap} JOB_ID
+Press Ctrl-C to stop the worker and the broker.
+"""
+
+
+def _worker_ready(web_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=0.5) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def _exit_code(returncode: int) -> int:
@@ -235,9 +253,13 @@ def run(port: int) -> int:
         cmd = [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"]
         # Own session: a terminal Ctrl-C reaches only us, and we stop the worker before the broker.
         worker = subprocess.Popen(cmd, env=env, start_new_session=True)
+        web_port = int(os.environ.get("DELAYQ_WEB_PORT", "6066"))
+        announced = False
         try:
-            print(usage_banner(broker.url), flush=True)
             while not stop.wait(0.2):
+                if not announced and _worker_ready(web_port):
+                    print(usage_banner(broker.url, web_port), flush=True)
+                    announced = True
                 if worker.poll() is not None:
                     print(f"delayq: worker exited with code {worker.returncode}", file=sys.stderr)
                     return _exit_code(worker.returncode)
