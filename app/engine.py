@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Collection, Sequence
@@ -32,11 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.errors import ForwardFailed
-from app.jobs import Job, decode_job, encode_fired, encode_job, job_version
+from app.jobs import Job, JobStatus, decode_job, encode_fired, encode_job, job_version
 from app.names import HEADER_ERROR
 from app.times import now_ms
 from tables.keys import (
     DUE_END,
+    ID_END,
+    ID_PREFIX,
     decode_due_ms,
     due_key,
     due_prefix,
@@ -109,6 +112,8 @@ class _PartitionState:
     #: due key -> not before this ms: a failed forward waiting for its retry.
     retry_at: dict[bytes, int] = field(default_factory=dict)
     attempts: dict[bytes, int] = field(default_factory=dict)
+    #: Pending jobs in the partition; None until counted after an assignment change.
+    pending: int | None = None
 
 
 @dataclass(slots=True)
@@ -147,7 +152,11 @@ class Engine:
         """Store ``job``, replacing any pending job with the same id."""
         old_index = self.store.get(partition, id_key(job.job_id))
         new_key = due_key(job.due_ms, job.job_id)
-        if old_index is not None:
+        state = self._state(partition)
+        if old_index is None:
+            if state.pending is not None:
+                state.pending += 1
+        else:
             self.stats.replaced += 1
             old_key = due_key(decode_due_ms(old_index), job.job_id)
             if old_key != new_key:
@@ -156,7 +165,6 @@ class Engine:
         index = encode_due_ms(job.due_ms)
         if old_index != index:
             self.store.put(partition, id_key(job.job_id), index)
-        state = self._state(partition)
         state.retry_at.pop(new_key, None)
         state.attempts.pop(new_key, None)
         self.stats.scheduled += 1
@@ -170,6 +178,7 @@ class Engine:
             return False
         self.store.delete(partition, due_key(decode_due_ms(index), job_id))
         self.store.delete(partition, id_key(job_id))
+        self._uncount(partition)
         self.stats.cancelled += 1
         return True
 
@@ -195,7 +204,47 @@ class Engine:
             self.store.delete(partition, key)
             if self.store.get(partition, id_key(job_id)) == encode_due_ms(due_ms):
                 self.store.delete(partition, id_key(job_id))
+            self._uncount(partition)
             self.stats.removed += 1
+
+    def _uncount(self, partition: int) -> None:
+        state = self._state(partition)
+        if state.pending is not None:
+            state.pending -= 1
+
+    # -- reads (for views) -----------------------------------------------------------------
+
+    def pending_count(self, active: Collection[int]) -> int:
+        """Pending jobs in the ``active`` partitions: O(1) once each partition was counted."""
+        total = 0
+        for partition in active:
+            state = self._state(partition)
+            if state.pending is None:  # once per assignment: count the id index
+                scan = self.store.scan(partition, ID_PREFIX, ID_END)
+                state.pending = sum(1 for _ in scan)
+            total += state.pending
+        return total
+
+    def earliest(
+        self, active: Collection[int], limit: int, before_ms: int | None = None
+    ) -> list[Job]:
+        """The ``limit`` earliest pending jobs of ``active`` partitions due before ``before_ms``."""
+        stop = DUE_END if before_ms is None else due_prefix(max(before_ms, 0))
+        found: list[Job] = []
+        for partition in active:
+            scan = self.store.scan(partition, due_prefix(self._state(partition).watermark_ms), stop)
+            try:
+                for _key, raw in itertools.islice(scan, limit):
+                    found.append(decode_job(raw))
+            finally:
+                scan.close()
+        found.sort(key=lambda job: (job.due_ms, job.job_id))
+        return found[:limit]
+
+    def status(self, partition: int, job: Job) -> JobStatus:
+        """Pending, or in flight (forwarded, removal not yet applied)."""
+        flight = self._state(partition).in_flight.get(due_key(job.due_ms, job.job_id))
+        return JobStatus.IN_FLIGHT if flight and flight[0] == job.version else JobStatus.PENDING
 
     def _note_due(self, state: _PartitionState, due_ms: int) -> None:
         if due_ms < state.watermark_ms:
@@ -220,6 +269,7 @@ class Engine:
             self._generation = generation
             for state in self._parts.values():
                 state.watermark_ms = 0
+                state.pending = None
 
     # -- firing --------------------------------------------------------------------------
 

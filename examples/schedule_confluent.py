@@ -183,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     partitions = topic_partitions(args.bootstrap, args.ingest_topic)
     if partitions is None:
-        # Producing now would let an auto-creating broker make it with 1 partition.
+        # Producing now would let an auto-creating broker make it with its default partition
+        # count, which the workers' DELAYQ_PARTITIONS must match.
         print(
-            f"ingest topic {args.ingest_topic!r} does not exist: start a delayq worker first "
-            "(it creates the topic with DELAYQ_PARTITIONS partitions)",
+            f"ingest topic {args.ingest_topic!r} does not exist: create it (and the fired topic) "
+            "with DELAYQ_PARTITIONS partitions before scheduling",
             file=sys.stderr,
         )
         return 2
@@ -217,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[KafkaError] = []
 
     def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        (failed.append(err) if err is not None else delivered.append(msg))
+        if err is not None:
+            failed.append(err)
+        else:
+            delivered.append(msg)
 
     key, value, headers = command_record(args)
     producer.produce(
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no forward of job {args.job_id} within {args.wait_timeout_s} s", file=sys.stderr)
         return 1
     show("forwarded", forwarded)
-    due = int(dict(header_list(forwarded))[HEADER_DUE_MS] or b"")
+    due = int(dict(header_list(forwarded))[HEADER_DUE_MS] or 0)
     print(f"  written {forwarded.timestamp()[1] - due} ms after its due time (worker's clock)")
     return 0
 

@@ -17,6 +17,7 @@ import struct
 __all__ = [
     "DUE_END",
     "DUE_PREFIX",
+    "ID_END",
     "ID_PREFIX",
     "decode_due_ms",
     "due_key",
@@ -30,6 +31,8 @@ DUE_PREFIX = b"D"
 #: First key after the due key space: the exclusive upper bound of a full due scan.
 DUE_END = b"E"
 ID_PREFIX = b"I"
+#: First key after the id key space.
+ID_END = b"J"
 
 _U64 = struct.Struct(">Q")
 

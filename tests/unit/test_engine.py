@@ -277,3 +277,30 @@ async def test_an_oversized_forward_is_dead_lettered_without_retries(tmp_path: P
     assert [d[1] for d in dead] == [b"big"]
     assert b"exceeds max_forward_bytes" in dict(dead[0][4])["delayq-error"]
     h.close()
+
+
+async def test_pending_count_is_counted_once_then_kept_up_to_date(h: Harness) -> None:
+    for i in range(5):
+        h.schedule(f"j{i}", NOW + i, partition=i % 2)
+    assert h.engine.pending_count([0, 1]) == 5  # counted from the id index
+    h.schedule("j0", NOW + 100)  # a replacement adds nothing
+    h.engine.cancel(1, b"j1")
+    h.schedule("new", NOW + 50, partition=1)
+    assert h.engine.pending_count([0, 1]) == 5
+    await h.fire(NOW + 3)
+    h.ack_all()
+    assert h.engine.pending_count([0, 1]) == 3  # j2 and j3 fired: j0, j4 and new remain
+    h.engine.sync_assignment(9, [0, 1])  # after a rebalance it counts again
+    assert h.engine.pending_count([0, 1]) == 3
+
+
+async def test_earliest_lists_pending_jobs_across_partitions_in_due_order(h: Harness) -> None:
+    for i, due in enumerate([30, 10, 20, 40]):
+        h.schedule(f"j{i}", NOW + due, partition=i % 2)
+    jobs = h.engine.earliest([0, 1], limit=3)
+    assert [j.job_id for j in jobs] == [b"j1", b"j2", b"j0"]
+    assert [j.job_id for j in h.engine.earliest([0, 1], limit=10, before_ms=NOW + 25)] == [
+        b"j1",
+        b"j2",
+    ]
+    assert h.engine.status(1, jobs[0]).value == "pending"
