@@ -1,0 +1,68 @@
+"""Settings are validated at start: a bad value stops the worker with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.errors import SettingsError
+from app.settings import Settings, load_settings
+from tests.support import ROOT
+
+
+def test_defaults_point_at_the_embedded_broker_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BROKER_URL", "WEB_HOST", "PARTITIONS"):
+        monkeypatch.delenv(f"DELAYQ_{name}", raising=False)
+    settings = Settings()
+    assert settings.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.web_host == "127.0.0.1"
+    assert settings.changelog_topic == "delayq-jobs-changelog"
+    assert settings.internal_topics() == {
+        "delayq-ingest",
+        "delayq-fired",
+        "delayq-jobs-changelog",
+    }
+
+
+def test_broker_url_lists_become_bootstrap_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELAYQ_BROKER_URL", "kafka://k1:9092;kafka://k2:9093, k3:9094")
+    assert load_settings().bootstrap_servers == "k1:9092,k2:9093,k3:9094"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DELAYQ_PARTITIONS": "0"}, "DELAYQ_PARTITIONS"),
+        ({"DELAYQ_PARTITIONS": "many"}, "DELAYQ_PARTITIONS"),
+        ({"DELAYQ_INGEST_TOPIC": "bad topic"}, "DELAYQ_INGEST_TOPIC"),
+        ({"DELAYQ_FIRED_TOPIC": "delayq-ingest"}, "distinct"),
+        ({"DELAYQ_SESSION_TIMEOUT_S": "2", "DELAYQ_HEARTBEAT_INTERVAL_S": "3"}, "heartbeat"),
+        ({"DELAYQ_BROKER_KIND": "zookeeper"}, "DELAYQ_BROKER_KIND"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert message in str(caught.value)
+
+
+def test_the_worker_refuses_to_start_on_a_bad_setting() -> None:
+    # Given a bad partition count, when the worker starts
+    result = subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "app", "worker"],
+        cwd=ROOT,
+        env={"DELAYQ_PARTITIONS": "-1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it exits with code 2 and one line naming the variable, no traceback
+    assert result.returncode == 2
+    assert "DELAYQ_PARTITIONS" in result.stderr
+    assert "Traceback" not in result.stderr
