@@ -33,6 +33,7 @@ from app.times import now_ms
 
 __all__ = [
     "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",

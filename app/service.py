@@ -47,6 +47,14 @@ _heartbeat = settings.heartbeat_interval_s or (
     tansu_compat.HEARTBEAT_INTERVAL_S if embedded else 3.0
 )
 
+if _heartbeat >= _session_timeout:
+    print(
+        f"delayq: invalid settings: DELAYQ_HEARTBEAT_INTERVAL_S ({_heartbeat}) must be below "
+        f"the session timeout ({_session_timeout})",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
 app = faust.App(
     settings.app_id,
     broker=settings.broker_url,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 __all__ = ["MAX_DUE_MS", "ms_to_datetime", "now_ms", "to_ms"]
 
 #: 9999-12-31T23:59:59.999Z: the latest due time delayq accepts.
 MAX_DUE_MS = 253_402_300_799_999
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 def now_ms() -> int:
@@ -20,9 +23,9 @@ def to_ms(moment: datetime) -> int:
     """An aware datetime as epoch milliseconds."""
     if moment.tzinfo is None:
         raise ValueError("datetime must carry a time zone")
-    return int(moment.timestamp() * 1000)
+    return (moment - _EPOCH) // _MS  # exact: float timestamps lose a millisecond
 
 
 def ms_to_datetime(ms: int) -> datetime:
     """Epoch milliseconds as an aware UTC datetime."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return _EPOCH + ms * _MS

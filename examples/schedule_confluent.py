@@ -6,7 +6,7 @@ librdkafka's configuration (the same keys work in C, Go, .NET, Node, ...). One i
 one command; the headers carry the contract (see the README, "Wire contract").
 
     python examples/schedule_confluent.py --bootstrap 127.0.0.1:9092 \\
-        --target orders-reminders --delay-ms 5000 --value 'hello' --header trace-id=42 --wait
+        --target orders-reminders --delay-ms 5000 --header trace-id=42 --wait 'hello' 
 
 --wait reads the target topic until the forwarded record of this job arrives and prints it with
 its headers (the target topic must exist; --create-target creates it first).
@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     when.add_argument("--delay-ms", type=int, help="forward this many ms after the record time")
     when.add_argument("--due-ms", type=int, help="forward at this epoch time in ms")
     p.add_argument("--key", help="key of the forwarded record (default: the job id)")
+    p.add_argument("value", nargs="?", help="value (UTF-8 text); same as --value")
     value = p.add_mutually_exclusive_group()
-    value.add_argument("--value", default="hello from librdkafka", help="value (UTF-8 text)")
+    value.add_argument("--value", dest="value_opt", help="value (UTF-8 text)")
     value.add_argument("--tombstone", action="store_true", help="forward a null value")
     p.add_argument(
         "--header",
@@ -70,11 +71,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="create the target topic with this many partitions if it does not exist",
     )
     args = p.parse_args(argv)
+    if args.value is not None and (args.value_opt is not None or args.tombstone):
+        p.error("give the value once: positional, --value or --tombstone")
+    if args.value is None:
+        args.value = args.value_opt if args.value_opt is not None else "hello from librdkafka"
     if args.cancel:
         if args.job_id is None:
             p.error("--cancel needs --job-id")
         if args.target or args.wait or args.delay_ms is not None or args.due_ms is not None:
             p.error("a cancel carries only the job id (no --target, --delay-ms, --due-ms, --wait)")
+        if args.value_opt is not None or args.tombstone or args.key or args.header:
+            p.error("a cancel carries no value, --key or --header")
     else:
         if not args.target:
             p.error("--target is required to schedule a job")

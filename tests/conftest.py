@@ -37,7 +37,7 @@ WorkerFactory = Callable[..., Worker]
 
 @pytest.fixture
 def start_worker(broker: EmbeddedBroker, ns: Namespace, tmp_path: Path) -> Iterator[WorkerFactory]:
-    """Start a ready worker: ``start_worker(name="a", data_dir=None, env=None)``."""
+    """Start a ready worker: ``start_worker(name="a", data_dir=None, **env)``."""
     workers: list[Worker] = []
 
     def start(name: str = "a", data_dir: Path | None = None, **env: str) -> Worker:

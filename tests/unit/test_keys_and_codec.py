@@ -69,3 +69,16 @@ def test_fired_records_round_trip() -> None:
     entries = [(due_key(5, b"a"), 1), (due_key(6, b"\x00" * 300), 2**40)]
     assert list(decode_fired(encode_fired(entries))) == entries
     assert list(decode_fired(b"")) == []
+
+
+def test_time_helpers_are_exact_to_the_millisecond() -> None:
+    from datetime import UTC, datetime
+
+    from app.times import ms_to_datetime, to_ms
+
+    moment = datetime(2031, 5, 17, 8, 0, 0, 123_000, tzinfo=UTC)
+    assert to_ms(moment) == 1_936_771_200_123
+    assert ms_to_datetime(MAX_DUE_MS) == datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
+    assert all(
+        to_ms(ms_to_datetime(ms)) == ms for ms in range(1_700_000_000_000, 1_700_000_002_000)
+    )
