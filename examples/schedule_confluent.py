@@ -6,7 +6,7 @@ librdkafka's configuration (the same keys work in C, Go, .NET, Node, ...). One i
 one command; the headers carry the contract (see the README, "Wire contract").
 
     python examples/schedule_confluent.py --bootstrap 127.0.0.1:9092 \\
-        --target orders-reminders --delay-ms 5000 --header trace-id=42 --wait 'hello' 
+        --target orders-reminders --delay-ms 5000 --header trace-id=42 --wait 'hello'
 
 --wait reads the target topic until the forwarded record of this job arrives and prints it with
 its headers (the target topic must exist; --create-target creates it first).
@@ -71,7 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="create the target topic with this many partitions if it does not exist",
     )
     args = p.parse_args(argv)
-    if args.value is not None and (args.value_opt is not None or args.tombstone):
+    given = [args.value is not None, args.value_opt is not None, args.tombstone]
+    given_value = any(given)
+    if sum(given) > 1:
         p.error("give the value once: positional, --value or --tombstone")
     if args.value is None:
         args.value = args.value_opt if args.value_opt is not None else "hello from librdkafka"
@@ -80,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error("--cancel needs --job-id")
         if args.target or args.wait or args.delay_ms is not None or args.due_ms is not None:
             p.error("a cancel carries only the job id (no --target, --delay-ms, --due-ms, --wait)")
-        if args.value_opt is not None or args.tombstone or args.key or args.header:
+        if given_value or args.key or args.header:
             p.error("a cancel carries no value, --key or --header")
     else:
         if not args.target:

@@ -170,3 +170,28 @@ async def test_idempotent_producer_fails(
             await asyncio.wait_for(producer.send_and_wait(TOPIC, b"x", partition=1), TIMEOUT)
     finally:
         await producer.stop()
+
+
+async def test_join_is_held_for_half_the_session_timeout(quirks_broker: EmbeddedBroker) -> None:
+    """Quirk 1: why SESSION_TIMEOUT_S is 2 s against Tansu (a lower bound: no speed assumed)."""
+    # Given a consumer with a 10 s session timeout
+    consumer = AIOKafkaConsumer(
+        TOPIC,
+        bootstrap_servers=quirks_broker.bootstrap,
+        group_id=f"join-{free_port()}",
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+    )
+    # When it joins its group
+    started = time.monotonic()
+    await consumer.start()
+    try:
+        await asyncio.wait_for(consumer.getmany(timeout_ms=100), TIMEOUT)
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=100)
+        joined_after = time.monotonic() - started
+    finally:
+        await consumer.stop()
+    # Then the join took at least half of it (Kafka holds a new group's first join for
+    # group.initial.rebalance.delay.ms = 3 s, not for half the session timeout)
+    assert joined_after >= 4.9
