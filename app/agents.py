@@ -24,9 +24,12 @@ log = logging.getLogger(__name__)
 
 _FORBIDDEN_TARGETS = settings.internal_topics()
 
+#: internal=True: Faust creates both topics with ``settings.partitions`` before subscribing
+#: (a topic auto-created by the subscription would get the broker's default partition count).
 commands_channel: Any = app.topic(
     settings.ingest_topic,
     settings.fired_topic,
+    internal=True,
     key_type=bytes,
     value_type=bytes,
     key_serializer="raw",

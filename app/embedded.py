@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -248,8 +249,11 @@ def run(port: int) -> int:
     broker = _start_broker(port)
     if isinstance(broker, int):
         return broker
+    # The broker keeps nothing across runs, so neither may the worker: stale table state with
+    # offsets beyond the new, empty changelog stops recovery (ConsistencyError).
+    data_dir = tempfile.mkdtemp(prefix="delayq-run-")
     try:
-        env = {**os.environ, "DELAYQ_BROKER_URL": broker.url}
+        env = {**os.environ, "DELAYQ_BROKER_URL": broker.url, "DELAYQ_DATA_DIR": data_dir}
         cmd = [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"]
         # Own session: a terminal Ctrl-C reaches only us, and we stop the worker before the broker.
         worker = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -273,6 +277,7 @@ def run(port: int) -> int:
             _stop_worker(worker)
     finally:
         broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def broker_only(port: int) -> int:

@@ -198,8 +198,12 @@ class Engine:
             if flight is not None and flight[0] == version:
                 del state.in_flight[key]
             raw = self.store.get(partition, key)
-            if raw is None or job_version(raw) != version:
-                continue  # cancelled or replaced after it was forwarded
+            if raw is None:
+                continue  # cancelled after it was forwarded
+            if job_version(raw) != version:
+                # Replaced with the same due time while in flight: the replacement is due.
+                self._note_due(state, split_due_key(key)[0])
+                continue
             due_ms, job_id = split_due_key(key)
             self.store.delete(partition, key)
             if self.store.get(partition, id_key(job_id)) == encode_due_ms(due_ms):
@@ -331,8 +335,32 @@ class Engine:
     async def _forward(self, forwards: list[_Forward], now: int) -> int | None:
         """Send, await acks, send removals; return the earliest retry time of failures."""
         expires = now + self.config.ack_timeout_ms
+        by_target: dict[str, list[_Forward]] = {}
         for fwd in forwards:
             self._state(fwd.partition).in_flight[fwd.due_key] = (fwd.job.version, expires)
+            by_target.setdefault(fwd.job.target, []).append(fwd)
+        # One sender per target: a target that stalls (e.g. waiting for metadata of a missing
+        # topic) delays only its own jobs, and each target still gets its jobs in due order.
+        await asyncio.gather(*(self._send_in_order(batch) for batch in by_target.values()))
+        await self._await_acks(forwards)
+        fired: dict[int, list[tuple[bytes, int]]] = {}
+        retry_ms: int | None = None
+        for fwd in forwards:
+            if fwd.error is None:
+                self.stats.fired += 1
+                self.stats.lateness_ms.append(now - fwd.job.due_ms)
+            else:
+                retry_at = await self._give_up(fwd, now)
+                if retry_at is not None:
+                    retry_ms = retry_at if retry_ms is None else min(retry_ms, retry_at)
+                    continue
+            fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
+        for partition, entries in fired.items():
+            await self._send_fired(partition, entries)
+        return retry_ms
+
+    async def _send_in_order(self, batch: list[_Forward]) -> None:
+        for fwd in batch:
             size = fwd.job.forward_size()
             if size > self.config.max_forward_bytes:
                 fwd.error = ForwardFailed(
@@ -354,22 +382,6 @@ class Engine:
                 )
             except Exception as exc:
                 fwd.error = exc
-        await self._await_acks(forwards)
-        fired: dict[int, list[tuple[bytes, int]]] = {}
-        retry_ms: int | None = None
-        for fwd in forwards:
-            if fwd.error is None:
-                self.stats.fired += 1
-                self.stats.lateness_ms.append(now - fwd.job.due_ms)
-            else:
-                retry_at = await self._give_up(fwd, now)
-                if retry_at is not None:
-                    retry_ms = retry_at if retry_ms is None else min(retry_ms, retry_at)
-                    continue
-            fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
-        for partition, entries in fired.items():
-            await self._send_fired(partition, entries)
-        return retry_ms
 
     async def _await_acks(self, forwards: list[_Forward]) -> None:
         pending = [(fwd, fwd.ack) for fwd in forwards if fwd.ack is not None]

@@ -76,5 +76,6 @@ app = faust.App(
     web_host=settings.web_host,
     web_bind=settings.web_host,
     web_port=settings.web_port,
+    canonical_url=settings.advertised_url or f"http://{settings.web_host}:{settings.web_port}",
     web_tables_enabled=False,
 )

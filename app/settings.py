@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Where RocksDB keeps the tables.")
     web_host: str = Field("127.0.0.1", description="HTTP binds here (loopback by default).")
     web_port: int = Field(6066, ge=1, le=65_535)
+    advertised_url: str | None = Field(
+        None,
+        description="How other workers reach this one over HTTP (requests for jobs it owns are "
+        "forwarded here). Default http://WEB_HOST:WEB_PORT; set it when WEB_HOST is 0.0.0.0.",
+    )
     session_timeout_s: float | None = Field(
         None,
         gt=0,

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from app.errors import SettingsError
 from app.runtime import active_partitions, engine
-from app.service import app
+from app.service import app, settings
 from app.times import now_ms
+from app.topics import dead_letter_topic
 
 __all__ = ["fire_due_jobs"]
 
@@ -22,13 +24,34 @@ log = logging.getLogger(__name__)
 _NOT_READY_POLL_S = 0.05
 
 
+def _partition_mismatch() -> str | None:
+    """Why the command topics cannot be used as configured, if they cannot."""
+    for topic in (settings.ingest_topic, settings.fired_topic):
+        found = app.consumer.topic_partitions(topic)
+        if found is not None and found != settings.partitions:
+            return (
+                f"topic {topic} has {found} partitions but DELAYQ_PARTITIONS is "
+                f"{settings.partitions}: jobs would be read by workers that do not hold them"
+            )
+    return None
+
+
 @app.task
 async def fire_due_jobs() -> None:
     """Forward due jobs of this worker's active partitions, for as long as the worker runs."""
+    await dead_letter_topic.maybe_declare()
+    checked = False
     while not app.should_stop:
         if app.rebalancing or not app.tables.actives_ready:
             await asyncio.sleep(_NOT_READY_POLL_S)
             continue
+        if not checked:
+            checked = True
+            mismatch = _partition_mismatch()
+            if mismatch:
+                log.critical("delayq: %s", mismatch)
+                await app.crash(SettingsError(mismatch))
+                return
         active = active_partitions()
         engine.sync_assignment(app.consumer_generation_id, active)
         try:

@@ -304,3 +304,39 @@ async def test_earliest_lists_pending_jobs_across_partitions_in_due_order(h: Har
         b"j2",
     ]
     assert h.engine.status(1, jobs[0]).value == "pending"
+
+
+async def test_a_removal_of_a_replaced_in_flight_job_wakes_the_loop(h: Harness) -> None:
+    # Given a job in flight, replaced with the same due time
+    h.schedule("a", NOW, value=b"old")
+    await h.fire(NOW)
+    h.schedule("a", NOW, value=b"new")
+    await h.fire(NOW + 1)  # the replacement waits for the old removal
+    assert [s[2] for s in h.producer.to("out")] == [b"old"]
+    sleeper = asyncio.create_task(h.engine.sleep_until(now_ms() + 60_000))
+    await asyncio.sleep(0)
+    # When the old removal arrives, the loop wakes for the replacement
+    h.ack_all()
+    await asyncio.wait_for(sleeper, 5)
+    await h.fire(NOW + 2)
+    assert [s[2] for s in h.producer.to("out")] == [b"old", b"new"]
+
+
+async def test_a_stalled_target_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    h = Harness(tmp_path, forward_timeout_s=0.2)
+    stalled = asyncio.Event()
+    send = h.producer.send
+
+    async def slow_for_stuck(topic: str, *args: Any) -> Awaitable[Any]:
+        if args and topic == "out" and args[0] == b"stuck":
+            await stalled.wait()  # never set: like metadata for a missing topic
+        return await send(topic, *args)
+
+    h.producer.send = slow_for_stuck  # type: ignore[method-assign]
+    h.schedule("stuck", NOW)
+    job = Job(b"other", NOW, "elsewhere", None, b"v", (), 99)
+    h.engine.schedule(0, job)
+    await h.fire(NOW)
+    assert [s[1] for s in h.producer.to("elsewhere")] == [b"other"]
+    assert h.engine.stats.forward_failures == 1
+    h.close()
