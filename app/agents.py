@@ -75,6 +75,7 @@ async def _apply_ingest(message: Any) -> None:
         engine.cancel(message.partition, command.job_id)
     else:
         engine.schedule(message.partition, command)
+    await engine.flush()
 
 
 @app.agent(commands_channel, concurrency=1)
@@ -84,5 +85,6 @@ async def apply_commands(stream: Any) -> None:
         message = event.message
         if message.topic == settings.fired_topic:
             engine.remove_fired(message.partition, decode_fired(message.value or b""))
+            await engine.flush()
         else:
             await _apply_ingest(message)

@@ -164,7 +164,7 @@ class Engine:
         self.store.put(partition, new_key, encode_job(job))
         index = encode_due_ms(job.due_ms)
         if old_index != index:
-            self.store.put(partition, id_key(job.job_id), index)
+            self.store.put_local(partition, id_key(job.job_id), index)
         state.retry_at.pop(new_key, None)
         state.attempts.pop(new_key, None)
         self.stats.scheduled += 1
@@ -177,10 +177,14 @@ class Engine:
             self.stats.cancel_unknown += 1
             return False
         self.store.delete(partition, due_key(decode_due_ms(index), job_id))
-        self.store.delete(partition, id_key(job_id))
+        self.store.delete_local(partition, id_key(job_id))
         self._uncount(partition)
         self.stats.cancelled += 1
         return True
+
+    async def flush(self) -> None:
+        """Send the changelog records of the commands applied so far (the agent calls it)."""
+        await self.store.flush_changelog()
 
     def get(self, partition: int, job_id: bytes) -> Job | None:
         """The pending job ``job_id`` in ``partition``, or None."""
@@ -207,7 +211,7 @@ class Engine:
             due_ms, job_id = split_due_key(key)
             self.store.delete(partition, key)
             if self.store.get(partition, id_key(job_id)) == encode_due_ms(due_ms):
-                self.store.delete(partition, id_key(job_id))
+                self.store.delete_local(partition, id_key(job_id))
             self._uncount(partition)
             self.stats.removed += 1
 

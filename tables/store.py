@@ -1,24 +1,45 @@
 """Per-partition access to the jobs table's RocksDB databases.
 
-Faust's table API routes every write through the current event and keeps a Python index of
-every key ever written; the engine needs neither. It reads and writes the partition's own
-database and sends the changelog record itself, so that:
+Faust's table API routes every write through the current event, keeps a Python index of
+recent keys, and sends changelog records through a buffer that drains one message per wake-up;
+the engine needs none of that. It reads and writes the partition's own database and sends
+changelog records straight to the producer, so that:
 
 - writes go to the partition of the command being applied (co-partitioning by construction);
-- the timer can scan one partition's due keys in byte (= due-time) order, seeking past
+- the firing loop can scan one partition's due keys in byte (= due-time) order, seeking past
   tombstones to a watermark;
 - no iterator or DB handle outlives one synchronous call, because Faust drops a revoked
   partition's DB without closing it and a live handle would keep the RocksDB lock.
+
+Only the due keys are changelogged. The id index (``I`` keys) is local: the agent writes it with
+each schedule, and :meth:`PartitionStore.index_restored` rebuilds it from every changelog record
+Faust replays into the table (recovery and standby), so one record per change reaches Kafka.
+
+Durability order of a command (Faust commits the ingest offset only after step 3):
+
+1. the agent writes the local database (due key and id index);
+2. :meth:`PartitionStore.flush_changelog` hands the due-key change to the producer;
+3. before committing, Faust flushes the producer, so the changelog holds the change;
+4. the producer's ack records the changelog offset in the database (Faust's persisted offset),
+   so a restart with this data directory replays only what came after.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, Protocol
 
 from rocksdict import ReadOptions
 
-__all__ = ["ChangelogSink", "PartitionDB", "PartitionStore"]
+from tables.keys import DUE_PREFIX, encode_due_ms, id_key, split_due_key
+
+__all__ = ["ChangelogSend", "PartitionDB", "PartitionStore"]
+
+log = logging.getLogger(__name__)
+_crashes: set[asyncio.Future[Any]] = set()
 
 
 class PartitionDB(Protocol):
@@ -30,31 +51,65 @@ class PartitionDB(Protocol):
     def iter(self, options: Any) -> Any: ...
 
 
-#: ``(partition, key, value_or_None)``: writes one changelog record.
-ChangelogSink = Callable[[int, bytes, bytes | None], object]
+#: ``(partition, key, value_or_None)`` -> awaitable enqueue returning the ack future.
+ChangelogSend = Callable[[int, bytes, bytes | None], Awaitable[Awaitable[Any]]]
+#: ``(partition, changelog_offset)``: the change at this offset is in the local database.
+PersistedOffset = Callable[[int, int], None]
+#: Called with the error when the producer gave up on a changelog record.
+ChangelogFailed = Callable[[BaseException], None]
 
 
 class PartitionStore:
-    """Reads, writes and scans one table partition at a time; every write is changelogged."""
+    """Reads, writes and scans one table partition at a time; due-key writes are changelogged."""
 
     def __init__(
         self,
         dbs: Callable[[], Mapping[int, PartitionDB]],
         open_db: Callable[[int], PartitionDB],
-        changelog: ChangelogSink,
+        send_changelog: ChangelogSend,
+        persisted: PersistedOffset | None = None,
+        failed: ChangelogFailed | None = None,
     ) -> None:
         #: Called each time: Faust creates the store lazily and drops revoked partitions.
         self._dbs = dbs
         self._open_db = open_db
-        self._changelog = changelog
+        self._send_changelog = send_changelog
+        self._persisted = persisted
+        self._failed = failed
+        self._pending: list[tuple[int, bytes, bytes | None]] = []
 
     @classmethod
-    def for_faust_table(cls, table: Any) -> PartitionStore:
+    def for_faust_table(cls, table: Any, app: Any) -> PartitionStore:
         """The store behind a Faust table with a ``rocksdb://`` store (resolved lazily)."""
+        from faust.types import TP
+
+        def topic() -> str:
+            name: str = table.changelog_topic.get_topic_name()
+            return name
+
+        async def send(partition: int, key: bytes, value: bytes | None) -> Awaitable[Any]:
+            ack: Awaitable[Any] = await app.producer.send(
+                topic(), key, value, partition, None, None
+            )
+            return ack
+
+        def persisted(partition: int, offset: int) -> None:
+            if partition in table.data._dbs:  # not revoked meanwhile (would reopen it)
+                table.data.set_persisted_offset(TP(topic(), partition), offset)
+
+        def failed(exc: BaseException) -> None:
+            # The local table is ahead of its changelog: stop before more offsets are committed,
+            # so that a restart re-applies the commands from the last committed offset.
+            crash = asyncio.ensure_future(app.crash(exc))
+            _crashes.add(crash)  # keep a reference until it ran
+            crash.add_done_callback(_crashes.discard)
+
         return cls(
             lambda: table.data._dbs,
             lambda partition: table.data._db_for_partition(partition),
-            table.send_changelog,
+            send,
+            persisted,
+            failed,
         )
 
     def has_partition(self, partition: int) -> bool:
@@ -67,14 +122,51 @@ class PartitionStore:
         return None if db is None else db.get(key)
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
-        """Write locally, then to the changelog."""
+        """Write locally now; the changelog record goes out with :meth:`flush_changelog`."""
         self._open_db(partition).put(key, value)
-        self._changelog(partition, key, value)
+        self._pending.append((partition, key, value))
 
     def delete(self, partition: int, key: bytes) -> None:
-        """Delete locally, then tombstone the changelog."""
+        """Delete locally now; the tombstone goes out with :meth:`flush_changelog`."""
         self._open_db(partition).delete(key)
-        self._changelog(partition, key, None)
+        self._pending.append((partition, key, None))
+
+    def put_local(self, partition: int, key: bytes, value: bytes) -> None:
+        """Write a derived key (the id index): never changelogged."""
+        self._open_db(partition).put(key, value)
+
+    def delete_local(self, partition: int, key: bytes) -> None:
+        """Delete a derived key (the id index): never changelogged."""
+        self._open_db(partition).delete(key)
+
+    async def flush_changelog(self) -> None:
+        """Hand every pending changelog record to the producer (in write order)."""
+        pending, self._pending = self._pending, []
+        for partition, key, value in pending:
+            ack = await self._send_changelog(partition, key, value)
+            asyncio.ensure_future(ack).add_done_callback(functools.partial(self._acked, partition))
+
+    def _acked(self, partition: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.critical("changelog write failed: %r", exc)
+            if self._failed is not None:
+                self._failed(exc)
+        elif self._persisted is not None:
+            self._persisted(partition, fut.result().offset)
+
+    def index_restored(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Keep the id index in step with a due-key record replayed from the changelog."""
+        if not key.startswith(DUE_PREFIX):
+            return
+        due_ms, job_id = split_due_key(key)
+        due = encode_due_ms(due_ms)
+        if value is not None:
+            self.put_local(partition, id_key(job_id), due)
+        elif self.get(partition, id_key(job_id)) == due:
+            self.delete_local(partition, id_key(job_id))
 
     def scan(
         self, partition: int, start: bytes, stop: bytes
