@@ -63,7 +63,7 @@ async def _apply_ingest(message: Any) -> None:
             message.offset,
             exc.reason,
         )
-        engine.stats.dead_lettered += 1
+        engine.stats.dead_lettered_now(message.key, exc.reason)
         # Attached to the event: Faust publishes it before committing this offset.
         await dead_letter_topic.send(
             key=message.key,

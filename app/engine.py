@@ -49,7 +49,7 @@ from tables.keys import (
 )
 from tables.store import PartitionStore
 
-__all__ = ["Engine", "EngineConfig", "Producer", "Stats"]
+__all__ = ["DeadLetter", "Engine", "EngineConfig", "Producer", "Stats"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,15 @@ class EngineConfig:
     max_idle_ms: int = 10_000
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """What the dashboard shows of a dead-lettered record."""
+
+    at_ms: int
+    key: bytes | None
+    reason: str
+
+
 @dataclass(slots=True)
 class Stats:
     """Counters since the worker started; lateness of the most recent forwards."""
@@ -101,6 +110,12 @@ class Stats:
     forward_failures: int = 0
     dead_lettered: int = 0
     lateness_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
+    recent_dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=100))
+
+    def dead_lettered_now(self, key: bytes | None, reason: str) -> None:
+        """Count a dead letter and remember it among the recent ones."""
+        self.dead_lettered += 1
+        self.recent_dead_letters.append(DeadLetter(now_ms(), key, reason))
 
 
 @dataclass(slots=True)
@@ -248,6 +263,33 @@ class Engine:
                 scan.close()
         found.sort(key=lambda job: (job.due_ms, job.job_id))
         return found[:limit]
+
+    def timeline(
+        self,
+        active: Collection[int],
+        start_ms: int,
+        bucket_ms: int,
+        buckets: int,
+        max_scan: int = 200_000,
+    ) -> tuple[list[int], bool]:
+        """Pending jobs per ``bucket_ms`` bucket from ``start_ms``; False if ``max_scan`` cut it.
+
+        Bounded so that a dashboard refresh never blocks the worker for long.
+        """
+        counts = [0] * buckets
+        budget = max_scan
+        stop = due_prefix(start_ms + bucket_ms * buckets)
+        for partition in active:
+            scan = self.store.scan(partition, due_prefix(start_ms), stop)
+            try:
+                for key, _raw in scan:
+                    if budget == 0:
+                        return counts, False
+                    budget -= 1
+                    counts[(decode_due_ms(key[1:9]) - start_ms) // bucket_ms] += 1
+            finally:
+                scan.close()
+        return counts, True
 
     def status(self, partition: int, job: Job) -> JobStatus:
         """Pending, or in flight (forwarded, removal not yet applied)."""
@@ -445,7 +487,7 @@ class Engine:
             [*headers, (HEADER_ERROR, reason.encode())],
         )
         await asyncio.wait_for(_as_future(ack), self.config.forward_timeout_s)
-        self.stats.dead_lettered += 1
+        self.stats.dead_lettered_now(key, reason)
 
     async def _send_fired(self, partition: int, entries: list[tuple[bytes, int]]) -> None:
         ack = await self.producer.send(

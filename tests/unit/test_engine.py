@@ -373,3 +373,19 @@ async def test_the_id_index_is_rebuilt_from_replayed_changelog_records(h: Harnes
     assert fresh.engine.pending_count([0]) == 1
     assert fresh.engine.cancel(0, b"a") is True
     fresh.close()
+
+
+async def test_timeline_counts_pending_jobs_per_bucket_and_says_when_cut(h: Harness) -> None:
+    for i, due in enumerate([0, 59_999, 60_000, 125_000, 500_000]):
+        h.schedule(f"j{i}", NOW + due, partition=i % 2)
+    assert h.engine.timeline([0, 1], NOW, 60_000, 3) == ([2, 1, 1], True)
+    assert h.engine.timeline([0, 1], NOW, 60_000, 3, max_scan=2) == ([1, 1, 0], False)
+
+
+async def test_recent_dead_letters_are_remembered_with_their_reason(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_forward_bytes=1_000)
+    h.schedule("big", NOW, value=b"x" * 2_000)
+    await h.fire(NOW)
+    [dead] = h.engine.stats.recent_dead_letters
+    assert dead.key == b"big" and "exceeds max_forward_bytes" in dead.reason
+    h.close()
