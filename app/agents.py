@@ -38,13 +38,29 @@ commands_channel: Any = app.topic(
 )
 
 
+def _delay_base_ms(timestamp_s: float | None) -> int:
+    """What ``delayq-delay-ms`` counts from: the record's timestamp, within reason.
+
+    A timestamp more than ``max_clock_skew_ms`` ahead of this worker's clock cannot be true (the
+    producer's clock is ahead): the receipt time is used instead, and counted. An old timestamp
+    is taken as it is: a backlog after downtime is old too, and its delays have run.
+    """
+    received = now_ms()
+    if not timestamp_s or timestamp_s <= 0:
+        return received
+    timestamp_ms = round(timestamp_s * 1000)
+    if timestamp_ms - received > settings.max_clock_skew_ms:
+        engine.stats.clock_skew_corrected += 1
+        return received
+    return timestamp_ms
+
+
 def _headers(message: Any) -> list[Header]:
     return [(str(name), value) for name, value in (message.headers or ())]
 
 
 async def _apply_ingest(message: Any) -> None:
-    timestamp = message.timestamp
-    timestamp_ms = round(timestamp * 1000) if timestamp and timestamp > 0 else now_ms()
+    timestamp_ms = _delay_base_ms(message.timestamp)
     headers = _headers(message)
     try:
         command = parse_command(

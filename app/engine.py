@@ -109,6 +109,8 @@ class Stats:
     removed: int = 0
     forward_failures: int = 0
     dead_lettered: int = 0
+    #: ``delayq-delay-ms`` records whose timestamp was in the future: counted from receipt.
+    clock_skew_corrected: int = 0
     lateness_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     recent_dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=100))
 

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         description="Jobs whose forwarded record would be larger go to the dead-letter topic "
         "at once (set it to the target topics' max.message.bytes).",
     )
+    max_clock_skew_ms: int = Field(
+        60_000,
+        ge=0,
+        description="A delayq-delay-ms record timestamped further ahead of the worker's clock "
+        "than this counts its delay from the time the worker reads it (and is counted).",
+    )
     ack_timeout_s: float = Field(
         30.0,
         gt=0,

@@ -69,3 +69,21 @@ async def test_a_forward_that_cannot_succeed_ends_on_the_dead_letter_topic(
     # And the small one was forwarded
     forwarded = await kafka.collect([ns.target()], lambda rs: len(rs) >= 1)
     assert [r.key for r in forwarded] == [b"small"]
+
+
+async def test_a_delay_from_a_future_timestamp_counts_from_receipt(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+) -> None:
+    # Given a producer whose clock is a day ahead
+    start_worker()
+    ahead = now_ms() + 86_400_000
+    sent_at = now_ms()
+    # When it schedules a job 500 ms after its own timestamp
+    await kafka.send(
+        ns.ingest, b"skewed", b"v", schedule_headers(ns.target(), delay_ms=500), timestamp_ms=ahead
+    )
+    # Then the job fires about 500 ms after the worker read it, not a day later
+    [record] = await kafka.collect([ns.target()], lambda rs: len(rs) >= 1)
+    due = int(headers_of(record)["delayq-due-ms"])
+    assert sent_at + 500 <= due < ahead
+    assert record.timestamp >= due
