@@ -171,7 +171,14 @@ def kafka_options(func: _F) -> _F:
 
 
 def _queue(bootstrap: str | None, ingest_topic: str | None, timeout: float) -> DelayQueue:
-    return DelayQueue(bootstrap, ingest_topic, request_timeout=timeout)
+    options = None
+    if any(
+        name.startswith(("DELAYQ_SECURITY", "DELAYQ_SASL", "DELAYQ_SSL")) for name in os.environ
+    ):
+        from app.settings import load_settings  # only then: it needs pydantic
+
+        options = load_settings().kafka_client_options()
+    return DelayQueue(bootstrap, ingest_topic, request_timeout=timeout, producer_options=options)
 
 
 # --- parameter types ----------------------------------------------------------------------------

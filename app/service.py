@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import faust
 
@@ -55,9 +56,26 @@ if _heartbeat >= _session_timeout:
     )
     raise SystemExit(2)
 
+
+def _credentials(settings: Settings) -> Any:
+    """Faust's form of the Kafka security settings (None for PLAINTEXT)."""
+    if settings.security_protocol.startswith("SASL"):
+        password = settings.sasl_password
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=password.get_secret_value() if password else None,
+            ssl_context=settings.ssl_context(),
+            mechanism=settings.sasl_mechanism,
+        )
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(settings.ssl_context())
+    return None
+
+
 app = faust.App(
     settings.app_id,
     broker=settings.broker_url,
+    broker_credentials=_credentials(settings),
     store="rocksdb://",
     datadir=str(settings.data_dir),
     autodiscover=False,

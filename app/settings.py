@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import names
@@ -96,6 +96,16 @@ class Settings(BaseSettings):
         description="A forwarded job whose removal was not seen within this is forwarded again.",
     )
 
+    # -- Kafka security: passed to every Kafka client delayq creates ---------------------------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    #: Never logged: pydantic prints it as '**********'.
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: Path | None = None
+
     @field_validator("ingest_topic", "dead_letter_topic", "fired_topic")
     @classmethod
     def _topic_name(cls, value: str) -> str:
@@ -119,6 +129,46 @@ class Settings(BaseSettings):
         if session and heartbeat and heartbeat >= session:
             raise ValueError("heartbeat_interval_s must be below session_timeout_s")
         return self
+
+    @model_validator(mode="after")
+    def _security(self) -> Settings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs DELAYQ_SASL_USERNAME "
+                "and DELAYQ_SASL_PASSWORD"
+            )
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        return self
+
+    def ssl_context(self) -> Any:
+        """The TLS context for SSL / SASL_SSL, or None."""
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        from aiokafka.helpers import create_ssl_context
+
+        return create_ssl_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+        )
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments for the security settings (empty for PLAINTEXT)."""
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            password = self.sasl_password
+            options["sasl_plain_password"] = password.get_secret_value() if password else None
+        context = self.ssl_context()
+        if context is not None:
+            options["ssl_context"] = context
+        return options
 
     @property
     def bootstrap_servers(self) -> str:

@@ -66,3 +66,31 @@ def test_the_worker_refuses_to_start_on_a_bad_setting() -> None:
     assert result.returncode == 2
     assert "DELAYQ_PARTITIONS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sasl_settings_reach_kafka_clients_and_never_print_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DELAYQ_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("DELAYQ_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("DELAYQ_SASL_USERNAME", "svc")
+    monkeypatch.setenv("DELAYQ_SASL_PASSWORD", "hunter2")
+    settings = load_settings()
+    assert settings.kafka_client_options() == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "hunter2",
+    }
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+
+
+def test_sasl_without_credentials_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELAYQ_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(SettingsError, match="DELAYQ_SASL_USERNAME"):
+        load_settings()
+
+
+def test_plaintext_adds_no_client_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DELAYQ_SECURITY_PROTOCOL", raising=False)
+    assert Settings().kafka_client_options() == {}
