@@ -1,16 +1,133 @@
-"""HTTP views served by every worker's Faust web server (loopback by default)."""
+"""HTTP views served by every worker's Faust web server (loopback by default).
+
+Thin: each view hands the request to ``app.api.handlers`` / ``app.api.compat`` and writes the
+:class:`~app.api.models.Reply` back. Errors share one envelope, ``{"code", "message",
+"errors"?}``; a 503 carries ``Retry-After``. The document of all of it is ``GET /openapi.json``.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable
 from typing import Any
 
+from aiohttp import web
 from faust.web import Request, Response, View
 
+from app.api import compat, handlers
+from app.api.models import ApiError, Reply
+from app.api.openapi import document
+from app.api.routing import ROUTED_HEADER
+from app.metrics import CONTENT_TYPE_LATEST, registry_for, render
 from app.runtime import active_partitions, engine
 from app.service import app
 from tables.jobs import jobs_table
 
-__all__ = ["health"]
+__all__ = [
+    "compat_add",
+    "compat_get",
+    "compat_remove",
+    "health",
+    "job",
+    "jobs",
+    "metrics",
+    "openapi",
+    "stats",
+]
+
+log = logging.getLogger(__name__)
+
+_metrics_registry = registry_for(handlers.metrics_snapshot)
+
+
+def _respond(view: View, reply: Reply) -> Response:
+    if isinstance(reply.body, bytes):
+        headers = {**reply.headers, "Content-Type": reply.content_type or "application/json"}
+        return view.bytes(reply.body, status=reply.status, headers=headers)
+    return view.json(reply.body, status=reply.status, headers=reply.headers or None)
+
+
+async def _answer(view: View, request: Request, call: Awaitable[Reply]) -> Response:
+    try:
+        reply = await call
+    except ApiError as exc:
+        reply = exc.reply()
+    except web.HTTPException:  # aiohttp's own answers (413 body too large, ...)
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.rel_url.path)
+        reply = ApiError(500, "internal error (see the worker's log)").reply()
+    return _respond(view, reply)
+
+
+def _routed(request: Request) -> bool:
+    return ROUTED_HEADER in request.headers
+
+
+def _query(request: Request) -> dict[str, str]:
+    return dict(request.query)
+
+
+@app.page("/jobs")
+class jobs(View):
+    """``POST``: schedule a job; ``GET``: the earliest pending jobs of the cluster."""
+
+    async def post(self, request: Request) -> Response:
+        return await _answer(self, request, _read_then(request, handlers.schedule_job))
+
+    async def get(self, request: Request) -> Response:
+        call = handlers.list_jobs(
+            _query(request), routed=_routed(request), path_qs=request.rel_url.raw_path_qs
+        )
+        return await _answer(self, request, call)
+
+
+async def _read_then(request: Request, handler: Any) -> Reply:
+    body = await request.read()
+    reply: Reply = await handler(body)
+    return reply
+
+
+@app.page("/jobs/{job_id:.+}")
+class job(View):
+    """``GET``: one pending job; ``DELETE``: cancel it. Routed to the partition's owner."""
+
+    async def get(self, request: Request, job_id: str) -> Response:
+        call = handlers.get_job(
+            job_id, routed=_routed(request), path_qs=request.rel_url.raw_path_qs
+        )
+        return await _answer(self, request, call)
+
+    async def delete(self, request: Request, job_id: str) -> Response:
+        call = handlers.cancel_job(
+            job_id, routed=_routed(request), path_qs=request.rel_url.raw_path_qs
+        )
+        return await _answer(self, request, call)
+
+
+@app.page("/stats")
+class stats(View):
+    """This worker's counters, pending count, overdue age and lateness; ``?cluster=1``: all."""
+
+    async def get(self, request: Request) -> Response:
+        call = handlers.stats(_query(request), routed=_routed(request))
+        return await _answer(self, request, call)
+
+
+@app.page("/metrics")
+class metrics(View):
+    """Prometheus text format, read from the engine at scrape time."""
+
+    async def get(self, request: Request) -> Response:
+        return self.bytes(render(_metrics_registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@app.page("/openapi.json")
+class openapi(View):
+    """The OpenAPI 3.1 document of this API."""
+
+    async def get(self, request: Request) -> Response:
+        return self.json(document())
 
 
 def _standby_partitions() -> list[int]:
@@ -31,3 +148,36 @@ class health(View):
             "next_wake_ms": engine.next_wake_ms,
         }
         return self.json(body, status=200 if ready else 503)
+
+
+# --- go-delayqueue compatibility (POST with a JSON body; GET with ?job_id= as its router) ----
+
+
+@app.page("/delay-queue/api/jobs/add")
+class compat_add(View):
+    async def post(self, request: Request) -> Response:
+        return await _answer(self, request, _read_then(request, compat.add))
+
+
+async def _compat_call(request: Request, handler: Any) -> Reply:
+    body = await request.read()
+    reply: Reply = await handler(body, _query(request))
+    return reply
+
+
+@app.page("/delay-queue/api/jobs/remove")
+class compat_remove(View):
+    async def post(self, request: Request) -> Response:
+        return await _answer(self, request, _compat_call(request, compat.remove))
+
+    async def get(self, request: Request) -> Response:
+        return await _answer(self, request, _compat_call(request, compat.remove))
+
+
+@app.page("/delay-queue/api/jobs/get")
+class compat_get(View):
+    async def post(self, request: Request) -> Response:
+        return await _answer(self, request, _compat_call(request, compat.get))
+
+    async def get(self, request: Request) -> Response:
+        return await _answer(self, request, _compat_call(request, compat.get))

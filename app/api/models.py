@@ -1,0 +1,630 @@
+"""Request and response models of the HTTP API, and the checks that turn a request into a command.
+
+Nothing here needs Faust or Kafka. Every rejection is an :class:`ApiError` with a status and,
+for bad input (422), one ``{"field", "message"}`` per problem; a rejected request produces nothing.
+
+Bytes travel as text when they are UTF-8, else base64 in a field with the same name plus
+``_base64`` (``value`` / ``value_base64``, ``key`` / ``key_base64``, header values, job ids).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
+
+from app import names
+from app.commands import MAX_JOB_ID_BYTES
+from app.durations import format_time_ms, parse_duration_ms, parse_time_ms
+from app.jobs import Header, Job, JobStatus
+from app.settings import valid_topic_name
+from app.times import MAX_DUE_MS
+
+__all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "MAX_LIST_LIMIT",
+    "ApiError",
+    "CancelOut",
+    "ClusterStatsOut",
+    "CompatAddIn",
+    "CompatJobIdIn",
+    "CompatJobOut",
+    "CompatReply",
+    "Counters",
+    "ErrorOut",
+    "FieldError",
+    "HeaderOut",
+    "HealthOut",
+    "JobListOut",
+    "JobOut",
+    "Lateness",
+    "ListQuery",
+    "Reply",
+    "Schedule",
+    "ScheduleIn",
+    "ScheduledOut",
+    "StatsOut",
+    "TotalStats",
+    "field_errors",
+    "job_out",
+    "parse_model",
+]
+
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+# --- replies and errors -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer: JSON ``body`` (or raw bytes when ``content_type`` is set)."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+class FieldError(BaseModel):
+    """One problem with one field of the request (``field`` is a dotted path)."""
+
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error of the native API: the status again, a message, field problems for 422."""
+
+    code: int
+    message: str
+    errors: list[FieldError] | None = None
+
+
+class ApiError(Exception):
+    """An error answer; ``retry_after`` (seconds) for temporary ones (503)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: Sequence[FieldError] = (),
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = list(errors)
+        self.retry_after = retry_after
+
+    def reply(self) -> Reply:
+        body: dict[str, Any] = {"code": self.status, "message": self.message}
+        if self.errors:
+            body["errors"] = [e.model_dump() for e in self.errors]
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        return Reply(self.status, body, headers)
+
+    @classmethod
+    def invalid(cls, errors: Sequence[FieldError]) -> ApiError:
+        summary = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        return cls(422, f"invalid request: {summary}", errors)
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """Pydantic's errors as ``FieldError``s, with messages a person can act on."""
+    out: list[FieldError] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in error["loc"]) or "body"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        out.append(FieldError(field=path, message=message))
+    return out
+
+
+def parse_model(model: type[_M], data: Any) -> _M:
+    """``data`` validated as ``model``, or a 422 :class:`ApiError` naming each bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError.invalid(field_errors(exc)) from None
+
+
+# --- field helpers ------------------------------------------------------------------------------
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (unpaired surrogate)") from None
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise ValueError("is not valid base64") from None
+
+
+def _text_or_b64(data: bytes | None, name: str, out: dict[str, Any]) -> None:
+    """``out[name]`` = text if ``data`` is UTF-8, else ``None`` and ``out[name_base64]``."""
+    if data is None:
+        out[name] = None
+        return
+    try:
+        out[name] = data.decode()
+    except UnicodeDecodeError:
+        out[name] = None
+        out[f"{name}_base64"] = base64.b64encode(data).decode()
+
+
+def _only_types(*types: type) -> Any:
+    names_ = " or ".join(
+        t.__name__.replace("str", "string").replace("int", "integer") for t in types
+    )
+
+    def check(value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            raise ValueError(f"expected {names_}, got {type(value).__name__}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _headers_before(value: Any) -> Any:
+    """Accept ``{"name": "text"}`` as well as ``[{"name", "value" | "value_base64"}]``."""
+    if isinstance(value, dict):
+        return [{"name": k, "value": v} for k, v in value.items()]
+    return value
+
+
+_HEADERS_SCHEMA: dict[str, Any] = {
+    "description": "Headers of the forwarded record: an object of text values, or a list of "
+    '{"name", "value" | "value_base64"} (names may repeat; binary values in base64). '
+    "Names starting with 'delayq-' are reserved.",
+    "anyOf": [
+        {"type": "object", "additionalProperties": {"type": "string"}},
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "value": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                    "value_base64": {"type": "string"},
+                },
+                "required": ["name"],
+                "additionalProperties": False,
+            },
+        },
+        {"type": "null"},
+    ],
+}
+
+
+# --- POST /jobs ---------------------------------------------------------------------------------
+
+
+class HeaderIn(BaseModel):
+    """One header of the forwarded record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    value: Annotated[str | None, _only_types(str)] = None
+    value_base64: Annotated[str | None, _only_types(str)] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        _utf8(value)
+        if value.startswith(names.HEADER_PREFIX):
+            raise ValueError(f"the {names.HEADER_PREFIX!r} prefix is reserved for delayq")
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str | None) -> str | None:
+        if value is not None:
+            _utf8(value)
+        return value
+
+    @field_validator("value_base64")
+    @classmethod
+    def _value_base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            _b64(value)
+        return value
+
+    def header(self) -> Header:
+        if self.value_base64 is not None:
+            return (self.name, _b64(self.value_base64))
+        return (self.name, None if self.value is None else _utf8(self.value))
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A checked schedule request: exactly what goes into the ingest record."""
+
+    job_id: str
+    target: str
+    due_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[Header]
+
+    @property
+    def job_id_bytes(self) -> bytes:
+        return self.job_id.encode()
+
+    def ingest_headers(self) -> list[Header]:
+        """The producer's headers plus the contract's (absolute due time: exact ``due_ms``)."""
+        out: list[Header] = [
+            *self.headers,
+            (names.HEADER_TARGET, self.target.encode()),
+            (names.HEADER_DUE_MS, str(self.due_ms).encode()),
+        ]
+        if self.key is not None:
+            out.append((names.HEADER_KEY, self.key))
+        return out
+
+    def forward_size(self) -> int:
+        """Bytes the worker will forward (the check of ``max_forward_bytes``)."""
+        job = Job(self.job_id_bytes, self.due_ms, self.target, self.key, self.value, (), 0)
+        return job.forward_size() + sum(len(n) + len(v or b"") for n, v in self.headers)
+
+
+class ScheduleIn(BaseModel):
+    """``POST /jobs``: forward ``value`` to ``target`` after ``delay`` or at ``at``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str | None, _only_types(str)] = Field(
+        None,
+        description="Job id (1-1024 UTF-8 bytes); a job with the same id is replaced. "
+        "Default: a new random id.",
+    )
+    target: Annotated[str, _only_types(str)] = Field(
+        description="Topic the record is forwarded to when due."
+    )
+    delay: Annotated[int | float | str | None, _only_types(int, float, str)] = Field(
+        None,
+        description="Milliseconds (number) or a duration like '90s', '30m', '1h30m', '2d', "
+        "counted from the worker's clock. Exactly one of delay and at.",
+    )
+    at: Annotated[int | str | None, _only_types(int, str)] = Field(
+        None,
+        description="Epoch milliseconds or ISO-8601 with a zone ('2030-05-01T12:00:00Z'). "
+        "Exactly one of delay and at.",
+    )
+    key: Annotated[str | None, _only_types(str)] = Field(
+        None, description="Key of the forwarded record (default: the job id)."
+    )
+    key_base64: Annotated[str | None, _only_types(str)] = Field(
+        None, description="Binary key, base64; instead of key."
+    )
+    value: Annotated[str | None, _only_types(str)] = Field(
+        None,
+        description="Value of the forwarded record (UTF-8). Neither value nor value_base64: "
+        "a null value (a delayed tombstone).",
+    )
+    value_base64: Annotated[str | None, _only_types(str)] = Field(
+        None, description="Binary value, base64; instead of value."
+    )
+    headers: Annotated[
+        list[HeaderIn] | None, BeforeValidator(_headers_before), WithJsonSchema(_HEADERS_SCHEMA)
+    ] = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str | None) -> str | None:
+        if value is not None:
+            encoded = _utf8(value)
+            if not encoded:
+                raise ValueError("must not be empty")
+            if len(encoded) > MAX_JOB_ID_BYTES:
+                raise ValueError(f"longer than {MAX_JOB_ID_BYTES} bytes (UTF-8)")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if not valid_topic_name(value):
+            raise ValueError(
+                f"{value!r} is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
+            )
+        return value
+
+    @field_validator("delay")
+    @classmethod
+    def _delay(cls, value: int | float | str | None) -> int | None:
+        return None if value is None else parse_duration_ms(value)
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, value: int | str | None) -> int | None:
+        return None if value is None else parse_time_ms(value)
+
+    @field_validator("key", "value")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None:
+            _utf8(value)
+        return value
+
+    @field_validator("key_base64", "value_base64")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            _b64(value)
+        return value
+
+    def resolve(
+        self, now_ms: int, forbidden_targets: frozenset[str], max_forward_bytes: int
+    ) -> Schedule:
+        """The ingest record to write, or a 422 :class:`ApiError` listing every problem."""
+        errors: list[FieldError] = []
+        if (self.delay is None) == (self.at is None):
+            both = "both were given" if self.delay is not None else "neither was given"
+            errors.append(
+                FieldError(field="delay", message=f"give exactly one of delay or at ({both})")
+            )
+        if self.target in forbidden_targets:
+            errors.append(
+                FieldError(field="target", message=f"{self.target!r} is an internal delayq topic")
+            )
+        for name in ("key", "value"):
+            if getattr(self, name) is not None and getattr(self, f"{name}_base64") is not None:
+                errors.append(
+                    FieldError(field=name, message=f"give {name} or {name}_base64, not both")
+                )
+        for i, header in enumerate(self.headers or ()):
+            if header.value is not None and header.value_base64 is not None:
+                errors.append(
+                    FieldError(field=f"headers.{i}", message="give value or value_base64, not both")
+                )
+        due_ms = now_ms + int(self.delay) if self.delay is not None else int(self.at or 0)
+        if due_ms > MAX_DUE_MS:
+            errors.append(FieldError(field="delay", message="the due time is beyond year 9999"))
+        if errors:
+            raise ApiError.invalid(errors)
+        schedule = Schedule(
+            job_id=self.id if self.id is not None else uuid.uuid4().hex,
+            target=self.target,
+            due_ms=due_ms,
+            key=_bytes_field(self.key, self.key_base64),
+            value=_bytes_field(self.value, self.value_base64),
+            headers=[h.header() for h in self.headers or ()],
+        )
+        size = schedule.forward_size()
+        if size > max_forward_bytes:
+            raise ApiError.invalid(
+                [
+                    FieldError(
+                        field="value",
+                        message=f"the forwarded record would have {size} bytes, more than "
+                        f"the worker's limit of {max_forward_bytes}",
+                    )
+                ]
+            )
+        return schedule
+
+
+def _bytes_field(text: str | None, b64: str | None) -> bytes | None:
+    if b64 is not None:
+        return _b64(b64)
+    return None if text is None else text.encode()
+
+
+class ScheduledOut(BaseModel):
+    """201: the ingest record is acknowledged by the broker; the job is durable."""
+
+    id: str
+    due_ms: int
+    due_at: str
+    partition: int
+
+
+# --- GET /jobs/{id}, GET /jobs, DELETE /jobs/{id} ----------------------------------------------
+
+
+class HeaderOut(BaseModel):
+    name: str
+    value: str | None
+    value_base64: str | None = None
+
+
+class JobOut(BaseModel):
+    """A pending job. Text fields are null with a ``*_base64`` twin when not UTF-8."""
+
+    id: str | None
+    id_base64: str | None = None
+    target: str
+    due_ms: int
+    due_at: str
+    key: str | None = Field(description="null (and no key_base64): the job id is the key.")
+    key_base64: str | None = None
+    value: str | None = Field(description="null (and no value_base64): a null value.")
+    value_base64: str | None = None
+    headers: list[HeaderOut]
+    status: Literal["pending", "in_flight"] = Field(
+        description="in_flight: forwarded, its removal not yet applied."
+    )
+    partition: int
+
+
+def job_out(job: Job, status: JobStatus, partition: int) -> dict[str, Any]:
+    """The JSON form of a pending job (see :class:`JobOut`)."""
+    out: dict[str, Any] = {}
+    _text_or_b64(job.job_id, "id", out)
+    out["target"] = job.target
+    out["due_ms"] = job.due_ms
+    out["due_at"] = format_time_ms(job.due_ms)
+    _text_or_b64(job.key, "key", out)
+    _text_or_b64(job.value, "value", out)
+    headers = []
+    for name, value in job.headers:
+        header: dict[str, Any] = {"name": name}
+        _text_or_b64(value, "value", header)
+        headers.append(header)
+    out["headers"] = headers
+    out["status"] = str(status)
+    out["partition"] = partition
+    return out
+
+
+class ListQuery(BaseModel):
+    """``GET /jobs`` query: pending jobs due before ``before``, earliest first."""
+
+    before: str | None = Field(
+        None, description="Only jobs due before this: epoch ms or ISO-8601 with a zone."
+    )
+    limit: int = Field(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
+
+    @field_validator("before")
+    @classmethod
+    def _before(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_time_ms(value)
+        return value
+
+    @property
+    def before_ms(self) -> int | None:
+        return None if self.before is None else parse_time_ms(self.before)
+
+
+class JobListOut(BaseModel):
+    """Pending jobs, earliest first, of ``active_partitions`` (all of them for a cluster list)."""
+
+    jobs: list[JobOut]
+    count: int
+    limit: int
+    before_ms: int | None
+    active_partitions: list[int]
+
+
+class CancelOut(BaseModel):
+    """202: the cancel record is acknowledged; the job is gone once the worker applies it."""
+
+    id: str
+    status: Literal["cancelling"]
+
+
+# --- stats and health ---------------------------------------------------------------------------
+
+
+class Counters(BaseModel):
+    """Counts since the worker started."""
+
+    scheduled: int
+    replaced: int
+    cancelled: int
+    cancel_unknown: int
+    fired: int
+    removed: int
+    forward_failures: int
+    dead_lettered: int
+
+
+class Lateness(BaseModel):
+    """Forward time minus due time over the most recent forwards (ms; null with no samples)."""
+
+    samples: int
+    p50: int | None
+    p90: int | None
+    p99: int | None
+    max: int | None
+
+
+class StatsOut(BaseModel):
+    worker: str
+    active_partitions: list[int]
+    pending: int
+    oldest_overdue_ms: int = Field(
+        description="Age of the oldest due job not yet forwarded (0: none overdue)."
+    )
+    counters: Counters
+    lateness_ms: Lateness
+
+
+class TotalStats(BaseModel):
+    pending: int
+    oldest_overdue_ms: int
+    counters: Counters
+    lateness_max_ms: int | None = Field(
+        description="The largest lateness seen by any worker (quantiles do not add up)."
+    )
+
+
+class ClusterStatsOut(BaseModel):
+    workers: list[StatsOut]
+    total: TotalStats
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "recovering"]
+    active_partitions: list[int]
+    standby_partitions: list[int]
+    next_wake_ms: int | None
+
+
+# --- go-delayqueue compatibility ----------------------------------------------------------------
+
+
+class CompatAddIn(BaseModel):
+    """go-delayqueue's ``/delay-queue/api/jobs/add`` body (unknown fields ignored, as Go does)."""
+
+    topic: Annotated[str, _only_types(str)] = Field(min_length=1)
+    id: Annotated[str | None, _only_types(str)] = None
+    delay: Annotated[int, _only_types(int)] = Field(description="Seconds, 1 to 2^31.")
+    body: Annotated[str, _only_types(str)] = ""
+
+    @field_validator("id", "body")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None:
+            _utf8(value)
+        return value
+
+
+class CompatJobIdIn(BaseModel):
+    """go-delayqueue's remove/get body."""
+
+    job_id: Annotated[str, _only_types(str)] = Field(min_length=1)
+
+    @field_validator("job_id")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        _utf8(value)
+        return value
+
+
+class CompatJobOut(BaseModel):
+    topic: str
+    id: str
+    exec_time: int = Field(description="Due time, epoch seconds.")
+    delay: int = Field(description="Seconds left until the due time (rounded up).")
+    body: str
+
+
+class CompatReply(BaseModel):
+    """go-delayqueue's envelope: code 0 on success."""
+
+    code: int
+    message: str
+    data: dict[str, Any] | None

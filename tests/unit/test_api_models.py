@@ -1,0 +1,199 @@
+"""The HTTP API's request checks and JSON forms (no worker, no broker)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from app.api.models import (
+    ApiError,
+    CompatAddIn,
+    JobOut,
+    ListQuery,
+    ScheduleIn,
+    job_out,
+    parse_model,
+)
+from app.jobs import Job, JobStatus
+
+NOW = 1_700_000_000_000
+FORBIDDEN = frozenset({"delayq-ingest"})
+
+
+def resolve(body: dict[str, Any], max_bytes: int = 1_000_000) -> Any:
+    return parse_model(ScheduleIn, body).resolve(NOW, FORBIDDEN, max_bytes)
+
+
+def problems(body: Any, max_bytes: int = 1_000_000) -> dict[str, str]:
+    with pytest.raises(ApiError) as caught:
+        resolve(body, max_bytes)
+    assert caught.value.status == 422
+    reply = caught.value.reply()
+    assert reply.body["code"] == 422
+    return {e["field"]: e["message"] for e in reply.body["errors"]}
+
+
+@pytest.mark.parametrize(
+    ("delay", "due"),
+    [
+        (0, NOW),
+        (1500, NOW + 1500),
+        (2.4, NOW + 2),
+        ("90s", NOW + 90_000),
+        ("1h30m", NOW + 5_400_000),
+        ("2d", NOW + 172_800_000),
+    ],
+)
+def test_a_delay_is_milliseconds_or_a_duration_from_now(delay: Any, due: int) -> None:
+    assert resolve({"target": "t", "delay": delay}).due_ms == due
+
+
+@pytest.mark.parametrize(
+    ("at", "due"),
+    [
+        (5, 5),
+        ("1700000000123", 1_700_000_000_123),
+        ("2023-11-14T22:13:20Z", NOW),
+        ("2023-11-15T00:13:20+02:00", NOW),
+    ],
+)
+def test_at_is_epoch_ms_or_iso_with_a_zone(at: Any, due: int) -> None:
+    assert resolve({"target": "t", "at": at}).due_ms == due
+
+
+def test_a_schedule_becomes_the_contract_headers_with_an_absolute_due_time() -> None:
+    # Given a request with every optional field
+    schedule = resolve(
+        {
+            "id": "job-1",
+            "target": "orders",
+            "delay": "1s",
+            "key": "k",
+            "value_base64": base64.b64encode(b"\x00\xff").decode(),
+            "headers": [
+                {"name": "a", "value": "1"},
+                {"name": "b", "value_base64": "/w=="},
+                {"name": "c"},
+            ],
+        }
+    )
+    # Then the ingest record carries the producer's headers, then the contract's
+    assert schedule.job_id_bytes == b"job-1"
+    assert schedule.value == b"\x00\xff"
+    assert schedule.ingest_headers() == [
+        ("a", b"1"),
+        ("b", b"\xff"),
+        ("c", None),
+        ("delayq-target", b"orders"),
+        ("delayq-due-ms", str(NOW + 1000).encode()),
+        ("delayq-key", b"k"),
+    ]
+
+
+def test_headers_may_be_an_object_and_a_missing_id_is_generated() -> None:
+    schedule = resolve({"target": "t", "at": 1, "headers": {"x": "y"}, "value": "v"})
+    assert schedule.headers == [("x", b"y")]
+    assert len(schedule.job_id) == 32
+    assert schedule.value == b"v"
+    assert resolve({"target": "t", "at": 1}).value is None  # a delayed tombstone
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"delay": 1}, "target"),
+        ({"target": "a b", "delay": 1}, "target"),
+        ({"target": "delayq-ingest", "delay": 1}, "target"),
+        ({"target": "t"}, "delay"),
+        ({"target": "t", "delay": 1, "at": 1}, "delay"),
+        ({"target": "t", "delay": "30"}, "delay"),
+        ({"target": "t", "delay": "-1s"}, "delay"),
+        ({"target": "t", "delay": False}, "delay"),
+        ({"target": "t", "delay": [1]}, "delay"),
+        ({"target": "t", "delay": float("nan")}, "delay"),
+        ({"target": "t", "at": "2030-01-01T00:00:00"}, "at"),
+        ({"target": "t", "at": 1.5}, "at"),
+        ({"target": "t", "delay": 253_402_300_799_999}, "delay"),
+        ({"target": "t", "at": 1, "id": ""}, "id"),
+        ({"target": "t", "at": 1, "id": "é" * 513}, "id"),
+        ({"target": "t", "at": 1, "id": "\ud800"}, "id"),
+        ({"target": "t", "at": 1, "value": "\udfff"}, "value"),
+        ({"target": "t", "at": 1, "value": "a", "value_base64": "YQ=="}, "value"),
+        ({"target": "t", "at": 1, "key": "a", "key_base64": "YQ=="}, "key"),
+        ({"target": "t", "at": 1, "value_base64": "not base64!"}, "value_base64"),
+        ({"target": "t", "at": 1, "headers": {"delayq-target": "x"}}, "headers.0.name"),
+        ({"target": "t", "at": 1, "headers": [{"name": ""}]}, "headers.0.name"),
+        (
+            {
+                "target": "t",
+                "at": 1,
+                "headers": [{"name": "a", "value": "x", "value_base64": "eA=="}],
+            },
+            "headers.0",
+        ),
+        ({"target": "t", "at": 1, "headers": "x"}, "headers"),
+        ({"target": "t", "at": 1, "extra": 1}, "extra"),
+    ],
+)
+def test_each_bad_field_is_named(body: dict[str, Any], field: str) -> None:
+    found = problems(body)
+    assert field in found, found
+    assert found[field]
+
+
+def test_a_body_that_is_not_an_object_is_a_422_on_the_body() -> None:
+    assert "body" in problems([1])
+
+
+def test_a_record_too_large_to_forward_is_refused_before_it_is_written() -> None:
+    found = problems({"target": "t", "at": 1, "value": "x" * 2_000}, max_bytes=1_024)
+    assert "more than the worker's limit of 1024" in found["value"]
+
+
+def test_job_out_shows_text_or_base64() -> None:
+    job = Job(b"\xffid", 1_000, "t", b"k", b"\x80", (("h", b"v"), ("b", b"\xfe"), ("n", None)), 7)
+    out = job_out(job, JobStatus.IN_FLIGHT, 3)
+    assert JobOut.model_validate(out)
+    assert out == {
+        "id": None,
+        "id_base64": base64.b64encode(b"\xffid").decode(),
+        "target": "t",
+        "due_ms": 1_000,
+        "due_at": "1970-01-01T00:00:01.000Z",
+        "key": "k",
+        "value": None,
+        "value_base64": "gA==",
+        "headers": [
+            {"name": "h", "value": "v"},
+            {"name": "b", "value": None, "value_base64": "/g=="},
+            {"name": "n", "value": None},
+        ],
+        "status": "in_flight",
+        "partition": 3,
+    }
+
+
+def test_list_query_defaults_and_bounds() -> None:
+    assert parse_model(ListQuery, {}).limit == 100
+    assert (
+        parse_model(ListQuery, {"limit": "1000", "before": "1970-01-01T00:00:01Z"}).before_ms
+        == 1000
+    )
+    for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "x"}, {"before": "soon"}):
+        with pytest.raises(ApiError):
+            parse_model(ListQuery, bad)
+
+
+def test_compat_add_takes_go_delayqueue_types_only() -> None:
+    ok = CompatAddIn.model_validate({"topic": "order", "delay": 3600, "body": "{}", "extra": 1})
+    assert (ok.topic, ok.delay, ok.body, ok.id) == ("order", 3600, "{}", None)
+    for bad in (
+        {"topic": "o", "delay": "1"},
+        {"topic": "o", "delay": 1.0},
+        {"topic": "", "delay": 1},
+        {"topic": "o", "delay": 1, "body": 1},
+    ):
+        with pytest.raises(ValueError):
+            CompatAddIn.model_validate(bad)
