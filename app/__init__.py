@@ -6,6 +6,8 @@ CLI, the embedded broker) import without Faust and without reading worker settin
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
 
 __all__ = ["app"]
@@ -16,6 +18,9 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'app' has no attribute {name!r}")
     # Register the Faust primitives on the app: one module each.
     from app import agents, timers, views  # noqa: F401
+
+    if importlib.util.find_spec("app.dashboard") is not None:
+        importlib.import_module("app.dashboard")
     from app.service import app as faust_app
 
     globals()["app"] = faust_app
