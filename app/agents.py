@@ -12,11 +12,12 @@ from typing import Any
 from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
 from app.jobs import Header, decode_fired
-from app.names import HEADER_ERROR
+from app.names import HEADER_DUE_MS, HEADER_ERROR, HEADER_KEY, HEADER_PREFIX, HEADER_TARGET
 from app.runtime import engine
 from app.service import app, settings
-from app.times import now_ms
-from app.topics import dead_letter_topic
+from app.settings import Route
+from app.times import MAX_DUE_MS, now_ms
+from app.topics import dead_letter_topic, ingest_topic
 
 __all__ = ["apply_commands"]
 
@@ -104,3 +105,44 @@ async def apply_commands(stream: Any) -> None:
             await engine.flush()
         else:
             await _apply_ingest(message)
+
+
+def _route_record(route: Route, message: Any) -> tuple[bytes, list[Header]]:
+    """The ingest command for a record on a route's source topic: its job id and headers.
+
+    The job id names the source record, so a re-delivered record replaces its own job instead
+    of scheduling a second one.
+    """
+    job_id = f"route:{message.topic}:{message.partition}:{message.offset}".encode()
+    due_ms = _delay_base_ms(message.timestamp) + route.delay_ms
+    headers = [(n, v) for n, v in _headers(message) if not n.startswith(HEADER_PREFIX)]
+    headers += [
+        (HEADER_TARGET, route.target.encode()),
+        (HEADER_DUE_MS, str(min(due_ms, MAX_DUE_MS)).encode()),
+    ]
+    if message.key is not None:
+        headers.append((HEADER_KEY, message.key))
+    return job_id, headers
+
+
+if settings.parsed_routes:
+    _routes = {route.source: route for route in settings.parsed_routes}
+    #: internal=True: missing source topics are created, so legacy producers find them.
+    routes_channel: Any = app.topic(
+        *_routes,
+        internal=True,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+
+    @app.agent(routes_channel, concurrency=1)
+    async def route_fixed_delays(stream: Any) -> None:
+        """Turn records on fixed-delay source topics into ingest commands (no headers needed)."""
+        async for event in stream.events():
+            message = event.message
+            job_id, headers = _route_record(_routes[message.topic], message)
+            # Attached to the event: published before this offset is committed.
+            await ingest_topic.send(key=job_id, value=message.value, headers=headers)

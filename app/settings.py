@@ -6,6 +6,7 @@ A bad value stops the worker before it connects, with one line per offending var
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,9 +14,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import names
+from app.durations import parse_duration_ms
 from app.errors import SettingsError
 
-__all__ = ["Settings", "load_settings", "valid_topic_name"]
+__all__ = ["Route", "Settings", "load_settings", "parse_routes", "valid_topic_name"]
 
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
@@ -23,6 +25,38 @@ _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 def valid_topic_name(name: str) -> bool:
     """Whether Kafka accepts ``name`` as a topic name."""
     return bool(_TOPIC_NAME.match(name)) and name not in {".", ".."}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A fixed-delay route: records on ``source`` go to ``target`` ``delay_ms`` later."""
+
+    source: str
+    delay_ms: int
+    target: str
+
+
+def parse_routes(spec: str) -> tuple[Route, ...]:
+    """``"src=30m:dst, src2=5s:dst2"`` as routes (durations as in ``app.durations``)."""
+    routes: list[Route] = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        source, eq, rest = item.partition("=")
+        delay, colon, target = rest.rpartition(":")
+        if not (eq and colon and source.strip() and target.strip()):
+            raise ValueError(f"route {item!r} is not SOURCE=DELAY:TARGET")
+        source, target = source.strip(), target.strip()
+        for topic in (source, target):
+            if not valid_topic_name(topic):
+                raise ValueError(f"route {item!r}: {topic!r} is not a valid topic name")
+        if source == target:
+            raise ValueError(f"route {item!r} forwards a topic to itself")
+        delay_ms = parse_duration_ms(delay.strip())
+        if delay_ms <= 0:
+            raise ValueError(f"route {item!r}: the delay must be positive")
+        routes.append(Route(source, delay_ms, target))
+    if len({route.source for route in routes}) != len(routes):
+        raise ValueError("a source topic appears in more than one route")
+    return tuple(routes)
 
 
 class Settings(BaseSettings):
@@ -90,6 +124,12 @@ class Settings(BaseSettings):
         description="A delayq-delay-ms record timestamped further ahead of the worker's clock "
         "than this counts its delay from the time the worker reads it (and is counted).",
     )
+    routes: str = Field(
+        "",
+        description="Fixed-delay routes SOURCE=DELAY:TARGET, comma separated, e.g. "
+        "'orders-delay=30m:orders,retry-5s=5s:work': records on SOURCE (no delayq headers "
+        "needed) reach TARGET DELAY after their timestamp.",
+    )
     ack_timeout_s: float = Field(
         30.0,
         gt=0,
@@ -125,10 +165,24 @@ class Settings(BaseSettings):
         topics = [self.ingest_topic, self.dead_letter_topic, self.fired_topic]
         if len(set(topics)) != len(topics):
             raise ValueError("ingest, dead-letter and fired topics must be distinct")
+        for route in self.parsed_routes:
+            if {route.source, route.target} & {*topics, self.changelog_topic}:
+                raise ValueError(f"route {route.source}->{route.target} uses a delayq topic")
         session, heartbeat = self.session_timeout_s, self.heartbeat_interval_s
         if session and heartbeat and heartbeat >= session:
             raise ValueError("heartbeat_interval_s must be below session_timeout_s")
         return self
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, value: str) -> str:
+        parse_routes(value)
+        return value
+
+    @property
+    def parsed_routes(self) -> tuple[Route, ...]:
+        """The fixed-delay routes (validated at start)."""
+        return parse_routes(self.routes)
 
     @model_validator(mode="after")
     def _security(self) -> Settings:
@@ -183,7 +237,8 @@ class Settings(BaseSettings):
 
     def internal_topics(self) -> frozenset[str]:
         """Topics a job may not target: forwarding there would corrupt delayq itself."""
-        return frozenset({self.ingest_topic, self.fired_topic, self.changelog_topic})
+        sources = {route.source for route in self.parsed_routes}
+        return frozenset({self.ingest_topic, self.fired_topic, self.changelog_topic, *sources})
 
 
 def load_settings() -> Settings:

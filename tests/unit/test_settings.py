@@ -94,3 +94,22 @@ def test_sasl_without_credentials_is_refused(monkeypatch: pytest.MonkeyPatch) ->
 def test_plaintext_adds_no_client_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DELAYQ_SECURITY_PROTOCOL", raising=False)
     assert Settings().kafka_client_options() == {}
+
+
+def test_routes_parse_and_refuse_loops_and_bad_delays() -> None:
+    from app.settings import Route, parse_routes
+
+    assert parse_routes(" a-delay=30m:a , retry.5s=5s:work ") == (
+        Route("a-delay", 1_800_000, "a"),
+        Route("retry.5s", 5_000, "work"),
+    )
+    assert parse_routes("") == ()
+    for bad in ("a=5s", "a=5s:a", "a=0s:b", "a=soon:b", "a b=5s:c", "a=5s:b,a=6s:c"):
+        with pytest.raises(ValueError):
+            parse_routes(bad)
+
+
+def test_a_route_may_not_use_delayq_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELAYQ_ROUTES", "delayq-ingest=5s:x")
+    with pytest.raises(SettingsError, match="delayq topic"):
+        load_settings()
