@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Where RocksDB keeps the tables.")
     web_host: str = Field("127.0.0.1", description="HTTP binds here (loopback by default).")
     web_port: int = Field(6066, ge=1, le=65_535)
+    api_token: SecretStr | None = Field(
+        None,
+        description="When set, requests that change jobs (POST /jobs, DELETE /jobs/{id}, the "
+        "compatibility add/remove) need 'Authorization: Bearer <token>'. Every worker of a "
+        "cluster needs the same token.",
+    )
     advertised_url: str | None = Field(
         None,
         description="How other workers reach this one over HTTP (requests for jobs it owns are "

@@ -7,6 +7,7 @@ Thin: each view hands the request to ``app.api.handlers`` / ``app.api.compat`` a
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -20,7 +21,7 @@ from app.api.openapi import document
 from app.api.routing import ROUTED_HEADER
 from app.metrics import CONTENT_TYPE_LATEST, registry_for, render
 from app.runtime import active_partitions, engine
-from app.service import app
+from app.service import app, settings
 from tables.jobs import jobs_table
 
 __all__ = [
@@ -60,6 +61,22 @@ async def _answer(view: View, request: Request, call: Awaitable[Reply]) -> Respo
     return _respond(view, reply)
 
 
+def _authorized(request: Request) -> bool:
+    """Whether a request that changes jobs may proceed (constant-time token comparison)."""
+    if settings.api_token is None:
+        return True
+    expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
+    return hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected)
+
+
+def _unauthorized(view: View, *, compat_envelope: bool = False) -> Response:
+    message = "missing or wrong bearer token (Authorization: Bearer <DELAYQ_API_TOKEN>)"
+    body: dict[str, Any] = {"code": 401, "message": message}
+    if compat_envelope:
+        body["data"] = None
+    return view.json(body, status=401, headers={"WWW-Authenticate": "Bearer"})
+
+
 def _routed(request: Request) -> bool:
     return ROUTED_HEADER in request.headers
 
@@ -73,6 +90,8 @@ class jobs(View):
     """``POST``: schedule a job; ``GET``: the earliest pending jobs of the cluster."""
 
     async def post(self, request: Request) -> Response:
+        if not _authorized(request):
+            return _unauthorized(self)
         return await _answer(self, request, _read_then(request, handlers.schedule_job))
 
     async def get(self, request: Request) -> Response:
@@ -99,6 +118,8 @@ class job(View):
         return await _answer(self, request, call)
 
     async def delete(self, request: Request, job_id: str) -> Response:
+        if not _authorized(request):
+            return _unauthorized(self)
         call = handlers.cancel_job(
             job_id, routed=_routed(request), path_qs=request.rel_url.raw_path_qs
         )
@@ -156,6 +177,8 @@ class health(View):
 @app.page("/delay-queue/api/jobs/add")
 class compat_add(View):
     async def post(self, request: Request) -> Response:
+        if not _authorized(request):
+            return _unauthorized(self, compat_envelope=True)
         return await _answer(self, request, _read_then(request, compat.add))
 
 
@@ -168,9 +191,13 @@ async def _compat_call(request: Request, handler: Any) -> Reply:
 @app.page("/delay-queue/api/jobs/remove")
 class compat_remove(View):
     async def post(self, request: Request) -> Response:
+        if not _authorized(request):
+            return _unauthorized(self, compat_envelope=True)
         return await _answer(self, request, _compat_call(request, compat.remove))
 
     async def get(self, request: Request) -> Response:
+        if not _authorized(request):
+            return _unauthorized(self, compat_envelope=True)
         return await _answer(self, request, _compat_call(request, compat.remove))
 
 

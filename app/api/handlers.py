@@ -56,6 +56,7 @@ router = Router(
     lambda: jobs_table.changelog_topic.get_topic_name(),
     settings.partitions,
     active_partitions,
+    settings.api_token.get_secret_value() if settings.api_token else None,
 )
 FORBIDDEN_TARGETS = settings.internal_topics()
 #: Jobs looked at to find the oldest one not in flight (beyond: the age is an upper bound).

@@ -89,11 +89,14 @@ class Router:
         changelog_topic: Callable[[], str],
         partitions: int,
         active_partitions: Callable[[], list[int]],
+        token: str | None = None,
     ) -> None:
         self.app = app
         self._changelog_topic = changelog_topic
         self.partitions = partitions
         self._active = active_partitions
+        #: The cluster's API token, sent with forwarded requests.
+        self.token = token
 
     @property
     def self_url(self) -> str:
@@ -143,6 +146,8 @@ class Router:
         """Send the request to ``url`` (``path_qs``: raw path and query), relay the answer."""
         target = URL(url.rstrip("/") + path_qs, encoded=True)
         headers = {ROUTED_HEADER: self.self_url}
+        if self.token:  # the owner checks it too: the routed header alone proves nothing
+            headers["Authorization"] = f"Bearer {self.token}"
         if content_type:
             headers["Content-Type"] = content_type
         try:

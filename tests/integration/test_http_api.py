@@ -47,6 +47,7 @@ class Api:
     """HTTP calls to one worker (blocking: the worker is another process)."""
 
     port: int
+    token: str | None = None
 
     def call(
         self,
@@ -62,7 +63,10 @@ class Api:
             f"http://127.0.0.1:{self.port}{path}",
             data=data,
             method=method,
-            headers={"Content-Type": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {self.token}"} if self.token else {}),
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
