@@ -389,7 +389,7 @@ class Engine:
             by_target.setdefault(fwd.job.target, []).append(fwd)
         # One sender per target: a target that stalls (e.g. waiting for metadata of a missing
         # topic) delays only its own jobs, and each target still gets its jobs in due order.
-        await asyncio.gather(*(self._send_in_order(batch) for batch in by_target.values()))
+        await asyncio.gather(*(self._send_target(batch) for batch in by_target.values()))
         await self._await_acks(forwards)
         fired: dict[int, list[tuple[bytes, int]]] = {}
         retry_ms: int | None = None
@@ -407,42 +407,44 @@ class Engine:
             await self._send_fired(partition, entries)
         return retry_ms
 
+    async def _send_target(self, batch: list[_Forward]) -> None:
+        """Enqueue one target's forwards in order; what is not enqueued in time has failed."""
+        try:
+            await asyncio.wait_for(self._send_in_order(batch), self.config.forward_timeout_s)
+        except TimeoutError:
+            for fwd in batch:
+                if fwd.ack is None and fwd.error is None:
+                    fwd.error = TimeoutError("the producer did not take the record in time")
+
     async def _send_in_order(self, batch: list[_Forward]) -> None:
+        limit = self.config.max_forward_bytes
         for fwd in batch:
-            size = fwd.job.forward_size()
-            if size > self.config.max_forward_bytes:
+            job = fwd.job
+            headers = job.forward_headers()
+            size = job.forward_size(headers)
+            if size > limit:
                 fwd.error = ForwardFailed(
-                    f"record of {size} bytes exceeds max_forward_bytes"
-                    f" ({self.config.max_forward_bytes})"
+                    f"record of {size} bytes exceeds max_forward_bytes ({limit})"
                 )
                 continue
             try:
-                fwd.ack = await asyncio.wait_for(
-                    self.producer.send(
-                        fwd.job.target,
-                        fwd.job.forward_key,
-                        fwd.job.value,
-                        None,
-                        None,
-                        fwd.job.forward_headers(),
-                    ),
-                    self.config.forward_timeout_s,
+                fwd.ack = await self.producer.send(
+                    job.target, job.forward_key, job.value, None, None, headers
                 )
             except Exception as exc:
                 fwd.error = exc
 
     async def _await_acks(self, forwards: list[_Forward]) -> None:
-        pending = [(fwd, fwd.ack) for fwd in forwards if fwd.ack is not None]
-        results = await asyncio.gather(
-            *(
-                asyncio.wait_for(asyncio.shield(_as_future(ack)), self.config.forward_timeout_s)
-                for _fwd, ack in pending
-            ),
-            return_exceptions=True,
-        )
-        for (fwd, _ack), result in zip(pending, results, strict=True):
-            if isinstance(result, BaseException):
-                fwd.error = result
+        """Wait for the broker's acks (one wait for all); a missing ack in time is a failure."""
+        pending = {_as_future(fwd.ack): fwd for fwd in forwards if fwd.ack is not None}
+        if not pending:
+            return
+        done, late = await asyncio.wait(pending, timeout=self.config.forward_timeout_s)
+        for fut in done:
+            if not fut.cancelled() and fut.exception() is not None:
+                pending[fut].error = fut.exception()
+        for fut in late:
+            pending[fut].error = TimeoutError("no acknowledgement from the broker in time")
 
     async def _give_up(self, fwd: _Forward, now: int) -> int | None:
         """Handle a failed forward: the time of its retry, or None once dead-lettered."""

@@ -70,10 +70,10 @@ class Job:
             (names.HEADER_DUE_MS, str(self.due_ms).encode()),
         ]
 
-    def forward_size(self) -> int:
+    def forward_size(self, headers: list[Header] | None = None) -> int:
         """Bytes of key, value and headers of the forwarded record (Kafka's framing excluded)."""
-        headers = sum(len(n) + len(v or b"") for n, v in self.forward_headers())
-        return len(self.forward_key) + len(self.value or b"") + headers
+        header_bytes = sum(len(n) + len(v or b"") for n, v in headers or self.forward_headers())
+        return len(self.forward_key) + len(self.value or b"") + header_bytes
 
     def contract_headers(self) -> list[Header]:
         """Headers that would schedule this job again (used for dead letters)."""
