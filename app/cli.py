@@ -3,24 +3,35 @@
     delayq schedule --target reminders --delay 30m --key user-7 'time to stretch'
     echo '{"report": 42}' | delayq schedule -t reports --at 2030-05-01T12:00:00Z --json -
     delayq cancel 3f2a9c...
+    delayq get 3f2a9c...            # these three ask a worker's HTTP API (--url)
+    delayq list --before 2030-05-01T00:00:00Z --limit 20
+    delayq stats --cluster
 
-Output is one sentence per command, or one JSON object with ``--json``. Errors are one line on
-stderr, ``delayq: error: ...``, with the exit code saying what kind: :data:`EXIT_USAGE` for bad
-input or settings, :data:`EXIT_UNAVAILABLE` when the broker cannot be reached, :data:`EXIT_FAILURE`
-for anything else the broker refused.
+Output is one sentence per command (a line per job for ``get`` and ``list``, a table for
+``stats``), or one JSON object with ``--json``. Errors are one line on stderr,
+``delayq: error: ...``, with the exit code saying what kind: :data:`EXIT_USAGE` for bad input or
+settings (and any 4xx answer of the API), :data:`EXIT_UNAVAILABLE` when the broker or the worker
+cannot be reached (or the API answers 503), :data:`EXIT_FAILURE` for anything else refused, and
+for ``get`` of a job that is not pending.
 
-Commands talking to Kafka take :func:`kafka_options`; every command takes :func:`json_option` and
-prints with :func:`emit`, and reports failures by raising :class:`CommandError` (or a click
-``UsageError``): a new command (e.g. one asking the HTTP API) only has to follow that.
+Commands talking to Kafka take :func:`kafka_options`, those asking the HTTP API
+:func:`api_options`; every command takes :func:`json_option` and prints with :func:`emit`, and
+reports failures by raising :class:`CommandError` (or a click ``UsageError``): a new command only
+has to follow that.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
 import json
 import logging
 import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
@@ -38,6 +49,7 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "CommandError",
+    "api_options",
     "cli",
     "emit",
     "json_option",
@@ -142,9 +154,9 @@ def emit(as_json: bool, data: Mapping[str, Any], sentence: str) -> None:
 
 
 def json_option(func: _F) -> _F:
-    """``--json``: print one JSON object instead of a sentence."""
+    """``--json``: print one JSON object instead of text."""
     return click.option(
-        "--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence."
+        "--json", "as_json", is_flag=True, help="Print one JSON object instead of text."
     )(func)
 
 
@@ -231,9 +243,12 @@ def _headers(
 @click.option("-v", "--verbose", is_flag=True, help="Show the Kafka client's log on stderr.")
 @click.version_option(package_name="delayq", prog_name="delayq")
 def cli(verbose: bool) -> None:
-    """Schedule and cancel delayed Kafka records through delayq.
+    """Schedule and cancel delayed Kafka records through delayq; look at pending jobs and stats.
 
-    Exit codes: 0 done, 1 refused, 2 bad input, 3 broker unreachable.
+    schedule and cancel write to Kafka (--bootstrap); get, list and stats ask a worker's HTTP
+    API (--url).
+
+    Exit codes: 0 done, 1 refused or not pending, 2 bad input, 3 broker or worker unreachable.
     """
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -353,6 +368,295 @@ def cancel(
         finally:
             queue.close()
     emit(as_json, {"job_id": job_id, "cancel_sent": True}, f"cancel of job {job_id} sent")
+
+
+# --- commands asking a worker's HTTP API ----------------------------------------------------------
+
+#: Where a worker's web server listens when ``DELAYQ_WEB_PORT`` is not set (``app.settings``).
+DEFAULT_WEB_PORT = 6066
+#: How long the HTTP commands wait for a worker's answer by default.
+DEFAULT_HTTP_TIMEOUT_S = 10.0
+#: Longest text of a value, key or header shown in a job's line (``--json`` shows all of it).
+_SHOWN_CHARS = 40
+_SHOWN_HEADERS = 3
+
+
+def _default_url() -> str:
+    port = os.environ.get("DELAYQ_WEB_PORT", "").strip() or str(DEFAULT_WEB_PORT)
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65_535):
+        raise CommandError(
+            f"invalid settings: DELAYQ_WEB_PORT: {port!r} is not a port (1-65535)", EXIT_USAGE
+        )
+    return f"http://127.0.0.1:{int(port)}"
+
+
+def _base_url(url: str | None) -> str:
+    """``--url`` (default from ``DELAYQ_WEB_PORT``) checked, without a trailing slash."""
+    if url is None:
+        return _default_url()
+    base = url.strip()
+    if "://" not in base:
+        base = f"http://{base}"  # 127.0.0.1:6066
+    try:
+        parts = urllib.parse.urlsplit(base)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if not (port_ok and parts.scheme in ("http", "https") and parts.hostname):
+        raise CommandError(f"--url: expected http://HOST:PORT, got {url!r}", EXIT_USAGE)
+    if parts.query or parts.fragment:
+        raise CommandError(f"--url: no query or fragment please, got {url!r}", EXIT_USAGE)
+    return base.rstrip("/")
+
+
+def api_options(func: _F) -> _F:
+    """``--url`` and ``--timeout``, for commands that ask a worker's HTTP API."""
+    func = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_HTTP_TIMEOUT_S,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long to wait for the worker's answer.",
+    )(func)
+    return click.option(
+        "--url",
+        metavar="URL",
+        help="Any worker's HTTP API; it asks the others [default: "
+        f"http://127.0.0.1:$DELAYQ_WEB_PORT, or port {DEFAULT_WEB_PORT}].",
+    )(func)
+
+
+class _Api:
+    """GET requests to one worker's HTTP API; every failure is a :class:`CommandError`."""
+
+    def __init__(self, url: str | None, timeout: float) -> None:
+        self.url = _base_url(url)
+        self.timeout = timeout
+
+    def get(self, path: str, not_found: str | None = None) -> Any:
+        """The JSON answer to ``GET path``; ``not_found``: the message (exit 1) of a 404."""
+        request = urllib.request.Request(
+            self.url + path,
+            headers={"Accept": "application/json", "User-Agent": "delayq-cli"},
+        )
+        try:
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    status, body = response.status, response.read()
+                    retry_after = None
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, exc.read()
+                retry_after = exc.headers.get("Retry-After")
+        except (OSError, http.client.HTTPException) as exc:
+            raise CommandError(
+                f"cannot reach delayq at {self.url} ({_why(exc, self.timeout)})", EXIT_UNAVAILABLE
+            ) from exc
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if status == 200 and data is not None:
+            return data
+        raise self._error(status, data, retry_after, not_found)
+
+    def _error(
+        self, status: int, data: Any, retry_after: str | None, not_found: str | None
+    ) -> CommandError:
+        message = data.get("message") if isinstance(data, dict) else None
+        if not isinstance(message, str):  # not delayq's error envelope
+            why = "not JSON" if data is None else "unexpected JSON"
+            return CommandError(
+                f"HTTP {status} from {self.url} ({why}): is it a delayq worker's API?",
+                EXIT_USAGE if 400 <= status < 500 else EXIT_FAILURE,
+            )
+        if status == 404 and not_found is not None:
+            return CommandError(not_found, EXIT_FAILURE)
+        if status == 503:
+            later = f", retry after {retry_after}s" if retry_after else ""
+            return CommandError(f"{message} (HTTP 503{later})", EXIT_UNAVAILABLE)
+        if 400 <= status < 500:
+            return CommandError(f"{message} (HTTP {status})", EXIT_USAGE)
+        return CommandError(f"{message} (HTTP {status})", EXIT_FAILURE)
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    """Why a request got no answer, in a few words."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused: is a worker running there?"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
+
+
+def _ago_or_in(due_ms: int, now: int) -> str:
+    """``in 59m58s`` / ``3s overdue``, to the second (to the millisecond under one second)."""
+    left = due_ms - now
+    rough = abs(left) if abs(left) < 1_000 else round(abs(left) / 1_000) * 1_000
+    if left > 0:
+        return f"in {format_duration_ms(rough)}"
+    return "due now" if rough == 0 else f"{format_duration_ms(rough)} overdue"
+
+
+def _shown(item: Mapping[str, Any], name: str) -> str | None:
+    """``item[name]`` (a text or a ``name_base64`` twin) for one line; None when null."""
+    text = item.get(name)
+    if isinstance(text, str):
+        if len(text) > _SHOWN_CHARS:
+            return f"{text[:_SHOWN_CHARS]!r}... ({len(text.encode())} bytes)"
+        return repr(text)
+    b64 = item.get(f"{name}_base64")
+    if isinstance(b64, str):
+        return f"<{len(base64.b64decode(b64))} bytes, not UTF-8>"
+    return None
+
+
+def _job_cells(job: Mapping[str, Any], now: int) -> list[str]:
+    job_id = job.get("id")
+    if not isinstance(job_id, str):
+        job_id = f"base64:{job.get('id_base64')}"
+    key = _shown(job, "key")
+    value = _shown(job, "value")
+    details = [f"key {key}" if key is not None else "", f"value {value or 'null'}"]
+    headers = job.get("headers") or []
+    if headers:
+        shown = [f"{h.get('name')}={_shown(h, 'value') or 'null'}" for h in headers]
+        more = len(shown) - _SHOWN_HEADERS
+        extra = [f"+{more} more"] if more > 0 else []
+        details.append("headers " + ", ".join(shown[:_SHOWN_HEADERS] + extra))
+    return [
+        job_id,
+        str(job.get("status")),
+        f"due {job.get('due_at')}",
+        _ago_or_in(int(job["due_ms"]), now),
+        f"to {job.get('target')}",
+        f"partition {job.get('partition')}",
+        "  ".join(d for d in details if d),
+    ]
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    """``rows`` as lines of left-aligned columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(max(map(len, rows)))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
+        for row in rows
+    )
+
+
+def _ranges(partitions: Sequence[int]) -> str:
+    """``[0, 1, 2, 3, 6]`` as ``0-3, 6``."""
+    spans: list[list[int]] = []
+    for partition in sorted(partitions):
+        if spans and partition == spans[-1][1] + 1:
+            spans[-1][1] = partition
+        else:
+            spans.append([partition, partition])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans) or "none"
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else format_duration_ms(int(value))
+
+
+def _stats_rows(stats: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One worker's stats (``StatsOut``) as ``(label, value)`` rows."""
+    rows = [
+        ("active partitions", _ranges(stats.get("active_partitions", []))),
+        ("pending", str(stats.get("pending"))),
+        ("oldest overdue", _ms(stats.get("oldest_overdue_ms"))),
+    ]
+    rows += [(name.replace("_", " "), str(n)) for name, n in stats.get("counters", {}).items()]
+    lateness = stats.get("lateness_ms", {})
+    rows.append(("lateness samples", str(lateness.get("samples"))))
+    rows += [(f"lateness {q}", _ms(lateness.get(q))) for q in ("p50", "p90", "p99", "max")]
+    return rows
+
+
+def _stats_table(data: Mapping[str, Any]) -> str:
+    """``GET /stats`` (one worker) or ``GET /stats?cluster=1`` (a column per worker, and total)."""
+    if "workers" not in data:
+        return _table([("worker", str(data.get("worker"))), *_stats_rows(data)])
+    workers: list[Mapping[str, Any]] = data["workers"]
+    columns = [dict(_stats_rows(worker)) for worker in workers]
+    total = data.get("total", {})
+    summed = {
+        "active partitions": _ranges([p for w in workers for p in w["active_partitions"]]),
+        "pending": str(total.get("pending")),
+        "oldest overdue": _ms(total.get("oldest_overdue_ms")),
+        "lateness max": _ms(total.get("lateness_max_ms")),
+    }
+    summed |= {name.replace("_", " "): str(n) for name, n in total.get("counters", {}).items()}
+    labels = [label for label, _ in _stats_rows(workers[0])] if workers else list(summed)
+    rows = [["worker", *(str(w.get("worker")) for w in workers), "total"]]
+    for label in labels:
+        rows.append([label, *(column.get(label, "") for column in columns), summed.get(label, "")])
+    return _table(rows)
+
+
+@cli.command("get")
+@click.argument("job_id", metavar="ID")
+@api_options
+@json_option
+def get_job(job_id: str, url: str | None, timeout: float, as_json: bool) -> None:
+    """Show the pending job ID (exit 1 if there is none)."""
+    if not job_id:
+        raise click.BadParameter("must not be empty", param_hint="'ID'")
+    api = _Api(url, timeout)
+    job = api.get(
+        "/jobs/" + urllib.parse.quote(job_id, safe=""),
+        not_found=f"job {job_id} is not pending (never scheduled, already forwarded or cancelled)",
+    )
+    emit(as_json, job, _table([_job_cells(job, now_ms())]))
+
+
+@cli.command("list")
+@click.option(
+    "-b",
+    "--before",
+    type=_Time(),
+    metavar="TIME",
+    help="Only jobs due before this: ISO-8601 with a zone, or epoch ms.",
+)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    metavar="N",
+    help="At most this many jobs (the API allows up to 1000).",
+)
+@api_options
+@json_option
+def list_jobs(
+    before: int | None, limit: int, url: str | None, timeout: float, as_json: bool
+) -> None:
+    """List the earliest pending jobs of the whole cluster, one line each."""
+    query = {"limit": str(limit)} | ({} if before is None else {"before": str(before)})
+    api = _Api(url, timeout)
+    data = api.get("/jobs?" + urllib.parse.urlencode(query))
+    jobs = data.get("jobs", [])
+    if as_json or jobs:
+        now = now_ms()
+        emit(as_json, data, _table([_job_cells(job, now) for job in jobs]))
+    else:
+        due = "" if before is None else f" due before {format_time_ms(before)}"
+        click.echo(f"no pending jobs{due}")
+
+
+@cli.command()
+@click.option("-c", "--cluster", is_flag=True, help="Every worker's stats, and their total.")
+@api_options
+@json_option
+def stats(cluster: bool, url: str | None, timeout: float, as_json: bool) -> None:
+    """Show a worker's counters, pending jobs and lateness (--cluster: every worker's)."""
+    api = _Api(url, timeout)
+    data = api.get("/stats?cluster=1" if cluster else "/stats")
+    emit(as_json, data, _stats_table(data))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
