@@ -168,7 +168,9 @@ class health(View):
             "standby_partitions": _standby_partitions() if ready else [],
             "next_wake_ms": engine.next_wake_ms,
         }
-        return self.json(body, status=200 if ready else 503)
+        return self.json(
+            body, status=200 if ready else 503, headers=None if ready else {"Retry-After": "1"}
+        )
 
 
 # --- go-delayqueue compatibility (POST with a JSON body; GET with ?job_id= as its router) ----

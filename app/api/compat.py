@@ -9,6 +9,7 @@ Three endpoints under ``/delay-queue/api/jobs``, POST with a JSON body as its RE
 - 10001 ``delay`` out of 1 .. 2^31 seconds; 10002 add failed (the broker did not acknowledge);
 - 10003 remove failed (the job was already forwarded, or its owner is unavailable);
 - 10004 job not found (``get``; ``remove`` of an unknown job is 0, as there: idempotent).
+- 10005 (delayq's own) the job's worker is not known right now (rebalance): try again.
 
 ``topic`` is the target topic, ``body`` the forwarded value (UTF-8), ``delay`` whole seconds.
 ``remove`` and ``get`` run the native routed ``DELETE``/``GET /jobs/{id}``, so they work on any
@@ -46,6 +47,8 @@ BAD_DELAY = 10001
 ADD_FAILED = 10002
 REMOVE_FAILED = 10003
 NOT_FOUND = 10004
+#: Not in the seed: the job's owner is not known right now (rebalance); retry.
+UNAVAILABLE = 10005
 MAX_DELAY_S = 1 << 31
 _M = TypeVar("_M", bound=BaseModel)
 #: Native field names as go-delayqueue calls them.
@@ -160,6 +163,8 @@ async def get(body: bytes, query: Mapping[str, str]) -> Reply:
     native = await _native("GET", request.job_id)
     if native.status == 422:
         return _reply(BAD_PARAMS, f"invalid parameters: {_message(native)}")
+    if native.status == 503:  # not "not found": the owner is moving (rebalance)
+        return _reply(UNAVAILABLE, f"try again: {_message(native)}")
     if native.status != 200:
         return _reply(NOT_FOUND, f"job not found ({_message(native)})")
     return _reply(OK, "ok", compat_job(_json(native), now_ms()))

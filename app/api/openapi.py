@@ -232,6 +232,38 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
             "description": "A durable delay queue for Apache Kafka. Every worker answers every "
             "endpoint; reads of one job are routed to the worker owning its partition.",
         },
-        "paths": _paths(),
-        "components": {"schemas": defs.get("$defs", {})},
+        "paths": _with_auth(_paths()),
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Needed only when the workers run with DELAYQ_API_TOKEN.",
+                }
+            },
+        },
     }
+
+
+#: Operations that change jobs: they need the bearer token when one is configured.
+_MUTATING = (
+    ("/jobs", "post"),
+    ("/jobs/{job_id}", "delete"),
+    ("/delay-queue/api/jobs/add", "post"),
+    ("/delay-queue/api/jobs/remove", "post"),
+    ("/delay-queue/api/jobs/remove", "get"),
+)
+
+
+def _with_auth(paths: dict[str, Any]) -> dict[str, Any]:
+    for path, method in _MUTATING:
+        operation = paths.get(path, {}).get(method)
+        if operation is None:
+            continue
+        # Optional security: {} means "no token needed" for workers without DELAYQ_API_TOKEN.
+        operation["security"] = [{"bearer": []}, {}]
+        operation["responses"]["401"] = _json(
+            {"type": "object"}, "DELAYQ_API_TOKEN is set and the bearer token is missing or wrong."
+        )
+    return paths
