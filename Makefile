@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/python -m app.embedded run
 
 ## test: lint, type-check, unit and integration tests against the embedded broker
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck browser-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -35,5 +35,32 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
+.PHONY: bench bench-quick
+
+## bench: limit, seed and delayq on one embedded broker, one table (long: 1M pending jobs)
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+## bench-quick: the same table, smaller (see bench/README.md)
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: browser-deps
+
+## browser-deps: Debian's chromium and chromedriver for the dashboard's browser test (installed
+## as root with apt-get when missing; otherwise, or if that fails, the test is skipped, saying so)
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "browser-deps: installing chromium and chromium-driver"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; } \
+		|| echo "browser-deps: could not install them: the dashboard's browser test will be skipped"; \
+	else \
+		echo "browser-deps: no chromium/chromedriver (install them as root:" \
+			"apt-get install chromium chromium-driver): the dashboard's browser test will be skipped"; \
+	fi
