@@ -245,7 +245,7 @@ class Engine:
         for partition in active:
             state = self._state(partition)
             if state.pending is None:  # once per assignment: count the id index
-                scan = self.store.scan(partition, ID_PREFIX, ID_END)
+                scan = self.store.scan(partition, ID_PREFIX, ID_END, values=False)
                 state.pending = sum(1 for _ in scan)
             total += state.pending
         return total
@@ -282,7 +282,7 @@ class Engine:
         budget = max_scan
         stop = due_prefix(start_ms + bucket_ms * buckets)
         for partition in active:
-            scan = self.store.scan(partition, due_prefix(start_ms), stop)
+            scan = self.store.scan(partition, due_prefix(start_ms), stop, values=False)
             try:
                 for key, _raw in scan:
                     if budget == 0:

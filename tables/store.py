@@ -169,9 +169,9 @@ class PartitionStore:
             self.delete_local(partition, id_key(job_id))
 
     def scan(
-        self, partition: int, start: bytes, stop: bytes
+        self, partition: int, start: bytes, stop: bytes, *, values: bool = True
     ) -> Generator[tuple[bytes, bytes], None, None]:
-        """Items with ``start <= key < stop`` in byte order.
+        """Items with ``start <= key < stop`` in byte order (values ``b""`` if not ``values``).
 
         A generator: consume or close it before the next ``await``.
         """
@@ -184,6 +184,6 @@ class PartitionStore:
         it = db.iter(options)
         it.seek(start)
         while it.valid():
-            yield it.key(), it.value()
+            yield it.key(), (it.value() if values else b"")
             it.next()
         del it, options
