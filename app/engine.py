@@ -81,7 +81,7 @@ class EngineConfig:
     forward_timeout_s: float = 10.0
     forward_attempts: int = 5
     forward_retry_backoff_ms: int = 500
-    ack_timeout_ms: int = 30_000
+    ack_timeout_ms: int = 300_000
     #: Larger forwards are dead-lettered at once (match the target topics' max.message.bytes).
     max_forward_bytes: int = 1_000_000
     #: The loop wakes at least this often even with nothing due (a safety net, not the clock).

@@ -137,9 +137,11 @@ class Settings(BaseSettings):
         "needed) reach TARGET DELAY after their timestamp.",
     )
     ack_timeout_s: float = Field(
-        30.0,
+        300.0,
         gt=0,
-        description="A forwarded job whose removal was not seen within this is forwarded again.",
+        description="A forwarded job whose removal was not seen within this is forwarded again. "
+        "A safety net only (a failed removal record is handled at once): removals queue behind "
+        "the ingest backlog, so a short value turns a backlog into duplicates.",
     )
 
     # -- Kafka security: passed to every Kafka client delayq creates ---------------------------
