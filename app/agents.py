@@ -12,7 +12,14 @@ from typing import Any
 from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
 from app.jobs import Header, decode_fired
-from app.names import HEADER_DUE_MS, HEADER_ERROR, HEADER_KEY, HEADER_PREFIX, HEADER_TARGET
+from app.names import (
+    HEADER_DELAY_MS,
+    HEADER_DUE_MS,
+    HEADER_ERROR,
+    HEADER_KEY,
+    HEADER_PREFIX,
+    HEADER_TARGET,
+)
 from app.runtime import engine
 from app.service import app, settings
 from app.settings import Route
@@ -61,8 +68,10 @@ def _headers(message: Any) -> list[Header]:
 
 
 async def _apply_ingest(message: Any) -> None:
-    timestamp_ms = _delay_base_ms(message.timestamp)
     headers = _headers(message)
+    # Only a delay counts from the record's timestamp (and only then is skew corrected).
+    uses_delay = any(name == HEADER_DELAY_MS for name, _value in headers)
+    timestamp_ms = _delay_base_ms(message.timestamp) if uses_delay else now_ms()
     try:
         command = parse_command(
             message.key,

@@ -73,7 +73,7 @@ Headers = Mapping[str, Data] | Iterable[tuple[str, Data]]
 
 _T = TypeVar("_T")
 #: Kafka's topic name rule, as ``app.settings.valid_topic_name`` (not imported: pydantic).
-_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _LOG_APPEND_TIME = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Extra time a sync call waits for its event loop beyond the bounds the async calls keep.
@@ -97,7 +97,7 @@ class ScheduledJob:
 
 
 def _valid_topic_name(name: str) -> bool:
-    return bool(_TOPIC_NAME.match(name)) and name not in {".", ".."}
+    return bool(_TOPIC_NAME.fullmatch(name)) and name not in {".", ".."}
 
 
 def _topic(name: object, argument: str) -> str:

@@ -15,10 +15,20 @@ from app.jobs import Header, Job
 from app.settings import valid_topic_name
 from app.times import MAX_DUE_MS
 
-__all__ = ["MAX_JOB_ID_BYTES", "Cancel", "Command", "parse_command"]
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEADER_NAME_BYTES",
+    "MAX_JOB_ID_BYTES",
+    "Cancel",
+    "Command",
+    "parse_command",
+]
 
 #: Job ids longer than this are refused: they are stored twice per job and travel in headers.
 MAX_JOB_ID_BYTES = 1024
+#: The stored job's format counts headers and header-name bytes in 16 bits.
+MAX_HEADERS = 65_535
+MAX_HEADER_NAME_BYTES = 65_535
 
 _CONTRACT_HEADERS = frozenset(
     {names.HEADER_TARGET, names.HEADER_DUE_MS, names.HEADER_DELAY_MS, names.HEADER_KEY}
@@ -51,8 +61,14 @@ def _contract_headers(headers: Iterable[Header]) -> tuple[dict[str, bytes | None
     return ours, theirs
 
 
+#: More digits than any due time up to year 9999 (and far below Python's int() digit limit).
+_MAX_DIGITS = 20
+
+
 def _ms_header(name: str, raw: bytes | None, *, low: int, high: int) -> int:
     text = (raw or b"").decode("ascii", errors="replace").strip()
+    if len(text) > _MAX_DIGITS:
+        raise InvalidRecord(f"header {name} is longer than {_MAX_DIGITS} characters")
     if not text.isdigit() or not text.isascii():
         raise InvalidRecord(f"header {name} must be a non-negative decimal integer, got {text!r}")
     value = int(text)
@@ -107,6 +123,10 @@ def parse_command(
         raise InvalidRecord("record key (the job id) is missing or empty")
     if len(key) > MAX_JOB_ID_BYTES:
         raise InvalidRecord(f"record key (the job id) is longer than {MAX_JOB_ID_BYTES} bytes")
+    if len(headers) > MAX_HEADERS:
+        raise InvalidRecord(f"more than {MAX_HEADERS} headers")
+    if any(len(name.encode()) > MAX_HEADER_NAME_BYTES for name, _value in headers):
+        raise InvalidRecord(f"a header name is longer than {MAX_HEADER_NAME_BYTES} bytes")
     ours, theirs = _contract_headers(headers)
     if names.HEADER_TARGET not in ours:
         if value is not None:

@@ -43,6 +43,7 @@ COUNTERS: Mapping[str, str] = {
     "removed": "Forwarded jobs removed from the table.",
     "forward_failures": "Failed forward attempts (retried, then dead-lettered).",
     "dead_lettered": "Records written to the dead-letter topic (bad commands, failed forwards).",
+    "clock_skew_corrected": "Delays counted from receipt (the record was future-dated).",
 }
 QUANTILES = (0.5, 0.9, 0.99)
 

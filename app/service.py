@@ -96,6 +96,7 @@ app = faust.App(
     web_port=settings.web_port,
     canonical_url=settings.advertised_url or f"http://{settings.web_host}:{settings.web_port}",
     web_tables_enabled=False,
+    web_router_enabled=False,  # Faust's /router/ pages (delayq routes with app.assignor)
     # A POST /jobs body carries the value base64-encoded: room for the largest forward.
     web_application_options={"client_max_size": settings.max_forward_bytes * 2 + 65_536},
 )

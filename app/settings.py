@@ -19,12 +19,12 @@ from app.errors import SettingsError
 
 __all__ = ["Route", "Settings", "load_settings", "parse_routes", "valid_topic_name"]
 
-_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 def valid_topic_name(name: str) -> bool:
     """Whether Kafka accepts ``name`` as a topic name."""
-    return bool(_TOPIC_NAME.match(name)) and name not in {".", ".."}
+    return bool(_TOPIC_NAME.fullmatch(name)) and name not in {".", ".."}
 
 
 @dataclass(frozen=True, slots=True)

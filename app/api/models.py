@@ -539,6 +539,7 @@ class Counters(BaseModel):
     removed: int
     forward_failures: int
     dead_lettered: int
+    clock_skew_corrected: int
 
 
 class Lateness(BaseModel):
