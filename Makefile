@@ -64,3 +64,10 @@ browser-deps:
 		echo "browser-deps: no chromium/chromedriver (install them as root:" \
 			"apt-get install chromium chromium-driver): the dashboard's browser test will be skipped"; \
 	fi
+
+.PHONY: chaos
+
+## chaos: 3 workers under load, SIGKILL/add/SIGTERM/broker SIGSTOP, then a reconciliation
+## (bounded: at most 10 minutes; exit 1 if a job was lost, early or duplicated under another id)
+chaos: $(STAMP)
+	$(BIN)/python -m chaos

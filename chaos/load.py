@@ -1,0 +1,285 @@
+"""The load generator: schedules, replaces and cancels at a steady rate on the ingest topic.
+
+One aiokafka producer (acks=all, batched, murmur2 like every other producer of the contract).
+Every 10 ms slice it sends as many commands as the rate asks for by then, so a slow slice is
+caught up in the next ones; the achieved rate is measured, not assumed.
+
+A command is one of:
+
+- a new job: key = a fresh job id, due in 0..max delay (a few at 0 ms), given as
+  ``delayq-due-ms`` (absolute) or ``delayq-delay-ms`` (from the record timestamp), to one of
+  the target topics; some carry ``delayq-key`` and a header of their own;
+- a replace: a new schedule for a job this generator believes still pending (its due time not
+  yet reached), with the next revision of its value and, mostly, a new due time;
+- a cancel: key = such a job id, null value, no headers.
+
+Values are ``<job id>|<revision>|`` padded to 100 bytes, so a forwarded value names its job.
+What was sent is read back from the ingest topic by the reconciler: the generator's own
+bookkeeping only picks the jobs to replace and cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+
+__all__ = ["LoadConfig", "LoadGenerator", "LoadStats", "job_value"]
+
+SLICE_S = 0.010
+VALUE_BYTES = 100
+#: Jobs remembered as candidates for replace and cancel.
+_RECENT = 50_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def job_value(job_id: bytes, revision: int) -> bytes:
+    return (b"%s|%d|" % (job_id, revision)).ljust(VALUE_BYTES, b".")
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    rate: float
+    duration_s: float
+    max_delay_ms: int
+    replace_share: float = 0.15
+    cancel_share: float = 0.10
+    #: Share of schedules giving ``delayq-delay-ms`` instead of ``delayq-due-ms``.
+    relative_share: float = 0.3
+    #: Pause sending while the workers' backlog is more than this many seconds of their
+    #: recent ingest pace (0: never pause, send at ``rate`` whatever happens).
+    max_lag_s: float = 0.0
+    seed: int = 1
+
+
+@dataclass
+class LoadStats:
+    sent: int = 0
+    new: int = 0
+    replaces: int = 0
+    cancels: int = 0
+    acked: int = 0
+    errors: int = 0
+    first_ms: int = 0
+    last_ms: int = 0
+    #: Seconds spent not sending because the workers' ingest lag exceeded ``max_lag_s``.
+    throttled_s: float = 0.0
+    #: Worst ingest lag seen: how long ago the command the workers had committed was sent.
+    max_ingest_lag_s: float = 0.0
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        span = (self.last_ms - self.first_ms) / 1000
+        return self.sent / span if span > 0 else float(self.sent)
+
+
+class _Pending:
+    """Jobs believed pending: a ring of [job_id, due_ms, revision, target, fkey, alive]."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.items: deque[list[object]] = deque(maxlen=_RECENT)
+
+    def add(self, entry: list[object]) -> None:
+        self.items.append(entry)
+
+    def pick(self, now: int) -> list[object] | None:
+        """A job not cancelled and not yet due (a few tries, then None)."""
+        if not self.items:
+            return None
+        for _ in range(4):
+            entry = self.items[self.rng.randrange(len(self.items))]
+            due = entry[1]
+            assert isinstance(due, int)
+            if entry[5] and due > now:
+                return entry
+        return None
+
+
+class LoadGenerator:
+    """Sends the command mix to ``ingest`` for ``duration_s`` at ``rate`` commands/s."""
+
+    def __init__(
+        self, bootstrap: str, ingest: str, targets: list[str], prefix: str, config: LoadConfig
+    ) -> None:
+        self.ingest = ingest
+        self.targets = targets
+        self.prefix = prefix
+        self.config = config
+        self.stats = LoadStats()
+        self.rng = random.Random(config.seed)
+        self.pending = _Pending(self.rng)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=120_000,
+        )
+        self._acks: deque[asyncio.Future[object]] = deque()
+        #: Commands the workers have committed on the ingest topic (None: not known yet).
+        self.ingested: int | None = None
+        #: (monotonic time, commands sent by then), one per slice.
+        self._checkpoints: deque[tuple[float, int]] = deque()
+        #: (monotonic time, commands committed by the workers by then), the last ~10 s.
+        self._ingest_marks: deque[tuple[float, int]] = deque()
+
+    def note_ingested(self, count: int) -> None:
+        """The workers' committed ingest position (the caller samples it about every second)."""
+        now = time.monotonic()
+        self.ingested = count
+        self._ingest_marks.append((now, count))
+        while len(self._ingest_marks) > 2 and now - self._ingest_marks[0][0] > 10:
+            self._ingest_marks.popleft()
+
+    def ingest_rate(self) -> float | None:
+        """Commands/s the workers committed over the last ~10 s (None before 3 s of samples)."""
+        marks = self._ingest_marks
+        if len(marks) < 2 or marks[-1][0] - marks[0][0] < 3:
+            return None
+        return (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
+
+    def _throttled(self) -> bool:
+        """Whether the backlog would take the workers more than ``max_lag_s`` to read."""
+        if not self.config.max_lag_s or self.ingested is None:
+            return False
+        rate = self.ingest_rate()
+        pace = self.config.rate if rate is None else max(rate, 50.0)
+        return self.stats.sent - self.ingested > self.config.max_lag_s * pace
+
+    def ingest_lag_s(self, now_s: float) -> float | None:
+        """How long ago the generator sent the last command the workers have committed."""
+        ingested, marks = self.ingested, self._checkpoints
+        if ingested is None or not marks:
+            return None
+        while len(marks) > 1 and marks[0][1] < ingested:
+            marks.popleft()
+        if marks[0][1] < ingested or ingested >= self.stats.sent:
+            return 0.0
+        return now_s - marks[0][0]
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    def _delay_ms(self) -> int:
+        roll = self.rng.random()
+        top = self.config.max_delay_ms
+        if roll < 0.05:
+            return 0
+        if roll < 0.50:
+            return self.rng.randint(0, min(5_000, top))
+        return self.rng.randint(0, top)
+
+    def _schedule_headers(
+        self, entry: list[object], now: int, delay: int
+    ) -> list[tuple[str, bytes]]:
+        target, fkey = entry[3], entry[4]
+        assert isinstance(target, str)
+        headers: list[tuple[str, bytes]] = []
+        if self.rng.random() < 0.3:
+            headers.append(("chaos-trace", b"t-%d" % self.rng.randrange(1 << 30)))
+        headers.append(("delayq-target", target.encode()))
+        if self.rng.random() < self.config.relative_share:
+            headers.append(("delayq-delay-ms", str(delay).encode()))
+        else:
+            headers.append(("delayq-due-ms", str(now + delay).encode()))
+        if isinstance(fkey, bytes):
+            headers.append(("delayq-key", fkey))
+        return headers
+
+    def _next(self, now: int) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
+        """The next command: (key, value, headers)."""
+        roll = self.rng.random()
+        cfg = self.config
+        entry = None
+        if roll < cfg.replace_share + cfg.cancel_share:
+            entry = self.pending.pick(now)
+        if entry is not None and roll < cfg.cancel_share:
+            entry[5] = False
+            self.stats.cancels += 1
+            job_id = entry[0]
+            assert isinstance(job_id, bytes)
+            return job_id, None, []
+        if entry is not None:  # replace: next revision, mostly a new due time
+            revision = entry[2]
+            assert isinstance(revision, int)
+            entry[2] = revision + 1
+            due = entry[1]
+            assert isinstance(due, int)
+            delay = max(0, due - now) if self.rng.random() < 0.3 else self._delay_ms()
+            entry[1] = now + delay
+            self.stats.replaces += 1
+        else:
+            job_id = b"%s-%08d" % (self.prefix.encode(), self.stats.new)
+            target = self.targets[self.stats.new % len(self.targets)]
+            fkey = b"k-" + job_id if self.rng.random() < 0.2 else None
+            delay = self._delay_ms()
+            entry = [job_id, now + delay, 0, target, fkey, True]
+            self.pending.add(entry)
+            self.stats.new += 1
+        job_id = entry[0]
+        revision = entry[2]
+        assert isinstance(job_id, bytes) and isinstance(revision, int)
+        return job_id, job_value(job_id, revision), self._schedule_headers(entry, now, delay)
+
+    async def run(self) -> LoadStats:
+        """Send for ``duration_s`` seconds; return once every command is acknowledged.
+
+        Credit accrues at ``rate`` (at most one second of it: a slow slice is caught up, a
+        throttled one is not). With ``max_lag_s``, sending pauses while the commands not yet
+        committed by the workers (see :meth:`note_ingested`) would take them longer than that to
+        read at their recent pace: the load then follows what the workers keep up with.
+        """
+        cfg = self.config
+        stats = self.stats
+        start = last = time.monotonic()
+        end = start + cfg.duration_s
+        credit = 0.0
+        while (now_s := time.monotonic()) < end:
+            credit = min(credit + (now_s - last) * cfg.rate, max(1.0, cfg.rate))
+            slice_s = now_s - last
+            last = now_s
+            lag = self.ingest_lag_s(now_s)
+            if lag is not None:
+                stats.max_ingest_lag_s = max(stats.max_ingest_lag_s, lag)
+            if self._throttled():
+                stats.throttled_s += slice_s
+                credit = 0.0
+            while credit >= 1:
+                credit -= 1
+                now = now_ms()
+                key, value, headers = self._next(now)
+                fut = await self.producer.send(self.ingest, value, key=key, headers=headers)
+                self._acks.append(fut)
+                stats.sent += 1
+                stats.first_ms = stats.first_ms or now
+                stats.last_ms = now
+            self._checkpoints.append((now_s, stats.sent))
+            self._reap()
+            await asyncio.sleep(SLICE_S)
+        await self.producer.flush()
+        if self._acks:
+            await asyncio.gather(*self._acks, return_exceptions=True)
+        self._reap()
+        return stats
+
+    def _reap(self) -> None:
+        while self._acks and self._acks[0].done():
+            fut = self._acks.popleft()
+            if fut.cancelled() or fut.exception() is not None:
+                self.stats.errors += 1
+                if len(self.stats.error_samples) < 5:
+                    self.stats.error_samples.append(repr(fut.exception()))
+            else:
+                self.stats.acked += 1

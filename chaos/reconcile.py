@@ -1,0 +1,442 @@
+"""The reconciler: what the ingest topic asked for against what reached the target topics.
+
+From the ingest topic (read in offset order per partition, and every command for one job id is
+in one partition), each job id's commands give its final state: the last schedule wins, and a
+cancel after the last schedule cancels the job. Jobs whose final state is a schedule are
+*expected*: exactly one forward with their ``delayq-job-id`` and ``delayq-due-ms`` (and that
+schedule's value, key and target) must reach the target topic, at or after the due time.
+
+Each forwarded record is matched to the schedule of its job that it carries (same due time and
+value). Then:
+
+- **early**: its timestamp (CreateTime, the worker's clock when it sent it) is before its
+  ``delayq-due-ms``. Must be 0.
+- **mismatched**: no schedule of that job id carries this due time, value, key and target (an
+  unknown id, another job's value, a wrong target...). Must be 0.
+- **duplicate**: a further forward of the same schedule. Allowed (at-least-once), counted; each
+  must carry the same ``delayq-job-id`` as the first (a value forwarded under two job ids is a
+  *foreign duplicate*, must be 0).
+- a forward of a schedule that a later command superseded (replace or cancel): fine if that
+  command was written at or after the schedule's due time (the job was due, the forward may have
+  gone first); within ``race_margin_ms`` before the due time it is a *race* (reported apart);
+  earlier than that it is *cancelled before due and still forwarded* / *replaced before due and
+  forwarded with the outdated value*: a figure, not a must-be-0, because delayq can only honour a
+  command it has read, and a worker reads the ingest topic with a lag (see the report).
+- **never forwarded**: expected jobs without a forward of their final schedule once the run has
+  waited long enough. Must be 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app.jobs import job_version
+
+__all__ = [
+    "AFTER_DUE",
+    "BEFORE_DUE",
+    "RACE",
+    "Book",
+    "Forward",
+    "changelog_history",
+    "parse_ingest",
+    "percentile",
+    "read_to_end",
+]
+
+CANCEL = -1
+#: When the command superseding a forwarded schedule was written, relative to its due time.
+AFTER_DUE, RACE, BEFORE_DUE = "after due", "race", "before due"
+#: Buckets of the time between a duplicate and the first forward of its schedule.
+DUPLICATE_GAPS = (
+    (1_000, "< 1 s"),
+    (10_000, "1-10 s"),
+    (29_000, "10-29 s"),
+    (40_000, "29-40 s"),
+    (70_000, "40-70 s"),
+    (1 << 62, ">= 70 s"),
+)
+H_TARGET = "delayq-target"
+H_DUE = "delayq-due-ms"
+H_DELAY = "delayq-delay-ms"
+H_KEY = "delayq-key"
+H_JOB_ID = "delayq-job-id"
+
+
+@dataclass(slots=True)
+class Cmd:
+    """One ingest command for a job: a schedule (``due`` >= 0) or a cancel (``due`` = -1)."""
+
+    offset: int
+    ts: int
+    due: int
+    vhash: int = 0
+    target: str | None = None
+    fkey: bytes | None = None
+
+
+@dataclass(slots=True)
+class JobLog:
+    partition: int
+    cmds: list[Cmd] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    topic: str
+    partition: int
+    offset: int
+    ts: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def parse_ingest(
+    key: bytes | None, value: bytes | None, ts: int, headers: Iterable[tuple[str, bytes]]
+) -> tuple[int, str | None, bytes | None] | None:
+    """(due, target, forward key) of a schedule, (CANCEL, None, None) of a cancel, None if bad."""
+    hs = dict(headers)
+    if not key:
+        return None
+    if H_TARGET not in hs:
+        contract = {H_DUE, H_DELAY, H_KEY}
+        return (CANCEL, None, None) if value is None and not contract & hs.keys() else None
+    try:
+        due = int(hs[H_DUE]) if H_DUE in hs else ts + int(hs[H_DELAY])
+    except (KeyError, ValueError):
+        return None
+    return due, hs[H_TARGET].decode(), hs.get(H_KEY)
+
+
+@dataclass
+class Anomaly:
+    kind: str
+    job_id: str
+    detail: dict[str, Any]
+
+
+class Book:
+    """Ingest commands per job id, and the forwards matched against them."""
+
+    def __init__(self, race_margin_ms: int = 1_000) -> None:
+        self.race_margin_ms = race_margin_ms
+        self.jobs: dict[bytes, JobLog] = {}
+        self.ingest_records = 0
+        self.bad_ingest = 0
+        self.schedules = 0
+        self.cancels = 0
+        # Filled by close_ingest():
+        self.expected: dict[bytes, Cmd] = {}
+        self.missing: set[bytes] = set()
+        self.max_due = 0
+        # Forwards:
+        self.forwards = 0
+        self.first: dict[tuple[bytes, int, int], int] = {}  # (id, due, vhash) -> first ts
+        self.duplicates = 0
+        #: (id, due, vhash) -> timestamp of its second forward, for duplicated schedules.
+        self.second: dict[tuple[bytes, int, int], int] = {}
+        self.early: list[Anomaly] = []
+        self.mismatched: list[Anomaly] = []
+        self.foreign_duplicates: list[Anomaly] = []
+        self._owner: dict[int, bytes] = {}  # vhash -> job id of its first forward
+        #: (job id, superseded schedule index) -> (cancel/replace, when), for their forwards.
+        self.superseded: dict[tuple[bytes, int], tuple[str, str]] = {}
+        self.superseded_samples: list[Anomaly] = []
+        #: Duplicates by time since the first forward of the same schedule.
+        self.duplicate_gaps: dict[str, int] = {}
+        #: job id -> [(forward ts, its due, index of the schedule it carries)], for samples.
+        self.forward_log: dict[bytes, list[tuple[int, int, int]]] = {}
+        self.early_count = 0
+        self.mismatched_count = 0
+        self.foreign_count = 0
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    def add_ingest(
+        self,
+        partition: int,
+        offset: int,
+        ts: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes]],
+    ) -> None:
+        """One ingest record, in offset order within its partition."""
+        self.ingest_records += 1
+        parsed = parse_ingest(key, value, ts, headers)
+        if parsed is None or key is None:
+            self.bad_ingest += 1
+            return
+        due, target, fkey = parsed
+        job = self.jobs.get(key)
+        if job is None:
+            job = self.jobs[key] = JobLog(partition)
+        if due == CANCEL:
+            self.cancels += 1
+            job.cmds.append(Cmd(offset, ts, CANCEL))
+        else:
+            self.schedules += 1
+            job.cmds.append(Cmd(offset, ts, due, hash(value), target, fkey))
+
+    def close_ingest(self) -> None:
+        """Final state of every job: the expected forwards."""
+        for job_id, job in self.jobs.items():
+            last = job.cmds[-1]
+            if last.due != CANCEL:
+                self.expected[job_id] = last
+                self.max_due = max(self.max_due, last.due)
+        self.missing = set(self.expected)
+
+    @property
+    def scheduled_jobs(self) -> int:
+        return sum(1 for job in self.jobs.values() if any(c.due != CANCEL for c in job.cmds))
+
+    # -- forwards -------------------------------------------------------------------------
+
+    def add_forward(self, fwd: Forward) -> None:
+        self.forwards += 1
+        hs = dict(fwd.headers)
+        job_id = hs.get(H_JOB_ID)
+        raw_due = hs.get(H_DUE)
+        vhash = hash(fwd.value)
+        where = f"{fwd.topic}[{fwd.partition}]@{fwd.offset}"
+        try:
+            due = int(raw_due) if raw_due is not None else -2
+        except ValueError:
+            due = -2
+        if job_id is None or due < 0:
+            self.mismatched_count += 1
+            self._sample(self.mismatched, "no delayq-job-id / delayq-due-ms", b"?", where, fwd)
+            return
+        if fwd.ts < due:
+            self.early_count += 1
+            self._sample(self.early, f"{due - fwd.ts} ms early", job_id, where, fwd, due=due)
+        owner = self._owner.setdefault(vhash, job_id)
+        if owner != job_id:
+            self.foreign_count += 1
+            self._sample(self.foreign_duplicates, f"value of {owner!r}", job_id, where, fwd)
+        job = self.jobs.get(job_id)
+        index = self._match(job_id, job, due, vhash, fwd) if job is not None else None
+        if job is None or index is None:
+            self.mismatched_count += 1
+            self._sample(self.mismatched, "matches no schedule of its id", job_id, where, fwd)
+            return
+        self.log_forward(job_id, fwd.ts, due, index)
+        ident = (job_id, due, vhash)
+        first = self.first.get(ident)
+        if first is not None:
+            self.duplicates += 1
+            self.second.setdefault(ident, fwd.ts)
+            gap = fwd.ts - first
+            bucket = next(name for limit, name in DUPLICATE_GAPS if gap < limit)
+            self.duplicate_gaps[bucket] = self.duplicate_gaps.get(bucket, 0) + 1
+            return
+        self.first[ident] = fwd.ts
+        if index == len(job.cmds) - 1:
+            self.missing.discard(job_id)
+            return
+        self._superseded(job_id, job, index, fwd, where)
+
+    def log_forward(self, job_id: bytes, ts: int, due: int, index: int) -> None:
+        entries = self.forward_log.get(job_id)
+        if entries is None:
+            self.forward_log[job_id] = [(ts, due, index)]
+        else:
+            entries.append((ts, due, index))
+
+    def _match(self, job_id: bytes, job: JobLog, due: int, vhash: int, fwd: Forward) -> int | None:
+        """Index of the schedule this forward carries (latest first), or None."""
+        for index in range(len(job.cmds) - 1, -1, -1):
+            cmd = job.cmds[index]
+            if cmd.due == due and cmd.vhash == vhash:
+                key = cmd.fkey if cmd.fkey is not None else job_id
+                if cmd.target == fwd.topic and fwd.key == key:
+                    return index
+        return None
+
+    def _superseded(self, job_id: bytes, job: JobLog, index: int, fwd: Forward, where: str) -> None:
+        sched, nxt = job.cmds[index], job.cmds[index + 1]
+        what, done = ("cancel", "cancelled") if nxt.due == CANCEL else ("replace", "replaced")
+        ahead = sched.due - nxt.ts  # how long before the due time the command was written
+        if ahead <= 0:
+            when = AFTER_DUE
+        elif ahead <= self.race_margin_ms:
+            when = RACE
+        else:
+            when = BEFORE_DUE
+        self.superseded[(job_id, index)] = (what, when)
+        if when == BEFORE_DUE and len(self.superseded_samples) < 50:
+            self.superseded_samples.append(
+                Anomaly(
+                    f"{done} {ahead} ms before due, still forwarded",
+                    job_id.decode(errors="replace"),
+                    {
+                        "forward": where,
+                        "partition": job.partition,
+                        "schedule_offset": sched.offset,
+                        "due_ms": sched.due,
+                        f"{what}_offset": nxt.offset,
+                        f"{what}_written_ms": nxt.ts,
+                        f"{what}_written_before_due_ms": ahead,
+                        "forwarded_ms": fwd.ts,
+                        f"forwarded_after_{what}_ms": fwd.ts - nxt.ts,
+                    },
+                )
+            )
+
+    def _sample(
+        self, out: list[Anomaly], kind: str, job_id: bytes, where: str, fwd: Forward, **extra: Any
+    ) -> None:
+        if len(out) < 50:
+            detail = {
+                "forward": where,
+                "timestamp_ms": fwd.ts,
+                "key": fwd.key.decode(errors="replace") if fwd.key else None,
+                "headers": {n: v.decode(errors="replace") for n, v in fwd.headers},
+                **extra,
+            }
+            out.append(Anomaly(kind, job_id.decode(errors="replace"), detail))
+
+    # -- figures --------------------------------------------------------------------------
+
+    def superseded_counts(self) -> dict[tuple[str, str], int]:
+        """Forwards of superseded schedules by (cancel/replace, AFTER_DUE/RACE/BEFORE_DUE)."""
+        counts: dict[tuple[str, str], int] = {}
+        for kind in self.superseded.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    def cancelled_jobs(self) -> tuple[int, int]:
+        """Jobs whose final state is cancelled: all, and those cancelled before their due."""
+        total = before = 0
+        for job in self.jobs.values():
+            cmds = job.cmds
+            if cmds[-1].due != CANCEL:
+                continue
+            last_sched = next((c for c in reversed(cmds) if c.due != CANCEL), None)
+            if last_sched is None:
+                continue
+            total += 1
+            cancel = cmds[cmds.index(last_sched) + 1]
+            before += cancel.ts < last_sched.due
+        return total, before
+
+    def replaced_jobs(self) -> int:
+        return sum(1 for job in self.jobs.values() if sum(c.due != CANCEL for c in job.cmds) > 1)
+
+    def lateness(self) -> list[tuple[int, int]]:
+        """(due, lateness) of the first forward of every expected job that was forwarded."""
+        out = []
+        for job_id, cmd in self.expected.items():
+            first = self.first.get((job_id, cmd.due, cmd.vhash))
+            if first is not None:
+                out.append((cmd.due, first - cmd.due))
+        return out
+
+
+async def read_to_end(
+    bootstrap: str,
+    topics: list[str],
+    handle: Callable[[Any], None],
+    *,
+    partitions: set[int] | None = None,
+    follow_until: Callable[[], bool] | None = None,
+    tick: Callable[[], None] | None = None,
+) -> int:
+    """Read ``topics`` from the beginning, calling ``handle(record)`` in partition order.
+
+    Without ``follow_until``: stop at the end offsets (correct on Tansu only with
+    ``app.tansu_compat`` installed). With it: keep reading until it returns True.
+    ``partitions``: only these partitions of each topic. ``tick`` is called about every 0.5 s.
+    Returns the number of records read.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        request_timeout_ms=60_000,
+    )
+    await consumer.start()
+    count = 0
+    try:
+        await consumer.topics()  # metadata of every topic
+        tps = []
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if partitions is not None:
+                parts = parts & partitions
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps) if follow_until is None else {}
+        while True:
+            if follow_until is None:
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= end[tp] for tp in tps):
+                    break
+            elif follow_until():
+                break
+            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for records in batch.values():
+                for record in records:
+                    handle(record)
+                count += sum(len(r) for r in batch.values())
+            if tick is not None:
+                tick()
+            await asyncio.sleep(0)
+    finally:
+        await consumer.stop()
+    return count
+
+
+def percentile(sorted_values: list[int], q: float) -> int | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), math.ceil(q * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+async def changelog_history(
+    bootstrap: str, changelog: str, wanted: dict[bytes, int]
+) -> dict[bytes, list[dict[str, Any]]]:
+    """Every jobs-changelog record of the ``wanted`` job ids (id -> table partition).
+
+    The changelog holds the due-index keys (``b"D" + be64(due) + job id``): a put when a worker
+    applied a schedule (value = the job, its version = the schedule's ingest offset), a
+    tombstone when it applied a cancel or a replace with another due time, or removed the job
+    after its forward. Record timestamps are the applying worker's clock.
+    """
+    history: dict[bytes, list[dict[str, Any]]] = {job_id: [] for job_id in wanted}
+
+    def handle(record: Any) -> None:
+        key = record.key or b""
+        if not key.startswith(b"D") or len(key) < 9:
+            return
+        job_id = key[9:]
+        if job_id not in history:
+            return
+        entry: dict[str, Any] = {
+            "ts": record.timestamp,
+            "offset": record.offset,
+            "changelog": f"{record.partition}@{record.offset}",
+            "due_ms": int.from_bytes(key[1:9], "big"),
+        }
+        if record.value is None:
+            entry["op"] = "delete"
+        else:
+            entry["op"] = "put"
+            entry["version"] = job_version(record.value)
+        history[job_id].append(entry)
+
+    await read_to_end(bootstrap, [changelog], handle, partitions=set(wanted.values()))
+    return history

@@ -1,0 +1,207 @@
+"""The reconciliation table of a result (``python -m chaos.report FILE`` prints it again)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["table"]
+
+
+def _n(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:,} ms"
+
+
+def table(result: dict[str, Any]) -> str:
+    f, load, late = result["figures"], result["load"], result["lateness"]
+    cfg = result["config"]
+    margin = cfg["race_margin_ms"]
+    rows: list[tuple[str, str, str]] = [
+        ("commands written to ingest", _n(f["commands"]), ""),
+        (
+            "  send rate achieved",
+            f"{load['achieved_rate']:,.0f}/s",
+            f"asked {load['asked_rate']:,.0f}/s; paused {load.get('throttled_s', 0):,.0f} s "
+            f"while the workers' ingest lagged > {cfg.get('max_lag_s', 0):.0f} s; "
+            f"{load['send_errors']} send errors",
+        ),
+        ("  schedules / cancels", f"{f['schedules']:,} / {f['cancels']:,}", ""),
+        ("jobs scheduled (distinct ids)", _n(f["jobs_scheduled"]), ""),
+        ("  replaced at least once", _n(f["jobs_replaced"]), ""),
+        (
+            "  cancelled (final state)",
+            _n(f["jobs_cancelled"]),
+            f"{f['jobs_cancelled_before_due']:,} of them before their due time",
+        ),
+        ("expected forwards (final = schedule)", _n(f["expected_forwards"]), ""),
+        ("forwarded", _n(f["forwarded"]), f"{f['forward_records']:,} records read"),
+        (
+            "cancelled before due, still forwarded",
+            _n(f["cancelled_before_due_still_forwarded"]),
+            f"cancel written > {margin} ms before due; figure, see notes",
+        ),
+        (
+            f"  cancel within {margin} ms of due, forwarded",
+            _n(f["cancel_races_forwarded"]),
+            "race with the fire: inherent",
+        ),
+        (
+            "replaced before due, outdated value forwarded",
+            _n(f["replaced_before_due_outdated_forwarded"]),
+            f"replace written > {margin} ms before due",
+        ),
+        (
+            f"  replace within {margin} ms of due, outdated fwd",
+            _n(f["replace_races_outdated_forwarded"]),
+            "race with the fire: inherent",
+        ),
+        (
+            "  forwarded, then replaced/cancelled after due",
+            _n(f["forwarded_then_superseded_after_due"]),
+            "legit",
+        ),
+        (
+            "NEVER FORWARDED (must be 0)",
+            _n(f["never_forwarded"]),
+            f"{f['never_forwarded_not_yet_read']:,} of them not yet read by the workers "
+            f"when the run stopped; {f['never_forwarded_dead_lettered']} dead-lettered; "
+            f"dead letters in all: {f['dead_letters']}",
+        ),
+        ("FORWARDED EARLY (must be 0)", _n(f["forwarded_early"]), ""),
+        ("MISMATCHED FORWARDS (must be 0)", _n(f["mismatched_forwards"]), "no schedule matches"),
+        (
+            "duplicates",
+            f"{f['duplicates']:,} ({f['duplicate_rate']:.3%})",
+            "extra forwards of the same schedule (same job id and due)",
+        ),
+        (
+            "  by time after the first forward",
+            "",
+            ", ".join(f"{k}: {v:,}" for k, v in f.get("duplicates_by_gap_to_first", {}).items()),
+        ),
+        (
+            "  DUPLICATES UNDER ANOTHER JOB ID (must be 0)",
+            _n(f["foreign_duplicates"]),
+            "same value forwarded under a different delayq-job-id",
+        ),
+        (
+            "lateness p50 / p99 / max (all jobs)",
+            f"{_ms(late['p50_ms'])} / {_ms(late['p99_ms'])} / {_ms(late['max_ms'])}",
+            "",
+        ),
+        (
+            "max lateness outside disruption windows",
+            _ms(late["outside_windows_max_ms"]),
+            f"{late['outside_windows_jobs']:,} jobs; p99 {_ms(late['outside_windows_p99_ms'])}",
+        ),
+    ]
+    for window in late["windows"]:
+        rows.append(
+            (
+                f"  window: {window['event']} at {window['start_s']:.0f} s",
+                _ms(window["max_lateness_ms"]),
+                f"{window['note']}; recovered after {window['recovered_after_s']} s"
+                + ("" if window["recovered"] else " (NOT recovered)")
+                + f"; {window['jobs_due_in_window']:,} jobs due in it",
+            )
+        )
+    lag = result.get("ingest_lag", {})
+    rows.append(
+        (
+            "worst ingest lag (committed offsets)",
+            f"~{lag.get('max_seconds_behind_approx', 0):.0f} s",
+            f"{lag.get('max_records_behind', 0):,} commands behind the generator",
+        )
+    )
+    w1 = max(len(r[0]) for r in rows)
+    w2 = max(len(r[1]) for r in rows)
+    lines = [f"{a:<{w1}}  {b:>{w2}}  {c}".rstrip() for a, b, c in rows]
+    verdict = "PASS" if result["ok"] else "FAIL: " + ", ".join(result["failed"]) + " not 0"
+    head = (
+        f"chaos run {result['started']}: {cfg['workers']} workers, {cfg['partitions']} "
+        f"partitions, {cfg['rate']:,.0f} commands/s asked for {cfg['duration_s']:.0f} s; "
+        f"took {result['took_s']:.0f} s; stopped waiting: {f['stop_reason']}"
+    )
+    rule = "-" * max(len(line) for line in [head, *lines])
+    notes = _notes(result)
+    return "\n".join(
+        [rule, head, rule, *lines, rule, *notes, verdict, f"logs: {result['run_dir']}"]
+    )
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    """What the forensics found, the machine's load, and a few samples of each anomaly."""
+    out = []
+    load = result.get("load_average")
+    if load:
+        out.append(
+            f"load average at start {load['start'][0]:.2f}, at end {load['end'][0]:.2f} "
+            "(everything on this machine shares its cores)"
+        )
+    forensics = result.get("forensics")
+    if forensics:
+        sup = forensics["superseded_before_due"]
+        if sup["causes"]:
+            out.append(
+                "cancelled/replaced before due yet forwarded, by cause (jobs changelog): "
+                + ", ".join(f"{k}: {v:,}" for k, v in sorted(sup["causes"].items()))
+            )
+        dup = forensics["duplicated_schedules"]
+        if dup["causes"]:
+            out.append(
+                "duplicated schedules, by cause (jobs changelog): "
+                + ", ".join(f"{k}: {v:,}" for k, v in sorted(dup["causes"].items()))
+            )
+        for cause in ("replay", "same firing pass", "stale table", "unknown"):
+            for example in sup["examples"].get(cause, [])[:2]:
+                out.append(f"  {cause}: {json.dumps(example, default=str)[:600]}")
+        for cause in ("removed, then forwarded",):
+            for example in dup["examples"].get(cause, [])[:2]:
+                out.append(f"  duplicate, {cause}: {json.dumps(example, default=str)[:600]}")
+    for sample in result.get("never_forwarded_samples", [])[:3]:
+        if sample.get("read_by_workers"):
+            out += _lost(sample)
+    for name, title in (
+        ("never_forwarded_samples", "never forwarded"),
+        ("early_samples", "forwarded early"),
+        ("mismatched_samples", "mismatched"),
+        ("foreign_duplicate_samples", "duplicate under another job id"),
+    ):
+        for sample in result.get(name, [])[:5]:
+            short = {k: v for k, v in sample.items() if k != "worker_logs_around"}
+            out.append(f"{title}: {json.dumps(short, default=str)[:800]}")
+    return out
+
+
+def _lost(sample: dict[str, Any]) -> list[str]:
+    """A never-forwarded job that the workers had read: its evidence, line by line."""
+    head = {k: v for k, v in sample.items() if not isinstance(v, list) or k == "commands"}
+    out = [f"LOST (read by the workers, never forwarded): {json.dumps(head, default=str)}"]
+    for key in ("changelog (ms from due)", "ingest neighbours (offset: fate)"):
+        out.append(f"  {key}:")
+        out += [f"    {line}" for line in sample.get(key, [])] or ["    (none)"]
+    out.append("  worker logs around it:")
+    out += [f"    {line}" for line in sample.get("worker_logs_around", [])[:40]]
+    return out
+
+
+def main(argv: list[str]) -> int:
+    for name in argv or ["chaos/results/latest.json"]:
+        print(table(json.loads(Path(name).read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

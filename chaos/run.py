@@ -1,0 +1,889 @@
+"""One chaos run: cluster up, load and disruptions, then the reconciliation.
+
+Timeline (``duration_s`` = D, every time bounded):
+
+1. an embedded broker on a free port, the topics, ``workers`` delayq workers; wait until they
+   are ready and every partition is active somewhere;
+2. the load generator for D seconds; meanwhile the disruptions, each at its fraction of D (or
+   when the previous one has recovered, if later): ``kill`` (SIGKILL a worker, start it again
+   with its data directory after ``restart_after_s``), ``add`` (one more worker), ``term``
+   (SIGTERM a worker: it leaves for good), ``pause`` (SIGSTOP the broker for ``pause_s``, then
+   SIGCONT). A disruption's window lasts until every live worker is ready again and every
+   partition is active somewhere;
+3. the reconciler reads the ingest topic, then follows the target topics until every expected
+   job has been forwarded, or until ``grace_s`` after the last due time with no progress for
+   ``quiet_s``, or until the run's hard limit (``max_total_s`` from the start);
+4. the dead-letter topic, a look at never-forwarded jobs through the workers' HTTP API, figures.
+
+Everything started is stopped on the way out (``Cluster.close``), Ctrl-C and errors included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app import tansu_compat
+from chaos.cluster import Cluster, Names, Worker, now_ms
+from chaos.forensics import duplicate_cause, format_events, superseded_cause
+from chaos.load import LoadConfig, LoadGenerator, LoadStats
+from chaos.reconcile import (
+    AFTER_DUE,
+    BEFORE_DUE,
+    RACE,
+    Book,
+    Cmd,
+    Forward,
+    changelog_history,
+    percentile,
+    read_to_end,
+)
+from chaos.report import table
+
+__all__ = ["EVENTS", "ChaosConfig", "run"]
+
+EVENTS = ("kill", "add", "term", "pause")
+#: Setup (broker, topics, workers ready) and teardown, reserved out of ``max_total_s``.
+SETUP_RESERVE_S = 40.0
+TEARDOWN_RESERVE_S = 30.0
+TARGETS = (("out-a", 4), ("out-b", 6))
+_LOG_PATTERNS = {
+    "errors": re.compile(r"\bERROR\b|\bCRITICAL\b"),
+    "tracebacks": re.compile(r"^Traceback", re.M),
+    "forward failures": re.compile(r"forward to .* failed"),
+    "dead-lettered": re.compile(r"dead-lettering"),
+    "firing pass failed": re.compile(r"firing pass failed"),
+    "changelog write failed": re.compile(r"changelog write failed"),
+    "assignments": re.compile(r"Setting newly assigned partitions"),
+    "session expired": re.compile(r"Heartbeat session expired"),
+    "commit overlapping": re.compile(r"Timer commit is overlapping"),
+}
+_EXCERPT = re.compile(
+    r"=== chaos|Revoking|Setting newly assigned|Seek stream|Worker ready|OffsetCommit failed"
+    r"|Heartbeat|\bERROR\b|CRITICAL|Timer commit"
+)
+_LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]")
+_MARK_STAMP = re.compile(r"^=== chaos [\d:.]+ \((\d+)\)")
+
+
+def _log_time_ms(line: str) -> int | None:
+    """Epoch ms of a worker log line (Faust's local time stamp, or a chaos mark's)."""
+    mark = _MARK_STAMP.match(line)
+    if mark:
+        return int(mark.group(1))
+    stamp = _LOG_STAMP.match(line)
+    if stamp is None:
+        return None
+    seconds = time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S"))
+    return int(seconds) * 1000 + int(stamp.group(2))
+
+
+#: Kept for reading the jobs changelog when there is something to explain.
+FORENSICS_RESERVE_S = 60.0
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    rate: float = 2_000.0
+    duration_s: float = 240.0
+    workers: int = 3
+    partitions: int = 12
+    standby_replicas: int = 1
+    max_delay_s: float = 60.0
+    #: (event, fraction of duration_s at which it starts), in order.
+    events: tuple[tuple[str, float], ...] = (
+        ("kill", 0.15),
+        ("add", 0.35),
+        ("term", 0.55),
+        ("pause", 0.75),
+    )
+    pause_s: float = 10.0
+    restart_after_s: float = 3.0
+    grace_s: float = 45.0
+    quiet_s: float = 20.0
+    race_margin_ms: int = 1_000
+    #: Jobs due within this long after a disruption recovered still count as disrupted.
+    settle_s: float = 10.0
+    max_total_s: float = 600.0
+    progress_s: float = 5.0
+    #: The generator pauses while the workers' backlog exceeds this many seconds of their
+    #: recent ingest pace (0: open loop, ``rate`` whatever happens).
+    max_lag_s: float = 10.0
+    seed: int = 1
+    out_dir: Path = Path("chaos/results")
+    write_latest: bool = True
+    command: str = ""
+
+    def check(self) -> None:
+        """Refuse plans that cannot finish inside ``max_total_s``."""
+        for name, fraction in self.events:
+            if name not in EVENTS or not 0 <= fraction < 1:
+                raise ValueError(f"bad event {name}@{fraction}: events are {EVENTS} at [0, 1)")
+        if self.workers < 1 or self.rate <= 0 or self.duration_s <= 0:
+            raise ValueError("workers, rate and duration must be positive")
+        if ("term" in dict(self.events) or "kill" in dict(self.events)) and self.workers < 2:
+            raise ValueError("kill and term need at least 2 workers (someone must take over)")
+        needed = (
+            SETUP_RESERVE_S + self.duration_s + self.max_delay_s + self.grace_s
+        ) + TEARDOWN_RESERVE_S
+        if needed > self.max_total_s:
+            raise ValueError(
+                f"the plan needs about {needed:.0f} s (setup {SETUP_RESERVE_S:.0f} + duration "
+                f"{self.duration_s:.0f} + max delay {self.max_delay_s:.0f} + grace "
+                f"{self.grace_s:.0f} + teardown {TEARDOWN_RESERVE_S:.0f}), more than the "
+                f"limit of {self.max_total_s:.0f} s: shorten it"
+            )
+
+
+@dataclass
+class Window:
+    """One disruption: from its start until the cluster covered every partition again."""
+
+    name: str
+    start_ms: int
+    end_ms: int = 0
+    recovered: bool = False
+    note: str = ""
+
+
+@dataclass
+class State:
+    """What the progress lines show."""
+
+    phase: str = "setup"
+    disruption: str = "-"
+    windows: list[Window] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+
+Printer = Callable[[str], None]
+
+
+async def create_topics(bootstrap: str, topics: list[tuple[str, int]]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(name, n, 1) for name, n in topics if name not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+class Monitor:
+    """Cheap progress figures: committed ingest offsets of the workers' group, end offsets."""
+
+    def __init__(self, bootstrap: str, names: Names) -> None:
+        self.names = names
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=names.app_id,  # only reads its committed offsets: it never joins
+            enable_auto_commit=False,
+            request_timeout_ms=10_000,
+        )
+        self.ingest = [TopicPartition(names.ingest, p) for p in range(names.partitions)]
+        self.targets = [
+            TopicPartition(f"{names.prefix}-{suffix}", p)
+            for suffix, n in names.targets
+            for p in range(n)
+        ]
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.consumer.assign(self.ingest)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def committed(self) -> dict[int, int]:
+        """The workers' committed offset of each ingest partition (0 where none)."""
+        offsets = await asyncio.gather(*(self.consumer.committed(tp) for tp in self.ingest))
+        return {tp.partition: offset or 0 for tp, offset in zip(self.ingest, offsets, strict=True)}
+
+    async def sample(self) -> tuple[int, int]:
+        """(ingest records committed by the workers, records on the target topics)."""
+        committed = await asyncio.gather(*(self.consumer.committed(tp) for tp in self.ingest))
+        ends = await self.consumer.end_offsets(self.targets)
+        return sum(c or 0 for c in committed), sum(ends.values())
+
+
+class Run:
+    def __init__(self, cfg: ChaosConfig, out: Printer) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.started = time.monotonic()
+        self.started_ms = now_ms()
+        self.hard_deadline = self.started + cfg.max_total_s - TEARDOWN_RESERVE_S
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = cfg.out_dir / f"run-{stamp}"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.names = Names(f"chaos{uuid.uuid4().hex[:8]}", cfg.partitions, TARGETS)
+        self.data_root = Path(tempfile.mkdtemp(prefix="delayq-chaos-"))
+        self.cluster = Cluster(
+            self.names,
+            self.run_dir,
+            self.data_root,
+            DELAYQ_STANDBY_REPLICAS=str(cfg.standby_replicas),
+        )
+        self.state = State()
+        self.loadavg_start = list(os.getloadavg())
+        self.load: LoadGenerator | None = None
+        self.monitor: Monitor | None = None
+        self.committed: dict[int, int] = {}
+        self.load_t0 = 0.0
+        self.book = Book(cfg.race_margin_ms)
+        self._progress_log = (self.run_dir / "progress.log").open("a")
+
+    def say(self, line: str) -> None:
+        elapsed = time.monotonic() - self.started
+        text = f"[{elapsed:6.1f}s] {line}"
+        self.out(text)
+        self._progress_log.write(text + "\n")
+        self._progress_log.flush()
+
+    # -- setup --------------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        cfg, names = self.cfg, self.names
+        self.cluster.start_broker()
+        tansu_compat.install()  # correct end offsets in this process (it talks to Tansu only)
+        bootstrap = self.cluster.broker.bootstrap
+        self.say(
+            f"broker {bootstrap} (pid {self.cluster.broker.pid}); run dir {self.run_dir}; "
+            f"topics {names.prefix}-*, {cfg.partitions} partitions"
+        )
+        topics = [(names.ingest, cfg.partitions), (names.fired, cfg.partitions)]
+        topics += [(names.dead_letters, cfg.partitions)]
+        topics += [(f"{names.prefix}-{suffix}", n) for suffix, n in names.targets]
+        await create_topics(bootstrap, topics)
+        workers = [self.cluster.new_worker().start() for _ in range(cfg.workers)]
+        await asyncio.gather(*(w.wait_ready() for w in workers))
+        if not await self.cluster.settled(60):
+            raise RuntimeError(f"workers never covered every partition: {self.cluster.coverage()}")
+        self.say(f"{cfg.workers} workers ready: " + self._assignment())
+
+    def _assignment(self) -> str:
+        parts = []
+        for w in self.cluster.live():
+            body = w.health()
+            parts.append(f"{w.name}={body.get('active_partitions')}")
+        return " ".join(parts)
+
+    # -- disruptions --------------------------------------------------------------------------
+
+    def _victim(self, touched: list[str]) -> Worker:
+        """The live worker disrupted least (never disrupted first, then least recently)."""
+        live = self.cluster.live()
+        if len(live) < 2:
+            raise RuntimeError("fewer than 2 live workers: nobody would take over")
+
+        def rank(worker: Worker) -> tuple[int, int]:
+            if worker.name not in touched:
+                return (0, 0)
+            return (1, max(i for i, name in enumerate(touched) if name == worker.name))
+
+        return min(live, key=rank)
+
+    async def disruptions(self) -> None:
+        cfg = self.cfg
+        touched: list[str] = []
+        for name, fraction in cfg.events:
+            at = self.load_t0 + fraction * cfg.duration_s
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            window = Window(name, now_ms())
+            self.state.windows.append(window)
+            if name == "kill":
+                victim = self._victim(touched)
+                touched.append(victim.name)
+                self._disrupt(f"SIGKILL {victim.name}", window)
+                victim.kill()
+                await asyncio.sleep(cfg.restart_after_s)
+                self._disrupt(f"{victim.name} restarting (data dir kept)", window)
+                await victim.start().wait_ready()
+                window.note = f"{victim.name} SIGKILLed, restarted after {cfg.restart_after_s} s"
+            elif name == "add":
+                worker = self.cluster.new_worker()
+                touched.append(worker.name)
+                self._disrupt(f"adding {worker.name}", window)
+                await worker.start().wait_ready()
+                window.note = f"{worker.name} added"
+            elif name == "term":
+                victim = self._victim(touched)
+                touched.append(victim.name)
+                self._disrupt(f"SIGTERM {victim.name}", window)
+                code = await asyncio.to_thread(victim.stop)
+                window.note = f"{victim.name} left (SIGTERM, exit code {code})"
+            elif name == "pause":
+                broker = self.cluster.broker
+                self._disrupt(f"broker SIGSTOPped for {cfg.pause_s:.0f} s", window)
+                broker.pause()
+                try:
+                    await asyncio.sleep(cfg.pause_s)
+                finally:
+                    broker.resume()
+                self._disrupt("broker resumed (SIGCONT)", window)
+                window.note = f"broker paused {cfg.pause_s:.0f} s"
+            self.state.disruption = f"{name}: waiting for every partition to be active"
+            window.recovered = await self.cluster.settled(120)
+            window.end_ms = now_ms()
+            took = (window.end_ms - window.start_ms) / 1000
+            status = "recovered" if window.recovered else "NOT recovered after 120 s"
+            self.say(f"disruption {name}: {window.note}; {status} in {took:.1f} s")
+            self.say("assignment: " + self._assignment())
+            self.state.disruption = "-"
+
+    def _disrupt(self, text: str, window: Window) -> None:
+        self.state.disruption = text
+        self.say(f"disruption: {text}")
+        for w in self.cluster.workers:
+            if w.running() or "restart" in text:
+                w.mark(f"(run event) {text}")
+
+    # -- progress -----------------------------------------------------------------------------
+
+    async def progress(self, monitor: Monitor) -> None:
+        """Sample every second (the generator's back-pressure), print every ``progress_s``."""
+        last_sent, last_t, last_said = 0, time.monotonic(), time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            stats = self.load.stats if self.load else LoadStats()
+            try:
+                ingested, forwarded = await asyncio.wait_for(monitor.sample(), 3.0)
+                figures = f"ingested {ingested:,} | forwarded {forwarded:,}"
+                if self.load is not None:
+                    self.load.note_ingested(ingested)
+            except (TimeoutError, Exception) as exc:  # broker paused or busy: say so, go on
+                ingested = forwarded = -1
+                figures = f"(broker not answering: {type(exc).__name__})"
+            now = time.monotonic()
+            self.state.timeline.append(
+                {
+                    "t_s": round(now - self.started, 1),
+                    "ms": now_ms(),
+                    "sent": stats.sent,
+                    "ingested": ingested,
+                    "forwarded": forwarded,
+                }
+            )
+            if now - last_said < self.cfg.progress_s:
+                continue
+            rate = (stats.sent - last_sent) / (now - last_t)
+            last_sent, last_t, last_said = stats.sent, now, now
+            lag = self.load.ingest_lag_s(now) if self.load is not None else None
+            lag_text = "" if lag is None else f", ingest lag {lag:.0f} s"
+            self.say(
+                f"{self.state.phase}: sent {stats.sent:,} ({rate:,.0f}/s{lag_text}; new "
+                f"{stats.new:,} repl {stats.replaces:,} cancel {stats.cancels:,}) | {figures} | "
+                f"workers up {len(self.cluster.live())} | disruption: {self.state.disruption}"
+            )
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def load_phase(self) -> LoadStats:
+        cfg = self.cfg
+        load = self.load = LoadGenerator(
+            self.cluster.broker.bootstrap,
+            self.names.ingest,
+            self.names.target_topics,
+            self.names.prefix,
+            LoadConfig(
+                rate=cfg.rate,
+                duration_s=cfg.duration_s,
+                max_delay_ms=int(cfg.max_delay_s * 1000),
+                max_lag_s=cfg.max_lag_s,
+                seed=cfg.seed,
+            ),
+        )
+        await load.start()
+        self.state.phase = "load"
+        self.load_t0 = time.monotonic()
+        self.say(
+            f"load: {cfg.rate:,.0f} commands/s for {cfg.duration_s:.0f} s, delays 0-"
+            f"{cfg.max_delay_s:.0f} s; events: "
+            + ", ".join(f"{n}@{f * cfg.duration_s:.0f}s" for n, f in cfg.events)
+        )
+        chaos = asyncio.create_task(self.disruptions())
+        try:
+            stats = await load.run()
+            span_s = (stats.last_ms - stats.first_ms) / 1000
+            self.say(
+                f"load done: {stats.sent:,} commands in {span_s:.1f}"
+                f" s = {stats.rate:,.0f}/s (asked {cfg.rate:,.0f}/s), {stats.errors} send errors"
+            )
+            remaining = self.hard_deadline - time.monotonic()
+            await asyncio.wait_for(chaos, max(1.0, remaining))
+        finally:
+            if not chaos.done():
+                chaos.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await chaos
+            await load.stop()
+        return stats
+
+    async def reconcile_phase(self) -> dict[str, Any]:
+        cfg, book, bootstrap = self.cfg, self.book, self.cluster.broker.bootstrap
+        self.state.phase = "reconcile"
+
+        def ingest(record: Any) -> None:
+            book.add_ingest(
+                record.partition,
+                record.offset,
+                record.timestamp,
+                record.key,
+                record.value,
+                record.headers,
+            )
+
+        await read_to_end(bootstrap, [self.names.ingest], ingest)
+        book.close_ingest()
+        grace_ms = int(cfg.grace_s * 1000)
+        self.say(
+            f"reconcile: ingest read, {book.ingest_records:,} commands; {len(book.expected):,} "
+            f"jobs expected; last due in {(book.max_due - now_ms()) / 1000:.0f} s; waiting until "
+            f"all are forwarded (at most until {cfg.grace_s:.0f} s after the last due time with "
+            f"no progress for {cfg.quiet_s:.0f} s)"
+        )
+        progress = {"missing": len(book.missing), "at": time.monotonic(), "said": 0.0}
+        stop_reason = ["all expected jobs forwarded"]
+
+        def done() -> bool:
+            if not book.missing:
+                return True
+            now = time.monotonic()
+            if now > self.hard_deadline - FORENSICS_RESERVE_S:
+                stop_reason[0] = f"hard limit of {cfg.max_total_s:.0f} s reached"
+                return True
+            quiet = now - float(progress["at"])
+            if now_ms() > book.max_due + grace_ms and quiet > cfg.quiet_s:
+                stop_reason[0] = (
+                    f"{cfg.grace_s:.0f} s past the last due time and no progress for {quiet:.0f} s"
+                )
+                return True
+            return False
+
+        def tick() -> None:
+            now = time.monotonic()
+            if len(book.missing) != progress["missing"]:
+                progress["missing"], progress["at"] = len(book.missing), now
+            if now - float(progress["said"]) >= cfg.progress_s:
+                progress["said"] = now
+                self.say(
+                    f"reconcile: forwards read {book.forwards:,}; expected jobs not yet "
+                    f"forwarded {len(book.missing):,} of {len(book.expected):,}; "
+                    f"last due {(now_ms() - book.max_due) / 1000:+.0f} s ago"
+                )
+
+        def forward(record: Any) -> None:
+            book.add_forward(
+                Forward(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.timestamp,
+                    record.key,
+                    record.value,
+                    tuple(record.headers),
+                )
+            )
+
+        await read_to_end(
+            bootstrap, self.names.target_topics, forward, follow_until=done, tick=tick
+        )
+        self.say(f"reconcile: stopped waiting: {stop_reason[0]}")
+        dead: dict[bytes, str] = {}
+
+        def dead_letter(record: Any) -> None:
+            reason = dict(record.headers).get("delayq-error", b"").decode(errors="replace")
+            dead[record.key or b""] = reason
+
+        await read_to_end(bootstrap, [self.names.dead_letters], dead_letter)
+        committed: dict[int, int] = {}
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                committed = await asyncio.wait_for(self.monitor.committed(), 10)
+        # A job whose final command the workers never committed was not lost by them (yet):
+        # the run ended before they read it.
+        self.committed = committed
+        unread = sum(1 for job_id in book.missing if not self._read(job_id))
+        return {"stop_reason": stop_reason[0], "dead_letters": dead, "unread": unread}
+
+    def _read(self, job_id: bytes) -> bool:
+        """Whether the workers had committed the job's final command when the run stopped."""
+        partition = self.book.jobs[job_id].partition
+        return self.book.expected[job_id].offset < self.committed.get(partition, 0)
+
+    def never_forwarded(self, dead: dict[bytes, str]) -> list[dict[str, Any]]:
+        """Up to 20 never-forwarded jobs, each with what the owning worker says about it."""
+        out = []
+        live = self.cluster.live()
+        # Those the workers did read first: they are the ones that would be lost.
+        missing = sorted(self.book.missing, key=lambda j: (not self._read(j), j))
+        for job_id in missing[:20]:
+            cmd = self.book.expected[job_id]
+            job = self.book.jobs[job_id]
+            entry: dict[str, Any] = {
+                "job_id": job_id.decode(errors="replace"),
+                "ingest_partition": job.partition,
+                "final_schedule_offset": cmd.offset,
+                "due_ms": cmd.due,
+                "due_at_s": round((cmd.due - self.started_ms) / 1000, 1),
+                "commands": [
+                    {
+                        "offset": c.offset,
+                        "written_ms": c.ts,
+                        "what": "cancel" if c.due < 0 else f"schedule due {c.due}",
+                    }
+                    for c in job.cmds
+                ],
+                "dead_letter": dead.get(job_id),
+                "read_by_workers": self._read(job_id),
+                "committed_offset_of_partition": self.committed.get(job.partition),
+                "forwards_seen": [
+                    {"ts": ts, "due_ms": due, "schedule_index": index}
+                    for ts, due, index in self.book.forward_log.get(job_id, [])[:10]
+                ],
+            }
+            if live:
+                path = "/jobs/" + urllib.parse.quote(job_id.decode(errors="replace"), safe="")
+                entry["worker_says"] = live[0].get_json(path, timeout=5)
+            if len(out) < 5:
+                entry["worker_logs_around"] = self.log_excerpt(cmd.ts - 10_000, cmd.due + 30_000)
+            out.append(entry)
+        return out
+
+    def log_excerpt(self, lo_ms: int, hi_ms: int, limit: int = 80) -> list[str]:
+        """Group, recovery and error lines of every worker log between two epoch ms."""
+        lines: list[tuple[int, str]] = []
+        for worker in self.cluster.workers:
+            for line in worker.log_path.read_text(errors="replace").splitlines():
+                if not _EXCERPT.search(line):
+                    continue
+                at = _log_time_ms(line)
+                if at is not None and lo_ms <= at <= hi_ms:
+                    lines.append((at, f"{worker.name} {line.strip()[:220]}"))
+        lines.sort()
+        return [text for _at, text in lines[:limit]]
+
+    async def forensics(self, result: dict[str, Any]) -> None:
+        """Explain suspicious forwards with the jobs changelog (see ``chaos/forensics.py``).
+
+        Every forward of a schedule cancelled or replaced before its due time, and every
+        duplicated schedule, is classified by cause; never-forwarded, early and mismatched
+        samples get their job's changelog history, lost ones their ingest neighbours' fate.
+        """
+        book = self.book
+        superseded = [key for key, (_w, when) in book.superseded.items() if when == BEFORE_DUE]
+        samples = [
+            sample
+            for name in ("never_forwarded_samples", "early_samples", "mismatched_samples")
+            for sample in result[name][:10]
+        ]
+        neighbours = self._neighbours(result["never_forwarded_samples"][:5])
+        ids = [j for j, _i in superseded] + [j for j, _d, _v in book.second]
+        ids += [sample["job_id"].encode() for sample in samples]
+        ids += [job_id for ns in neighbours.values() for _o, job_id, _c in ns]
+        wanted = {j: book.jobs[j].partition for j in ids if j in book.jobs}
+        if not wanted:
+            return
+        budget = self.hard_deadline - time.monotonic()
+        if budget < 20:
+            self.say("forensics skipped: no time left")
+            return
+        self.say(f"forensics: reading the jobs changelog for {len(wanted):,} jobs")
+        try:
+            history = await asyncio.wait_for(
+                changelog_history(self.cluster.broker.bootstrap, self.names.changelog, wanted),
+                budget - 10,
+            )
+        except TimeoutError:
+            self.say("forensics: reading the changelog took too long, skipped")
+            return
+        for sample in samples:
+            job_id = sample["job_id"].encode()
+            origin = int(sample.get("due_ms") or sample.get("detail", {}).get("due", 0) or 0)
+            sample["changelog (ms from due)"] = format_events(history.get(job_id, []), origin)
+        for sample in result["never_forwarded_samples"][:5]:
+            sample["ingest neighbours (offset: fate)"] = _fates(
+                neighbours.get(sample["job_id"], []), history
+            )
+        result["forensics"] = {
+            "superseded_before_due": self._superseded_causes(superseded, history),
+            "duplicated_schedules": self._duplicate_causes(history),
+        }
+
+    def _superseded_causes(
+        self, superseded: list[tuple[bytes, int]], history: dict[bytes, list[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        book = self.book
+        causes: dict[str, int] = {}
+        examples: dict[str, list[dict[str, Any]]] = {}
+        for job_id, index in superseded:
+            job = book.jobs[job_id]
+            sched, nxt = job.cmds[index], job.cmds[index + 1]
+            fwd_ts = book.first[(job_id, sched.due, sched.vhash)]
+            events = history.get(job_id, [])
+            cause, text = superseded_cause(
+                sched.due, sched.offset, nxt.offset, nxt.due < 0, fwd_ts, events
+            )
+            causes[cause] = causes.get(cause, 0) + 1
+            if len(examples.setdefault(cause, [])) < 5:
+                examples[cause].append(
+                    {
+                        "job_id": job_id.decode(errors="replace"),
+                        "ingest_partition": job.partition,
+                        "schedule": f"offset {sched.offset}, due {sched.due}",
+                        "superseded_by": f"{'cancel' if nxt.due < 0 else 'replace'} at offset "
+                        f"{nxt.offset}, written {sched.due - nxt.ts} ms before the due time",
+                        "forwarded": f"{fwd_ts - sched.due:+d} ms after the due time",
+                        "explanation": text,
+                        "changelog (ms from due)": format_events(events, sched.due),
+                    }
+                )
+        return {"causes": causes, "examples": examples}
+
+    def _duplicate_causes(self, history: dict[bytes, list[dict[str, Any]]]) -> dict[str, Any]:
+        book = self.book
+        causes: dict[str, int] = {}
+        examples: dict[str, list[dict[str, Any]]] = {}
+        for (job_id, due, vhash), second_ts in book.second.items():
+            job = book.jobs[job_id]
+            version = next(c.offset for c in job.cmds if c.due == due and c.vhash == vhash)
+            first_ts = book.first[(job_id, due, vhash)]
+            events = history.get(job_id, [])
+            cause = duplicate_cause(due, version, first_ts, second_ts, events)
+            causes[cause] = causes.get(cause, 0) + 1
+            if len(examples.setdefault(cause, [])) < 3:
+                examples[cause].append(
+                    {
+                        "job_id": job_id.decode(errors="replace"),
+                        "ingest_partition": job.partition,
+                        "schedule_offset": version,
+                        "due_ms": due,
+                        "forwards (ms from due)": [
+                            ts - due for ts, d, _i in book.forward_log.get(job_id, []) if d == due
+                        ],
+                        "changelog (ms from due)": format_events(events, due),
+                    }
+                )
+        return {"causes": causes, "examples": examples}
+
+    def _neighbours(
+        self, samples: list[dict[str, Any]], span: int = 15
+    ) -> dict[str, list[tuple[int, bytes, Cmd]]]:
+        """The ingest commands within ``span`` offsets of each sample's final schedule."""
+        ranges: dict[int, list[tuple[int, int, str]]] = {}
+        for sample in samples:
+            offset = sample["final_schedule_offset"]
+            ranges.setdefault(sample["ingest_partition"], []).append(
+                (offset - span, offset + span, sample["job_id"])
+            )
+        found: dict[str, list[tuple[int, bytes, Cmd]]] = {}
+        for job_id, job in self.book.jobs.items():
+            for lo, hi, name in ranges.get(job.partition, []):
+                for cmd in job.cmds:
+                    if lo <= cmd.offset <= hi:
+                        found.setdefault(name, []).append((cmd.offset, job_id, cmd))
+        for entries in found.values():
+            entries.sort(key=lambda entry: entry[0])
+        return found
+
+    def log_summary(self) -> dict[str, dict[str, int]]:
+        summary = {}
+        for worker in self.cluster.workers:
+            text = worker.log_path.read_text(errors="replace")
+            summary[worker.name] = {k: len(p.findall(text)) for k, p in _LOG_PATTERNS.items()}
+        return summary
+
+    def lateness(self) -> dict[str, Any]:
+        cfg = self.cfg
+        spans = [
+            (w.start_ms - 2_000, (w.end_ms or now_ms()) + int(cfg.settle_s * 1000))
+            for w in self.state.windows
+        ]
+        points = self.book.lateness()
+        every = sorted(late for _due, late in points)
+        outside = sorted(
+            late for due, late in points if not any(lo <= due <= hi for lo, hi in spans)
+        )
+        per_window = []
+        for window, (lo, hi) in zip(self.state.windows, spans, strict=True):
+            inside = [late for due, late in points if lo <= due <= hi]
+            per_window.append(
+                {
+                    "event": window.name,
+                    "note": window.note,
+                    "start_s": round((window.start_ms - self.started_ms) / 1000, 1),
+                    "recovered_after_s": round((window.end_ms - window.start_ms) / 1000, 1),
+                    "recovered": window.recovered,
+                    "jobs_due_in_window": len(inside),
+                    "max_lateness_ms": max(inside, default=None),
+                }
+            )
+        return {
+            "p50_ms": percentile(every, 0.50),
+            "p99_ms": percentile(every, 0.99),
+            "max_ms": every[-1] if every else None,
+            "outside_windows_jobs": len(outside),
+            "outside_windows_p50_ms": percentile(outside, 0.50),
+            "outside_windows_p99_ms": percentile(outside, 0.99),
+            "outside_windows_max_ms": outside[-1] if outside else None,
+            "windows": per_window,
+        }
+
+    def ingest_lag(self) -> dict[str, Any]:
+        """Worst distance of the workers' committed ingest offsets behind what was sent."""
+        points = [p for p in self.state.timeline if p["ingested"] >= 0]
+        worst_records, worst_s = 0, 0.0
+        for point in points:
+            behind = point["sent"] - point["ingested"]
+            worst_records = max(worst_records, behind)
+            # When had the generator sent what the workers had committed by now?
+            reached = next((q for q in points if q["sent"] >= point["ingested"]), None)
+            if reached is not None:
+                worst_s = max(worst_s, (point["ms"] - reached["ms"]) / 1000)
+        return {"max_records_behind": worst_records, "max_seconds_behind_approx": worst_s}
+
+
+def _fates(
+    neighbours: list[tuple[int, bytes, Cmd]], history: dict[bytes, list[dict[str, Any]]]
+) -> list[str]:
+    """Whether each neighbouring ingest command reached the jobs changelog, and when."""
+    lines = []
+    for offset, job_id, cmd in neighbours:
+        if cmd.due < 0:
+            lines.append(f"{offset}: cancel (no changelog put expected)")
+            continue
+        puts = [
+            e for e in history.get(job_id, []) if e["op"] == "put" and e.get("version") == offset
+        ]
+        applied = (
+            f"applied {puts[0]['ts'] - cmd.ts:+d} ms after it was written ({puts[0]['changelog']})"
+            if puts
+            else "NEVER APPLIED (not in the changelog)"
+        )
+        lines.append(f"{offset}: schedule of {job_id.decode(errors='replace')}, {applied}")
+    return lines
+
+
+def figures(run: Run, stats: LoadStats, extra: dict[str, Any]) -> dict[str, Any]:
+    book = run.book
+    dead: dict[bytes, str] = extra["dead_letters"]
+    cancelled, cancelled_before_due = book.cancelled_jobs()
+    superseded = book.superseded_counts()
+    forwarded = len(book.expected) - len(book.missing)
+    return {
+        "commands": book.ingest_records,
+        "schedules": book.schedules,
+        "cancels": book.cancels,
+        "bad_ingest_records": book.bad_ingest,
+        "jobs_scheduled": book.scheduled_jobs,
+        "jobs_replaced": book.replaced_jobs(),
+        "jobs_cancelled": cancelled,
+        "jobs_cancelled_before_due": cancelled_before_due,
+        "expected_forwards": len(book.expected),
+        "forwarded": forwarded,
+        "forward_records": book.forwards,
+        "cancelled_before_due_still_forwarded": superseded.get(("cancel", BEFORE_DUE), 0),
+        "cancel_races_forwarded": superseded.get(("cancel", RACE), 0),
+        "replaced_before_due_outdated_forwarded": superseded.get(("replace", BEFORE_DUE), 0),
+        "replace_races_outdated_forwarded": superseded.get(("replace", RACE), 0),
+        "forwarded_then_superseded_after_due": superseded.get(("cancel", AFTER_DUE), 0)
+        + superseded.get(("replace", AFTER_DUE), 0),
+        "never_forwarded": len(book.missing),
+        "never_forwarded_dead_lettered": sum(1 for j in book.missing if j in dead),
+        "never_forwarded_not_yet_read": extra["unread"],
+        "dead_letters": len(dead),
+        "forwarded_early": book.early_count,
+        "mismatched_forwards": book.mismatched_count,
+        "duplicates": book.duplicates,
+        "duplicates_by_gap_to_first": book.duplicate_gaps,
+        "duplicate_rate": book.duplicates / book.forwards if book.forwards else 0.0,
+        "foreign_duplicates": book.foreign_count,
+        "stop_reason": extra["stop_reason"],
+    }
+
+
+MUST_BE_ZERO = ("never_forwarded", "forwarded_early", "mismatched_forwards", "foreign_duplicates")
+
+
+async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
+    """The whole chaos run; the result dict (also written as JSON by the caller)."""
+    cfg.check()
+    r = Run(cfg, out)
+    monitor: Monitor | None = None
+    progress: asyncio.Task[None] | None = None
+    try:
+        await r.setup()
+        monitor = r.monitor = Monitor(r.cluster.broker.bootstrap, r.names)
+        await monitor.start()
+        progress = asyncio.create_task(r.progress(monitor))
+        stats = await r.load_phase()
+        extra = await r.reconcile_phase()
+        result: dict[str, Any] = {
+            "command": cfg.command,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(r.started_ms / 1000)),
+            "run_dir": str(r.run_dir),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+            "load": {
+                "asked_rate": cfg.rate,
+                "achieved_rate": round(stats.rate, 1),
+                "sent": stats.sent,
+                "new": stats.new,
+                "replaces": stats.replaces,
+                "cancels": stats.cancels,
+                "send_errors": stats.errors,
+                "send_error_samples": stats.error_samples,
+                "throttled_s": round(stats.throttled_s, 1),
+                "max_ingest_lag_s": round(stats.max_ingest_lag_s, 1),
+            },
+            "figures": figures(r, stats, extra),
+            "lateness": r.lateness(),
+            "ingest_lag": r.ingest_lag(),
+            "committed_ingest_offsets_at_end": r.committed,
+            "disruptions": [asdict(w) for w in r.state.windows],
+            "never_forwarded_samples": r.never_forwarded(extra["dead_letters"]),
+            "early_samples": [asdict(a) for a in r.book.early[:20]],
+            "mismatched_samples": [asdict(a) for a in r.book.mismatched[:20]],
+            "foreign_duplicate_samples": [asdict(a) for a in r.book.foreign_duplicates[:20]],
+            "superseded_samples": [asdict(a) for a in r.book.superseded_samples[:20]],
+            "worker_logs": r.log_summary(),
+            "load_average": {"start": r.loadavg_start, "end": list(os.getloadavg())},
+            "timeline": r.state.timeline,
+        }
+        await r.forensics(result)
+        failed = [name for name in MUST_BE_ZERO if result["figures"][name]]
+        result["ok"] = not failed
+        result["failed"] = failed
+        result["took_s"] = round(time.monotonic() - r.started, 1)
+        body = json.dumps(result, indent=1, default=str)
+        (r.run_dir / "result.json").write_text(body)
+        (r.run_dir / "table.txt").write_text(table(result) + "\n")
+        if cfg.write_latest:
+            (cfg.out_dir / "latest.json").write_text(body)
+        return result
+    finally:
+        if progress is not None:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(monitor.stop(), 10)
+        r.say("stopping workers and broker")
+        await asyncio.to_thread(r.cluster.close)
+        r._progress_log.close()
