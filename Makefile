@@ -23,8 +23,8 @@ test: $(STAMP) lint typecheck browser-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tables tests
-	$(BIN)/ruff format --check app tables tests
+	$(BIN)/ruff check app tables tests bench chaos
+	$(BIN)/ruff format --check app tables tests bench chaos
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
