@@ -449,7 +449,6 @@ class Engine:
     async def _give_up(self, fwd: _Forward, now: int) -> int | None:
         """Handle a failed forward: the time of its retry, or None once dead-lettered."""
         state = self._state(fwd.partition)
-        state.in_flight.pop(fwd.due_key, None)
         self.stats.forward_failures += 1
         attempts = state.attempts.get(fwd.due_key, 0) + 1
         reason = f"forward to {fwd.job.target!r} failed: {fwd.error!r}"
@@ -461,6 +460,7 @@ class Engine:
             state.attempts[fwd.due_key] = attempts
             backoff = min(self.config.forward_retry_backoff_ms << (attempts - 1), _MAX_BACKOFF_MS)
             state.retry_at[fwd.due_key] = now + backoff
+            state.in_flight.pop(fwd.due_key, None)
             log.warning("%s (attempt %d, retry in %d ms)", reason, attempts, backoff)
             return now + backoff
         try:
@@ -473,7 +473,9 @@ class Engine:
         except Exception as exc:  # the dead-letter topic failed too: keep the job, retry later
             log.error("dead-lettering job %r failed: %r", fwd.job.job_id, exc)
             state.retry_at[fwd.due_key] = now + self.config.forward_retry_backoff_ms
+            state.in_flight.pop(fwd.due_key, None)
             return now + self.config.forward_retry_backoff_ms
+        # Dead-lettered: like a forwarded job, it stays in flight until its removal is applied.
         state.attempts.pop(fwd.due_key, None)
         state.retry_at.pop(fwd.due_key, None)
         return None

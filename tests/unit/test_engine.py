@@ -389,3 +389,16 @@ async def test_recent_dead_letters_are_remembered_with_their_reason(tmp_path: Pa
     [dead] = h.engine.stats.recent_dead_letters
     assert dead.key == b"big" and "exceeds max_forward_bytes" in dead.reason
     h.close()
+
+
+async def test_a_dead_lettered_job_is_not_dead_lettered_again_before_its_removal(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, max_forward_bytes=1_000)
+    h.schedule("big", NOW, value=b"x" * 2_000)
+    await h.fire(NOW)
+    await h.fire(NOW + 1)  # the removal record has not been applied yet
+    assert len(h.producer.to("dlq")) == 1
+    h.ack_all()
+    assert h.engine.get(0, b"big") is None
+    h.close()
