@@ -123,10 +123,6 @@ def parse_command(
         raise InvalidRecord("record key (the job id) is missing or empty")
     if len(key) > MAX_JOB_ID_BYTES:
         raise InvalidRecord(f"record key (the job id) is longer than {MAX_JOB_ID_BYTES} bytes")
-    if len(headers) > MAX_HEADERS:
-        raise InvalidRecord(f"more than {MAX_HEADERS} headers")
-    if any(len(name.encode()) > MAX_HEADER_NAME_BYTES for name, _value in headers):
-        raise InvalidRecord(f"a header name is longer than {MAX_HEADER_NAME_BYTES} bytes")
     ours, theirs = _contract_headers(headers)
     if names.HEADER_TARGET not in ours:
         if value is not None:
@@ -137,6 +133,11 @@ def parse_command(
                 + ", ".join(sorted(ours))
             )
         return Cancel(key)
+    # Only a schedule stores headers; the stored form counts them in 16 bits.
+    if len(theirs) > MAX_HEADERS:
+        raise InvalidRecord(f"more than {MAX_HEADERS} headers")
+    if any(len(name.encode()) > MAX_HEADER_NAME_BYTES for name, _value in theirs):
+        raise InvalidRecord(f"a header name is longer than {MAX_HEADER_NAME_BYTES} bytes")
     target = _target(ours[names.HEADER_TARGET], forbidden_targets)
     due_ms = _due_ms(ours, timestamp_ms)
     return Job(
