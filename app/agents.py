@@ -97,10 +97,15 @@ async def _apply_ingest(message: Any) -> None:
             headers=[*headers, (HEADER_ERROR, exc.reason.encode())],
         )
         return
+    # Bad records are dead-lettered even on a replay (their dead letter is published only at
+    # commit); valid ones are applied once.
+    if engine.already_applied(message.partition, message.offset):
+        return
     if isinstance(command, Cancel):
         engine.cancel(message.partition, command.job_id)
     else:
         engine.schedule(message.partition, command)
+    engine.mark_applied(message.partition, message.offset)
     await engine.flush()
 
 

@@ -37,6 +37,7 @@ from app.jobs import Job, JobStatus, decode_job, encode_fired, encode_job, job_v
 from app.names import HEADER_ERROR
 from app.times import now_ms
 from tables.keys import (
+    APPLIED_KEY,
     DUE_END,
     ID_END,
     ID_PREFIX,
@@ -111,6 +112,8 @@ class Stats:
     dead_lettered: int = 0
     #: ``delayq-delay-ms`` records whose timestamp was in the future: counted from receipt.
     clock_skew_corrected: int = 0
+    #: Ingest commands delivered again after a crash and not applied twice.
+    replays_skipped: int = 0
     lateness_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     recent_dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=100))
 
@@ -164,6 +167,22 @@ class Engine:
         return state
 
     # -- commands, applied by the agent inside stream iteration ---------------------------
+
+    def already_applied(self, partition: int, offset: int) -> bool:
+        """Whether the ingest command at ``offset`` was applied before (a replay after a crash).
+
+        Faust re-delivers what came after the last committed offset; applying such a schedule
+        again would bring back a job that was cancelled or fired since.
+        """
+        raw = self.store.get(partition, APPLIED_KEY)
+        if raw is None or offset > decode_due_ms(raw):
+            return False
+        self.stats.replays_skipped += 1
+        return True
+
+    def mark_applied(self, partition: int, offset: int) -> None:
+        """Record (in the changelog too) that the command at ``offset`` is applied."""
+        self.store.put(partition, APPLIED_KEY, encode_due_ms(offset))
 
     def schedule(self, partition: int, job: Job) -> None:
         """Store ``job``, replacing any pending job with the same id."""

@@ -44,6 +44,7 @@ COUNTERS: Mapping[str, str] = {
     "forward_failures": "Failed forward attempts (retried, then dead-lettered).",
     "dead_lettered": "Records written to the dead-letter topic (bad commands, failed forwards).",
     "clock_skew_corrected": "Delays counted from receipt (the record was future-dated).",
+    "replays_skipped": "Ingest commands delivered again after a crash and not applied twice.",
 }
 QUANTILES = (0.5, 0.9, 0.99)
 

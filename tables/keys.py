@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 
 __all__ = [
+    "APPLIED_KEY",
     "DUE_END",
     "DUE_PREFIX",
     "ID_END",
@@ -27,6 +28,9 @@ __all__ = [
     "split_due_key",
 ]
 
+#: ``b"A"`` -> ``be64(offset)``: the last ingest offset applied to this partition (changelogged),
+#: so that commands Faust delivers again after a crash are not applied twice.
+APPLIED_KEY = b"A"
 DUE_PREFIX = b"D"
 #: First key after the due key space: the exclusive upper bound of a full due scan.
 DUE_END = b"E"

@@ -540,6 +540,7 @@ class Counters(BaseModel):
     forward_failures: int
     dead_lettered: int
     clock_skew_corrected: int
+    replays_skipped: int
 
 
 class Lateness(BaseModel):
