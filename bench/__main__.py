@@ -95,8 +95,13 @@ QUICK = Plan(
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the < 2 minute version")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="limit, seed and delayq on one embedded broker: one table, JSON, PNG",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes (bench/README.md, 'How long')"
+    )
     parser.add_argument(
         "--scenarios",
         default=None,
