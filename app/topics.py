@@ -6,7 +6,7 @@ from typing import Any
 
 from app.service import app, settings
 
-__all__ = ["dead_letter_topic", "fired_topic", "ingest_topic"]
+__all__ = ["dead_letter_topic", "ingest_topic"]
 
 _raw: dict[str, Any] = {
     "key_type": bytes,
@@ -18,7 +18,5 @@ _raw: dict[str, Any] = {
 
 #: Public: one record per command (schedule, replace, cancel).
 ingest_topic: Any = app.topic(settings.ingest_topic, **_raw)
-#: Internal: removal records of forwarded jobs, co-partitioned with the ingest topic.
-fired_topic: Any = app.topic(settings.fired_topic, internal=True, **_raw)
 #: Public: records that broke the contract or could not be forwarded, with ``delayq-error``.
 dead_letter_topic: Any = app.topic(settings.dead_letter_topic, **_raw)
