@@ -168,20 +168,17 @@ class Engine:
 
     # -- commands, applied by the agent inside stream iteration ---------------------------
 
-    def already_applied(self, partition: int, offset: int) -> bool:
-        """Whether the ingest command at ``offset`` was applied before (a replay after a crash).
+    def applied_offset(self, partition: int) -> int:
+        """The highest ingest offset applied in ``partition`` (-1 if none): a replay guard.
 
-        Faust re-delivers what came after the last committed offset; applying such a schedule
-        again would bring back a job that was cancelled or fired since.
+        Faust re-delivers what came after the last committed offset after a crash; applying
+        such a schedule again would bring back a job that was cancelled or fired since.
         """
         raw = self.store.get(partition, APPLIED_KEY)
-        if raw is None or offset > decode_due_ms(raw):
-            return False
-        self.stats.replays_skipped += 1
-        return True
+        return -1 if raw is None else decode_due_ms(raw)
 
     def mark_applied(self, partition: int, offset: int) -> None:
-        """Record (in the changelog too) that the command at ``offset`` is applied."""
+        """Record (in the changelog too) that the commands up to ``offset`` are applied."""
         self.store.put(partition, APPLIED_KEY, encode_due_ms(offset))
 
     def schedule(self, partition: int, job: Job) -> None:

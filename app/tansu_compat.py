@@ -23,6 +23,14 @@ Patching there keeps aiokafka's leader routing, retries (retriable errors raised
 retried by ``_retrieve_offsets``) and ``request_timeout_ms``; EARLIEST and by-timestamp lookups
 are untouched. Also corrected as a side effect: ``seek_to_end()`` and ``auto_offset_reset=latest``.
 
+Quirk 5 - a pending Fetch is answered no sooner than half its ``max_wait_ms`` even when records
+arrive at once (Kafka answers as soon as ``fetch_min_bytes`` are there; measured: max_wait 2000 ms,
+a record produced after 100 ms, answer after 1.0 s). Faust hard-codes ``fetch_max_wait_ms=1500``
+for its consumer, so an ingest command or a removal record waited up to 0.75 s before the worker
+saw it (a job with a 1 s delay fired late). :func:`install` caps ``fetch_max_wait_ms`` of every
+aiokafka consumer created afterwards at :data:`CONSUMER_FETCH_MAX_WAIT_MS`: an idle consumer then
+asks ~100 times a second, which costs the broker and the worker little.
+
 No workaround: quirk 3 (compaction never runs: recovery replays every changelog write) and
 quirk 4 (no InitProducerId v0, so no idempotence / exactly_once for aiokafka: use at_least_once).
 
@@ -50,6 +58,8 @@ _LATEST = -1  # aiokafka's OffsetResetStrategy.LATEST, the ListOffsets "latest" 
 # when every partition asked about is empty.
 _FETCH_MAX_WAIT_MS = 100
 _PATCH_MARK = "_delayq_tansu_compat"
+#: Quirk 5: the longest a consumer's Fetch may be held (Tansu holds it this long every time).
+CONSUMER_FETCH_MAX_WAIT_MS = 10
 
 
 def _address(server: str) -> tuple[str, int]:
@@ -141,16 +151,31 @@ async def _proc_offset_request(self: Any, node_id: int, topic_data: Any) -> Any:
 _original: Any = None  # the unpatched Fetcher._proc_offset_request, once install() ran
 
 
+_original_fetcher_init: Any = None  # the unpatched Fetcher.__init__, once install() ran
+
+
+def _fetcher_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    """``Fetcher.__init__`` with ``fetch_max_wait_ms`` capped (quirk 5)."""
+    wait_ms = kwargs.get("fetch_max_wait_ms", CONSUMER_FETCH_MAX_WAIT_MS)
+    kwargs["fetch_max_wait_ms"] = min(wait_ms, CONSUMER_FETCH_MAX_WAIT_MS)
+    _original_fetcher_init(self, *args, **kwargs)
+
+
 def install() -> None:
-    """Correct LATEST offset lookups (quirk 2) process-wide. Idempotent. Tansu only."""
+    """Correct LATEST offset lookups (quirk 2) and cap fetch waits (quirk 5) process-wide.
+
+    Idempotent. Tansu only.
+    """
     from aiokafka.consumer.fetcher import Fetcher
 
     if getattr(Fetcher._proc_offset_request, _PATCH_MARK, False):
         return
-    global _original
+    global _original, _original_fetcher_init
     _original = Fetcher._proc_offset_request
+    _original_fetcher_init = Fetcher.__init__
     setattr(_proc_offset_request, _PATCH_MARK, True)
     Fetcher._proc_offset_request = _proc_offset_request
+    Fetcher.__init__ = _fetcher_init
 
 
 def maybe_install(bootstrap_servers: str, timeout: float = 5.0) -> bool:

@@ -140,21 +140,35 @@ class PartitionStore:
         self._open_db(partition).delete(key)
 
     async def flush_changelog(self) -> None:
-        """Hand every pending changelog record to the producer (in write order)."""
+        """Hand every pending changelog record to the producer (in write order).
+
+        Every ack is checked for failure; only the last record of each partition records the
+        persisted offset (the producer acks a partition's records in order, and the local
+        database already holds them all).
+        """
         pending, self._pending = self._pending, []
+        last: dict[int, Awaitable[Any]] = {}
         for partition, key, value in pending:
             ack = await self._send_changelog(partition, key, value)
-            asyncio.ensure_future(ack).add_done_callback(functools.partial(self._acked, partition))
+            asyncio.ensure_future(ack).add_done_callback(self._check)
+            last[partition] = ack
+        for partition, ack in last.items():
+            callback = functools.partial(self._acked, partition)
+            asyncio.ensure_future(ack).add_done_callback(callback)
 
-    def _acked(self, partition: int, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
+    def _check(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is None:
             return
         exc = fut.exception()
-        if exc is not None:
-            log.critical("changelog write failed: %r", exc)
-            if self._failed is not None:
-                self._failed(exc)
-        elif self._persisted is not None:
+        assert exc is not None
+        log.critical("changelog write failed: %r", exc)
+        if self._failed is not None:
+            self._failed(exc)
+
+    def _acked(self, partition: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # reported by _check
+        if self._persisted is not None:
             self._persisted(partition, fut.result().offset)
 
     def index_restored(self, partition: int, key: bytes, value: bytes | None) -> None:

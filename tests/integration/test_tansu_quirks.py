@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.offset import OffsetRequest
@@ -195,3 +197,52 @@ async def test_join_is_held_for_half_the_session_timeout(quirks_broker: Embedded
     # Then the join took at least half of it (Kafka holds a new group's first join for
     # group.initial.rebalance.delay.ms = 3 s, not for half the session timeout)
     assert joined_after >= 4.9
+
+
+# --- quirk 5: a Fetch is held for half its max_wait_ms -----------------------------------------
+
+HOLD_TOPIC = "tansu-fetch-hold"
+HOLD_MS = 2_000
+
+
+async def test_fetch_is_held_for_max_wait_even_when_a_record_arrives(
+    quirks_broker: EmbeddedBroker, consumer: Any
+) -> None:
+    """Kafka answers once min_bytes arrived; Tansu not before half of max_wait (a lower bound)."""
+    # Given a topic whose partition 0 holds one record
+    producer = AIOKafkaProducer(bootstrap_servers=quirks_broker.bootstrap)
+    await producer.start()
+    try:
+        await asyncio.wait_for(producer.send_and_wait(HOLD_TOPIC, b"first", partition=0), TIMEOUT)
+        node = await _leader(consumer, TopicPartition(HOLD_TOPIC, 0))
+        # When a Fetch from offset 1 (min_bytes=1, max_wait 2 s) is pending and a record arrives
+        request = FetchRequest(HOLD_MS, 1, 1 << 20, 0, [(HOLD_TOPIC, [(0, 1, 1 << 20)])])
+        started = time.monotonic()
+        fetch = asyncio.ensure_future(consumer._client.send(node, request))
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(producer.send_and_wait(HOLD_TOPIC, b"second", partition=0), TIMEOUT)
+        response = await asyncio.wait_for(fetch, TIMEOUT)
+        answered_after = time.monotonic() - started
+    finally:
+        await producer.stop()
+    # Then the answer has the record but came only after half of max_wait
+    [(_, [(_partition, error_code, highwater, *_)])] = response.topics
+    assert (error_code, highwater) == (0, 2)
+    assert answered_after >= HOLD_MS / 1000 / 2 * 0.95, "Tansu answers at once now? see doc"
+
+
+async def test_install_caps_the_fetch_wait_of_new_consumers() -> None:
+    # Given the workarounds installed
+    tansu_compat.install()
+    for asked, expected in [(1500, tansu_compat.CONSUMER_FETCH_MAX_WAIT_MS), (5, 5)]:
+        # When a consumer's fetcher is made with a fetch wait (Faust asks for 1500 ms)
+        fetcher = Fetcher(
+            AIOKafkaClient(bootstrap_servers="127.0.0.1:1"),
+            SubscriptionState(),
+            fetch_max_wait_ms=asked,
+        )
+        try:
+            # Then its fetches wait at most the cap
+            assert fetcher._fetch_max_wait_ms == expected
+        finally:
+            await fetcher.close()
