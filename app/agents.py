@@ -13,7 +13,7 @@ from typing import Any
 
 from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
-from app.jobs import Header, decode_fired
+from app.jobs import FENCE_PREFIX, Header, decode_fired
 from app.names import (
     HEADER_DELAY_MS,
     HEADER_DUE_MS,
@@ -158,7 +158,10 @@ async def apply_batch(messages: Sequence[Any]) -> None:
     batch = _Batch()
     for message in messages:
         if message.topic == settings.fired_topic:
-            engine.remove_fired(message.partition, decode_fired(message.value or b""))
+            if message.key is not None and message.key.startswith(FENCE_PREFIX):
+                engine.fence_passed(message.partition, message.key)
+            else:
+                engine.remove_fired(message.partition, decode_fired(message.value or b""))
         else:
             await _apply_ingest(message, batch)
     batch.mark()

@@ -19,21 +19,40 @@ Firing a partition (dramatiq's order: forward first, acknowledge second):
 
 A crash between 2 and 4 forwards the job again (same ``delayq-job-id``): at-least-once, never
 lost. Removal through the fired topic means only the partition's current owner ever writes it.
+
+Handing a partition over (a rebalance, a restart), so that the new owner does not forward again
+what the previous one forwarded:
+
+1. the previous owner finishes its pass and flushes its producer before it lets the partition go
+   (:meth:`Engine.quiesce`), so its removal records are in the fired topic;
+2. the new owner sends a *fence* record (a random token) to the partition of the fired topic and
+   does not fire the partition until the agent has read it back (:meth:`Engine.fence_passed`):
+   by then every removal record before it has been applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.errors import ForwardFailed
-from app.jobs import Job, JobStatus, decode_job, encode_fired, encode_job, job_version
+from app.jobs import (
+    FENCE_PREFIX,
+    Job,
+    JobStatus,
+    decode_job,
+    encode_fired,
+    encode_job,
+    job_version,
+)
 from app.names import HEADER_ERROR
 from app.times import now_ms
 from tables.keys import (
@@ -134,6 +153,9 @@ class _PartitionState:
     attempts: dict[bytes, int] = field(default_factory=dict)
     #: Pending jobs in the partition; None until counted after an assignment change.
     pending: int | None = None
+    #: While set, the partition is not fired: its fence record has not been read back yet.
+    fence: bytes | None = field(default_factory=lambda: FENCE_PREFIX + os.urandom(8).hex().encode())
+    fence_sent: bool = False
 
 
 @dataclass(slots=True)
@@ -159,6 +181,10 @@ class Engine:
         #: When the loop plans to wake; None while a pass runs (any schedule then wakes it).
         self._planned_wake_ms: int | None = None
         self._next_wake_ms: int | None = None
+        #: Held by a firing pass; :meth:`quiesce` takes it to wait for the pass to end.
+        self._pass_lock = asyncio.Lock()
+        #: Set between a revocation and the next assignment: no pass may start.
+        self._paused = False
 
     def _state(self, partition: int) -> _PartitionState:
         state = self._parts.get(partition)
@@ -327,17 +353,60 @@ class Engine:
         """Forget revoked partitions; after any rebalance rescan the rest from the start.
 
         A rebalance may have restored changelog records into a partition without the agent
-        seeing them, so watermarks are reset. In-flight marks are kept: they expire on their
-        own, and keeping them avoids forwarding twice what is merely waiting for removal.
+        seeing them, so watermarks are reset. A partition new to this worker gets a fence
+        (see the module doc) and is not fired until the fence is read back.
         """
         for partition in list(self._parts):
             if partition not in active:
                 del self._parts[partition]
+        for partition in active:
+            self._state(partition)
         if generation != self._generation:
             self._generation = generation
+            self._paused = False
             for state in self._parts.values():
                 state.watermark_ms = 0
                 state.pending = None
+
+    async def quiesce(self, revoked: Collection[int]) -> None:
+        """Before partitions are handed over: let the running pass end, stop firing them.
+
+        The caller then flushes the producer, so their removal records reach the fired topic
+        before the next owner's fence.
+        """
+        self._paused = True
+        try:
+            async with asyncio.timeout(self.config.forward_timeout_s * 2):
+                async with self._pass_lock:
+                    pass
+        except TimeoutError:
+            log.warning("a firing pass did not end before the partitions were handed over")
+        for partition in revoked:
+            self._parts.pop(partition, None)
+
+    async def send_fences(self, active: Collection[int]) -> None:
+        """Send the fence record of every active partition that waits for one."""
+        for partition in active:
+            state = self._state(partition)
+            if state.fence is None or state.fence_sent:
+                continue
+            ack = await self.producer.send(
+                self.config.fired_topic, state.fence, b"", partition, None, None
+            )
+            state.fence_sent = True
+            _as_future(ack).add_done_callback(functools.partial(_fence_lost, state, state.fence))
+
+    def fence_passed(self, partition: int, fence: bytes) -> None:
+        """The agent read ``fence`` back: the removals sent before it are applied."""
+        state = self._parts.get(partition)
+        if state is not None and state.fence == fence:
+            state.fence = None
+            self._wake.set()
+
+    def fenced(self, partition: int) -> bool:
+        """Whether the partition waits for its fence (not fired meanwhile)."""
+        state = self._parts.get(partition)
+        return state is not None and state.fence is not None
 
     # -- firing --------------------------------------------------------------------------
 
@@ -350,17 +419,22 @@ class Engine:
         self._planned_wake_ms = None
         self._wake.clear()
         wake = now + self.config.max_idle_ms
-        forwards: list[_Forward] = []
-        for partition in active:
-            batch, partition_wake = self._collect_due(partition, now)
-            forwards.extend(batch)
-            wake = min(wake, partition_wake)
-        if forwards:
-            # Across partitions too, send in due order (the sort is stable: ties keep key order).
-            forwards.sort(key=lambda fwd: fwd.job.due_ms)
-            retry_ms = await self._forward(forwards, now)
-            if retry_ms is not None:
-                wake = min(wake, retry_ms)
+        if self._paused:
+            return wake
+        async with self._pass_lock:
+            forwards: list[_Forward] = []
+            for partition in active:
+                if self.fenced(partition):
+                    continue
+                batch, partition_wake = self._collect_due(partition, now)
+                forwards.extend(batch)
+                wake = min(wake, partition_wake)
+            if forwards:
+                # Across partitions too, send in due order (stable sort: ties keep key order).
+                forwards.sort(key=lambda fwd: fwd.job.due_ms)
+                retry_ms = await self._forward(forwards, now)
+                if retry_ms is not None:
+                    wake = min(wake, retry_ms)
         self._next_wake_ms = wake
         return wake
 
@@ -546,3 +620,9 @@ class Engine:
 
 def _as_future(awaitable: Awaitable[Any]) -> asyncio.Future[Any]:
     return asyncio.ensure_future(awaitable)
+
+
+def _fence_lost(state: _PartitionState, fence: bytes, fut: asyncio.Future[Any]) -> None:
+    # The broker did not take the fence: send it again on the next pass.
+    if state.fence == fence and (fut.cancelled() or fut.exception() is not None):
+        state.fence_sent = False

@@ -14,6 +14,7 @@ from enum import StrEnum
 from app import names
 
 __all__ = [
+    "FENCE_PREFIX",
     "Header",
     "Job",
     "JobStatus",
@@ -146,6 +147,10 @@ def job_version(raw: bytes) -> int:
     """The version of an encoded job, without decoding the rest."""
     version: int = _HEAD.unpack_from(raw, 0)[1]
     return version
+
+
+#: Key of a fence record on the fired topic (fired batches have no key); a random token follows.
+FENCE_PREFIX = b"delayq-fence:"
 
 
 def encode_fired(entries: Iterable[tuple[bytes, int]]) -> bytes:

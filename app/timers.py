@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, cast
+
+from faust.types import TP
 
 from app.errors import SettingsError
 from app.runtime import active_partitions, engine
@@ -16,7 +19,7 @@ from app.service import app, settings
 from app.times import now_ms
 from app.topics import dead_letter_topic
 
-__all__ = ["fire_due_jobs"]
+__all__ = ["fire_due_jobs", "hand_over"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,21 @@ def _partition_mismatch() -> str | None:
                 f"{settings.partitions}: jobs would be read by workers that do not hold them"
             )
     return None
+
+
+async def hand_over(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """Before partitions move: end the running pass and get its removal records to the broker.
+
+    The next owner fences each partition it takes (see app/engine.py), so it applies these
+    removals before it fires, instead of forwarding the same jobs again.
+    """
+    revoked: set[TP] = args[0]  # Faust sends (app, revoked)
+    await engine.quiesce({tp.partition for tp in revoked if tp.topic == settings.ingest_topic})
+    await app.producer.flush()
+
+
+# mypy cannot match an async receiver against mode's union of receiver types.
+app.on_partitions_revoked.connect(cast(Any, hand_over))
 
 
 @app.task
@@ -55,6 +73,7 @@ async def fire_due_jobs() -> None:
         active = active_partitions()
         engine.sync_assignment(app.consumer_generation_id, active)
         try:
+            await engine.send_fences(active)
             wake = await engine.fire_due(now_ms(), active)
         except Exception:  # never let one bad pass stop the loop; the next pass retries
             log.exception("firing pass failed")

@@ -15,7 +15,7 @@ import pytest
 from rocksdict import Options, Rdict
 
 from app.engine import Engine, EngineConfig
-from app.jobs import Job, decode_fired
+from app.jobs import FENCE_PREFIX, Job, decode_fired
 from app.times import now_ms
 from tables.keys import due_key
 from tables.store import PartitionDB, PartitionStore
@@ -51,9 +51,15 @@ class RecordingProducer:
         return [s for s in self.sent if s[0] == topic]
 
     def take_fired(self) -> list[tuple[int, list[tuple[bytes, int]]]]:
-        fired = [(s[3] or 0, list(decode_fired(s[2] or b""))) for s in self.to("fired")]
-        self.sent = [s for s in self.sent if s[0] != "fired"]
-        return fired
+        """Removal records sent so far (fences stay)."""
+        removals = [s for s in self.to("fired") if s[1] is None]
+        self.sent = [s for s in self.sent if s not in removals]
+        return [(s[3] or 0, list(decode_fired(s[2] or b""))) for s in removals]
+
+    def take_fences(self) -> list[tuple[int, bytes]]:
+        fences = [s for s in self.to("fired") if s[1] is not None]
+        self.sent = [s for s in self.sent if s not in fences]
+        return [(s[3] or 0, s[1] or b"") for s in fences]
 
 
 class Harness:
@@ -91,8 +97,15 @@ class Harness:
         return job
 
     async def fire(self, now: int) -> int:
-        await self.engine.flush()  # as the agent does after each command
+        await self.engine.flush()  # as the agent does after each batch
+        await self.pass_fences()
         return await self.engine.fire_due(now, sorted(self.dbs))
+
+    async def pass_fences(self) -> None:
+        """Send the fences of new partitions and read them back, as the timer and agent do."""
+        await self.engine.send_fences(sorted(self.dbs))
+        for partition, fence in self.producer.take_fences():
+            self.engine.fence_passed(partition, fence)
 
     def forwarded_ids(self) -> list[bytes]:
         return [s[1] or b"" for s in self.producer.to("out")]
@@ -417,3 +430,92 @@ async def test_a_replayed_command_is_recognised_once_applied(h: Harness) -> None
     # And the marker is in the changelog, so a wiped worker knows it too
     await h.engine.flush()
     assert (0, b"A", (8).to_bytes(8, "big")) in h.changelog
+
+
+async def test_a_new_partition_fires_only_after_its_fence_is_read_back(h: Harness) -> None:
+    # Given a due job in a partition this worker was just given
+    h.schedule("a", NOW)
+    await h.engine.flush()
+    # When its fence has been sent but not read back yet
+    await h.engine.send_fences([0, 1])
+    fences = h.producer.take_fences()
+    assert sorted(p for p, _ in fences) == [0, 1]
+    assert all(fence.startswith(FENCE_PREFIX) for _, fence in fences)
+    await h.engine.fire_due(NOW, [0, 1])
+    # Then nothing is forwarded, and a stale fence does not release it
+    assert h.forwarded_ids() == []
+    h.engine.fence_passed(0, FENCE_PREFIX + b"stale")
+    await h.engine.fire_due(NOW, [0, 1])
+    assert h.forwarded_ids() == []
+    # And once the agent reads its own fence back, the job fires (fences are sent once)
+    for partition, fence in fences:
+        h.engine.fence_passed(partition, fence)
+    await h.engine.send_fences([0, 1])
+    assert h.producer.take_fences() == []
+    await h.engine.fire_due(NOW, [0, 1])
+    assert h.forwarded_ids() == [b"a"]
+
+
+async def test_removals_sent_before_the_fence_are_applied_before_firing(h: Harness) -> None:
+    # Given a job the previous owner forwarded, whose removal record is in the fired topic
+    job = h.schedule("a", NOW)
+    await h.fire(NOW)
+    assert h.forwarded_ids() == [b"a"]
+    removals = h.producer.take_fired()
+    # When the partition is handed over (revoked, then given back as new)
+    await h.engine.quiesce([0, 1])
+    h.engine.sync_assignment(2, [0, 1])
+    await h.engine.send_fences([0, 1])
+    fences = h.producer.take_fences()
+    await h.engine.fire_due(NOW + 1, [0, 1])
+    # Then it is not forwarded again while the fence is out
+    assert h.forwarded_ids() == [b"a"]
+    # And the agent applies the removal, then the fence (fired-topic order): nothing is due
+    for partition, entries in removals:
+        h.engine.remove_fired(partition, entries)
+    for partition, fence in fences:
+        h.engine.fence_passed(partition, fence)
+    await h.engine.fire_due(NOW + 1, [0, 1])
+    assert h.forwarded_ids() == [b"a"]
+    assert h.engine.get(0, job.job_id) is None
+
+
+async def test_quiesce_waits_for_the_running_pass_and_stops_firing(h: Harness) -> None:
+    # Given a pass waiting for the broker's ack of a forward
+    h.schedule("a", NOW)
+    await h.pass_fences()
+    release: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    plain_send = h.producer.send
+
+    async def slow_send(topic: str, *args: Any) -> Awaitable[Any]:
+        ack = await plain_send(topic, *args)
+        return release if topic == "out" else ack
+
+    h.producer.send = slow_send  # type: ignore[method-assign]
+    await h.engine.flush()
+    running = asyncio.ensure_future(h.engine.fire_due(NOW, [0, 1]))
+    await asyncio.sleep(0)
+    # When the partitions are revoked
+    quiescing = asyncio.ensure_future(h.engine.quiesce([0, 1]))
+    await asyncio.sleep(0.01)
+    # Then the revocation waits for the pass, which ends with its removal record sent
+    assert not quiescing.done()
+    release.set_result(None)
+    await running
+    await quiescing
+    assert [entries for _, entries in h.producer.take_fired()] == [[(due_key(NOW, b"a"), 1)]]
+    # And no pass starts until the next assignment
+    h.schedule("b", NOW, partition=1)
+    await h.engine.fire_due(NOW, [0, 1])
+    assert h.forwarded_ids() == [b"a"]
+
+
+async def test_a_fence_the_broker_refused_is_sent_again(h: Harness) -> None:
+    # Given the fired topic refuses writes
+    h.producer.failing.add("fired")
+    await h.engine.send_fences([0])
+    await asyncio.sleep(0)
+    # When it accepts them again, then the next pass sends the fence again
+    h.producer.failing.clear()
+    await h.engine.send_fences([0])
+    assert [p for p, _ in h.producer.take_fences()] == [0]
