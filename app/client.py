@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import re
 import threading
 import uuid
 import weakref
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -72,6 +74,7 @@ Data = bytes | bytearray | memoryview | str
 Headers = Mapping[str, Data] | Iterable[tuple[str, Data]]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 #: Kafka's topic name rule, as ``app.settings.valid_topic_name`` (not imported: pydantic).
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _LOG_APPEND_TIME = 1
@@ -473,6 +476,51 @@ def _shutdown(runner: _LoopThread, queue: AsyncDelayQueue, timeout: float) -> No
     runner.stop()
 
 
+class _Blocking(Generic[_P, _T]):
+    """A method of :class:`DelayQueue` made from the :class:`AsyncDelayQueue` method of the same
+    name: run in the queue's background loop, it blocks until that returns.
+
+    Parameters, result and docstring are the async method's, for type checkers
+    (``DelayQueue().schedule`` is ``(value, *, target, ...) -> ScheduledJob``), ``help()`` and
+    IPython alike.
+    """
+
+    def __init__(
+        self, method: Callable[Concatenate[AsyncDelayQueue, _P], Coroutine[Any, Any, _T]]
+    ) -> None:
+        self._method = method
+        functools.update_wrapper(self, method)
+        signature = inspect.signature(method)
+        self._bound_signature = signature.replace(
+            parameters=list(signature.parameters.values())[1:]  # without self
+        )
+
+    def __set_name__(self, owner: type[DelayQueue], name: str) -> None:
+        self.__qualname__ = f"{owner.__qualname__}.{name}"
+
+    def __call__(self, queue: DelayQueue, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return queue._call(self._method(queue._queue, *args, **kwargs))
+
+    @overload
+    def __get__(self, queue: None, owner: type[DelayQueue]) -> Self: ...
+
+    @overload
+    def __get__(self, queue: DelayQueue, owner: type[DelayQueue]) -> Callable[_P, _T]: ...
+
+    def __get__(self, queue: DelayQueue | None, owner: type[DelayQueue]) -> Self | Callable[_P, _T]:
+        if queue is None:
+            return self
+
+        def blocking(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+            return self(queue, *args, **kwargs)
+
+        functools.update_wrapper(blocking, self._method)
+        blocking.__qualname__ = self.__qualname__
+        # A function has no typed __signature__; inspect reads it before __wrapped__'s (with self).
+        blocking.__signature__ = self._bound_signature  # type: ignore[attr-defined]
+        return blocking
+
+
 class DelayQueue:
     """The blocking form of :class:`AsyncDelayQueue`: same arguments, same methods.
 
@@ -544,10 +592,6 @@ class DelayQueue:
             runner = self._runner
         return runner.call(coro, self._timeout)
 
-    def start(self) -> None:
-        """Connect, or :class:`BrokerUnavailable` within ``request_timeout`` seconds."""
-        self._call(self._queue.start())
-
     def close(self) -> None:
         """Flush, disconnect and stop the background thread. Idempotent."""
         with self._lock:
@@ -556,52 +600,9 @@ class DelayQueue:
         if finalizer is not None:
             finalizer()
 
-    def schedule(
-        self,
-        value: Data | None,
-        *,
-        target: str,
-        delay: Duration | None = None,
-        at: Moment | None = None,
-        key: Data | None = None,
-        job_id: str | None = None,
-        headers: Headers | None = None,
-    ) -> ScheduledJob:
-        """See :meth:`AsyncDelayQueue.schedule`."""
-        return self._call(
-            self._queue.schedule(
-                value, target=target, delay=delay, at=at, key=key, job_id=job_id, headers=headers
-            )
-        )
-
-    def delay(
-        self,
-        value: Data | None,
-        delay: Duration,
-        *,
-        target: str,
-        key: Data | None = None,
-        job_id: str | None = None,
-        headers: Headers | None = None,
-    ) -> ScheduledJob:
-        """Forward ``value`` to ``target`` after ``delay`` (go-zero's ``Delay(body, d)``)."""
-        return self.schedule(
-            value, target=target, delay=delay, key=key, job_id=job_id, headers=headers
-        )
-
-    def at(
-        self,
-        value: Data | None,
-        at: Moment,
-        *,
-        target: str,
-        key: Data | None = None,
-        job_id: str | None = None,
-        headers: Headers | None = None,
-    ) -> ScheduledJob:
-        """Forward ``value`` to ``target`` at ``at`` (go-zero's ``At(body, t)``)."""
-        return self.schedule(value, target=target, at=at, key=key, job_id=job_id, headers=headers)
-
-    def cancel(self, job_id: str) -> None:
-        """See :meth:`AsyncDelayQueue.cancel`."""
-        self._call(self._queue.cancel(job_id))
+    # The commands: AsyncDelayQueue's, each run to completion in the background loop.
+    start = _Blocking(AsyncDelayQueue.start)
+    schedule = _Blocking(AsyncDelayQueue.schedule)
+    delay = _Blocking(AsyncDelayQueue.delay)
+    at = _Blocking(AsyncDelayQueue.at)
+    cancel = _Blocking(AsyncDelayQueue.cancel)

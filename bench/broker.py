@@ -18,29 +18,8 @@ from app.embedded import EmbeddedBroker
 __all__ = ["Broker", "CommittedOffsets", "create_topics"]
 
 
-class Broker:
-    """One Tansu process for the whole run."""
-
-    def __init__(self) -> None:
-        self._broker = EmbeddedBroker()  # a free port on 127.0.0.1
-
-    @property
-    def bootstrap(self) -> str:
-        return self._broker.bootstrap
-
-    @property
-    def pid(self) -> int | None:
-        return self._broker.pid
-
-    def start(self) -> Broker:
-        self._broker.start()
-        return self
-
-    def running(self) -> bool:
-        return self._broker.running()
-
-    def stop(self) -> None:
-        self._broker.stop()
+class Broker(EmbeddedBroker):
+    """One Tansu process for the whole run, on a free port on 127.0.0.1."""
 
 
 async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:

@@ -4,108 +4,51 @@ Every process runs in its own session (process group), is registered in :data:`R
 is stopped by its group id: SIGTERM, then SIGKILL. ``python -m bench`` calls
 :func:`stop_all` on the way out, also after Ctrl-C or SIGTERM, so nothing outlives a run.
 
-A delayq worker is started as in production and as ``tests/support.py`` does:
-``python -m faust -A app worker -l info`` with ``DELAYQ_*`` settings from the environment, its
-own data directory and web port, ready once it logs ``[^Worker]: Ready``.
+A delayq worker is started as in production and as the tests do, by :mod:`app.workerproc`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Self
 
-from app.embedded import free_port
+from app.workerproc import DeploymentNames, GroupProcess, WorkerProcess
 
 __all__ = ["REGISTRY", "DelayqWorker", "Namespace", "Proc", "cpu_seconds", "rss_bytes", "stop_all"]
 
-ROOT = Path(__file__).resolve().parent.parent
-READY_LINE = "[^Worker]: Ready"
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-class Proc:
-    """A subprocess in its own process group, output appended to ``log_path``."""
+class Proc(GroupProcess):
+    """A process in its own group, in :data:`REGISTRY` from its start until it is stopped."""
 
-    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.cmd = cmd
-        self.log_path = log_path
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "not started"
-        return self.proc.pid
-
-    def start(self) -> Proc:
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                cwd=ROOT,
-                env={**os.environ, **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+    def start(self) -> Self:
+        super().start()
         REGISTRY.add(self)
         return self
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self, limit: int = 3000) -> str:
-        """What the process printed since its last start (the end of it)."""
-        with self.log_path.open("rb") as fh:
-            fh.seek(self._log_offset)
-            return fh.read().decode(errors="replace")[-limit:]
-
-    def log_since_start(self) -> str:
-        with self.log_path.open("rb") as fh:
-            fh.seek(self._log_offset)
-            return fh.read().decode(errors="replace")
-
     def kill(self) -> float:
         """SIGKILL the process group; the time.time() of the kill."""
-        killed_at = time.time()
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        killed_at = super().kill()
         REGISTRY.discard(self)
         return killed_at
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the process group, SIGKILL it after ``timeout`` seconds."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        returncode = super().stop(timeout)
         if self.proc is not None:
             # Children that ignored the group signal (none expected) go with the group too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         REGISTRY.discard(self)
+        return returncode
 
 
 #: Every process started and not yet stopped.
@@ -144,86 +87,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 @dataclass(frozen=True)
-class Namespace:
+class Namespace(DeploymentNames):
     """Topic and group names of one delayq deployment (like tests/support.Namespace)."""
 
     prefix: str
     partitions: int
 
-    @property
-    def app_id(self) -> str:
-        return f"{self.prefix}-delayq"
 
-    @property
-    def ingest(self) -> str:
-        return f"{self.prefix}-ingest"
+class DelayqWorker(WorkerProcess, Proc):
+    """``python -m faust -A app worker`` with its own data directory and web port.
 
-    @property
-    def fired(self) -> str:
-        return f"{self.prefix}-fired"
-
-    @property
-    def dead_letters(self) -> str:
-        return f"{self.prefix}-dead-letters"
-
-    def env(self) -> dict[str, str]:
-        return {
-            "DELAYQ_APP_ID": self.app_id,
-            "DELAYQ_INGEST_TOPIC": self.ingest,
-            "DELAYQ_FIRED_TOPIC": self.fired,
-            "DELAYQ_DEAD_LETTER_TOPIC": self.dead_letters,
-            "DELAYQ_PARTITIONS": str(self.partitions),
-        }
-
-
-class DelayqWorker(Proc):
-    """``python -m faust -A app worker`` with its own data directory and web port."""
+    A :class:`Proc` too: WorkerProcess's start() builds the worker's settings, then Proc's
+    (next in the MRO) registers it.
+    """
 
     def __init__(
         self, bootstrap: str, ns: Namespace, data_dir: Path, log_path: Path, **extra: str
     ) -> None:
-        self.web_port = free_port()
-        self.data_dir = data_dir
-        env = {
-            **ns.env(),
-            "DELAYQ_BROKER_URL": f"kafka://{bootstrap}",
-            "DELAYQ_BROKER_KIND": "embedded",
-            "DELAYQ_DATA_DIR": str(data_dir),
-            "DELAYQ_WEB_PORT": str(self.web_port),
-            **extra,
-        }
-        cmd = [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"]
-        super().__init__(cmd, log_path, env)
-
-    def wait_ready(self, timeout: float = 120.0) -> DelayqWorker:
-        """Block until the worker logs that it is ready (its first assignment recovered)."""
-        deadline = time.monotonic() + timeout
-        while READY_LINE not in self.log_since_start():
-            if not self.running():
-                assert self.proc is not None
-                lines = [ln for ln in self.output().splitlines() if ln.strip()]
-                last = lines[-1].strip() if lines else ""
-                for line in reversed(lines):  # the exception, if the log has a traceback
-                    if _EXCEPTION_LINE.match(line):
-                        last = line.strip()
-                        break
-                raise RuntimeError(
-                    f"delayq worker exited with code {self.proc.returncode} ({last})"
-                    f"\n{self.output()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"delayq worker not ready in {timeout:.0f}s:\n{self.output()}")
-            time.sleep(0.05)
-        return self
-
-    def health(self) -> dict[str, Any]:
-        """The worker's ``GET /health`` body (status "unreachable: ..." if it does not answer)."""
-        url = f"http://127.0.0.1:{self.web_port}/health"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                body: dict[str, Any] = json.load(response)
-        except urllib.error.HTTPError as exc:
-            body = json.load(exc)
-        except (OSError, ValueError) as exc:
-            body = {"status": f"unreachable: {exc}"}
-        return body
+        env = {"DELAYQ_BROKER_KIND": "embedded", **extra}
+        super().__init__(bootstrap, ns, data_dir, log_path, env)

@@ -272,7 +272,7 @@ class Run:
         topics += [(f"{names.prefix}-{suffix}", n) for suffix, n in names.targets]
         await create_topics(bootstrap, topics)
         workers = [self.cluster.new_worker().start() for _ in range(cfg.workers)]
-        await asyncio.gather(*(w.wait_ready() for w in workers))
+        await asyncio.gather(*(w.await_ready() for w in workers))
         if not await self.cluster.settled(60):
             raise RuntimeError(f"workers never covered every partition: {self.cluster.coverage()}")
         self.say(f"{cfg.workers} workers ready: " + self._assignment())
@@ -314,13 +314,13 @@ class Run:
                 victim.kill()
                 await asyncio.sleep(cfg.restart_after_s)
                 self._disrupt(f"{victim.name} restarting (data dir kept)", window)
-                await victim.start().wait_ready()
+                await victim.start().await_ready()
                 window.note = f"{victim.name} SIGKILLed, restarted after {cfg.restart_after_s} s"
             elif name == "add":
                 worker = self.cluster.new_worker()
                 touched.append(worker.name)
                 self._disrupt(f"adding {worker.name}", window)
-                await worker.start().wait_ready()
+                await worker.start().await_ready()
                 window.note = f"{worker.name} added"
             elif name == "term":
                 victim = self._victim(touched)
