@@ -13,6 +13,7 @@ from typing import Any
 
 from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
+from app.gaps import read_range
 from app.jobs import FENCE_PREFIX, Header, decode_fired
 from app.names import (
     HEADER_DELAY_MS,
@@ -79,23 +80,20 @@ class _Batch:
     """What applying one batch of commands does besides table writes.
 
     The replay mark is written once per partition per batch (not per command), and dead
-    letters are awaited before the batch is acknowledged, so before its offsets are committed.
+    letters are acknowledged before it, so a command at or below the mark is fully handled.
     """
 
     def __init__(self) -> None:
-        #: partition -> highest ingest offset applied (read from the table once per batch)
+        #: partition -> highest ingest offset handled (read from the table once per batch)
         self._applied: dict[int, int] = {}
         self._marked: set[int] = set()
         self.dead_letters: list[Awaitable[Any]] = []
 
-    def is_replay(self, partition: int, offset: int) -> bool:
+    def last_applied(self, partition: int) -> int:
         applied = self._applied.get(partition)
         if applied is None:
             applied = self._applied[partition] = engine.applied_offset(partition)
-        if offset <= applied:
-            engine.stats.replays_skipped += 1
-            return True
-        return False
+        return applied
 
     def applied(self, partition: int, offset: int) -> None:
         self._applied[partition] = offset
@@ -119,6 +117,12 @@ async def _dead_letter(message: Any, headers: list[Header], reason: str) -> Awai
 
 
 async def _apply_ingest(message: Any, batch: _Batch) -> None:
+    last = batch.last_applied(message.partition)
+    if message.offset <= last:  # delivered again after a crash: applied before
+        engine.stats.replays_skipped += 1
+        return
+    if last >= 0 and message.offset > last + 1:
+        await _apply_skipped(message.partition, last + 1, message.offset, batch)
     headers = _headers(message)
     # Only a delay counts from the record's timestamp (and only then is skew corrected).
     uses_delay = any(name == HEADER_DELAY_MS for name, _value in headers)
@@ -133,16 +137,30 @@ async def _apply_ingest(message: Any, batch: _Batch) -> None:
             forbidden_targets=_FORBIDDEN_TARGETS,
         )
     except InvalidRecord as exc:
-        # Dead-lettered even on a replay: the first dead letter may not have been published.
         batch.dead_letters.append(await _dead_letter(message, headers, exc.reason))
-        return
-    if batch.is_replay(message.partition, message.offset):
-        return
-    if isinstance(command, Cancel):
-        engine.cancel(message.partition, command.job_id)
     else:
-        engine.schedule(message.partition, command)
+        if isinstance(command, Cancel):
+            engine.cancel(message.partition, command.job_id)
+        else:
+            engine.schedule(message.partition, command)
     batch.applied(message.partition, message.offset)
+
+
+async def _apply_skipped(partition: int, start: int, stop: int, batch: _Batch) -> None:
+    """Apply the commands at ``start <= offset < stop`` that Faust did not deliver (app/gaps.py)."""
+    skipped = await read_range(settings, settings.ingest_topic, partition, start, stop)
+    log.warning(
+        "ingest partition %d: offsets %d-%d were not delivered; read back %d commands",
+        partition,
+        start,
+        stop - 1,
+        len(skipped),
+    )
+    engine.stats.gaps_read_back += len(skipped)
+    for record in skipped:
+        batch.applied(partition, record.offset - 1)  # no gap check: the range is complete
+        await _apply_ingest(record, batch)
+    batch.applied(partition, stop - 1)
 
 
 async def apply_batch(messages: Sequence[Any]) -> None:
@@ -151,9 +169,10 @@ async def apply_batch(messages: Sequence[Any]) -> None:
     Durability order (Faust commits the offsets only after this returns and acks the events):
 
     1. every command and removal is written to the partition's local database;
-    2. the replay mark (highest applied ingest offset) of each partition is written;
-    3. the changelog records of 1 and 2 go to the producer, in write order;
-    4. dead letters of the batch are acknowledged by the broker.
+    2. the broker acknowledges the batch's dead letters;
+    3. the replay mark (highest handled ingest offset) of each partition is written;
+    4. the changelog records of 1 and 3 go to the producer, in write order (Faust flushes the
+       producer before it commits).
     """
     batch = _Batch()
     for message in messages:
@@ -164,10 +183,10 @@ async def apply_batch(messages: Sequence[Any]) -> None:
                 engine.remove_fired(message.partition, decode_fired(message.value or b""))
         else:
             await _apply_ingest(message, batch)
-    batch.mark()
-    await engine.flush()
     if batch.dead_letters:
         await asyncio.gather(*batch.dead_letters)
+    batch.mark()
+    await engine.flush()
 
 
 @app.agent(commands_channel, concurrency=1)

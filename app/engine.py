@@ -106,6 +106,9 @@ class EngineConfig:
     max_forward_bytes: int = 1_000_000
     #: The loop wakes at least this often even with nothing due (a safety net, not the clock).
     max_idle_ms: int = 10_000
+    #: A fence not read back by then is replaced by a new one (a lost record must not hold
+    #: a partition forever).
+    fence_resend_ms: int = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,8 @@ class Stats:
     clock_skew_corrected: int = 0
     #: Ingest commands delivered again after a crash and not applied twice.
     replays_skipped: int = 0
+    #: Ingest commands Faust skipped, read back and applied (see app/gaps.py).
+    gaps_read_back: int = 0
     lateness_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     recent_dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=100))
 
@@ -154,8 +159,9 @@ class _PartitionState:
     #: Pending jobs in the partition; None until counted after an assignment change.
     pending: int | None = None
     #: While set, the partition is not fired: its fence record has not been read back yet.
-    fence: bytes | None = field(default_factory=lambda: FENCE_PREFIX + os.urandom(8).hex().encode())
-    fence_sent: bool = False
+    fence: bytes | None = field(default_factory=lambda: _new_fence())
+    #: When the fence was sent; None until then (and after the broker refused it).
+    fence_sent_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -384,16 +390,21 @@ class Engine:
         for partition in revoked:
             self._parts.pop(partition, None)
 
-    async def send_fences(self, active: Collection[int]) -> None:
+    async def send_fences(self, active: Collection[int], now: int) -> None:
         """Send the fence record of every active partition that waits for one."""
         for partition in active:
             state = self._state(partition)
-            if state.fence is None or state.fence_sent:
+            if state.fence is None:
                 continue
+            if state.fence_sent_ms is not None:
+                if now - state.fence_sent_ms < self.config.fence_resend_ms:
+                    continue
+                log.warning("partition %d: fence not read back in time, sending another", partition)
+                state.fence = _new_fence()
             ack = await self.producer.send(
                 self.config.fired_topic, state.fence, b"", partition, None, None
             )
-            state.fence_sent = True
+            state.fence_sent_ms = now
             _as_future(ack).add_done_callback(functools.partial(_fence_lost, state, state.fence))
 
     def fence_passed(self, partition: int, fence: bytes) -> None:
@@ -622,7 +633,11 @@ def _as_future(awaitable: Awaitable[Any]) -> asyncio.Future[Any]:
     return asyncio.ensure_future(awaitable)
 
 
+def _new_fence() -> bytes:
+    return FENCE_PREFIX + os.urandom(8).hex().encode()
+
+
 def _fence_lost(state: _PartitionState, fence: bytes, fut: asyncio.Future[Any]) -> None:
     # The broker did not take the fence: send it again on the next pass.
     if state.fence == fence and (fut.cancelled() or fut.exception() is not None):
-        state.fence_sent = False
+        state.fence_sent_ms = None

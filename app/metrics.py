@@ -45,6 +45,7 @@ COUNTERS: Mapping[str, str] = {
     "dead_lettered": "Records written to the dead-letter topic (bad commands, failed forwards).",
     "clock_skew_corrected": "Delays counted from receipt (the record was future-dated).",
     "replays_skipped": "Ingest commands delivered again after a crash and not applied twice.",
+    "gaps_read_back": "Ingest commands the stream skipped, read back and applied.",
 }
 QUANTILES = (0.5, 0.9, 0.99)
 

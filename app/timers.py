@@ -73,7 +73,7 @@ async def fire_due_jobs() -> None:
         active = active_partitions()
         engine.sync_assignment(app.consumer_generation_id, active)
         try:
-            await engine.send_fences(active)
+            await engine.send_fences(active, now_ms())
             wake = await engine.fire_due(now_ms(), active)
         except Exception:  # never let one bad pass stop the loop; the next pass retries
             log.exception("firing pass failed")

@@ -541,6 +541,7 @@ class Counters(BaseModel):
     dead_lettered: int
     clock_skew_corrected: int
     replays_skipped: int
+    gaps_read_back: int
 
 
 class Lateness(BaseModel):

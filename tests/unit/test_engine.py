@@ -103,7 +103,7 @@ class Harness:
 
     async def pass_fences(self) -> None:
         """Send the fences of new partitions and read them back, as the timer and agent do."""
-        await self.engine.send_fences(sorted(self.dbs))
+        await self.engine.send_fences(sorted(self.dbs), NOW)
         for partition, fence in self.producer.take_fences():
             self.engine.fence_passed(partition, fence)
 
@@ -437,7 +437,7 @@ async def test_a_new_partition_fires_only_after_its_fence_is_read_back(h: Harnes
     h.schedule("a", NOW)
     await h.engine.flush()
     # When its fence has been sent but not read back yet
-    await h.engine.send_fences([0, 1])
+    await h.engine.send_fences([0, 1], NOW)
     fences = h.producer.take_fences()
     assert sorted(p for p, _ in fences) == [0, 1]
     assert all(fence.startswith(FENCE_PREFIX) for _, fence in fences)
@@ -450,7 +450,7 @@ async def test_a_new_partition_fires_only_after_its_fence_is_read_back(h: Harnes
     # And once the agent reads its own fence back, the job fires (fences are sent once)
     for partition, fence in fences:
         h.engine.fence_passed(partition, fence)
-    await h.engine.send_fences([0, 1])
+    await h.engine.send_fences([0, 1], NOW)
     assert h.producer.take_fences() == []
     await h.engine.fire_due(NOW, [0, 1])
     assert h.forwarded_ids() == [b"a"]
@@ -465,7 +465,7 @@ async def test_removals_sent_before_the_fence_are_applied_before_firing(h: Harne
     # When the partition is handed over (revoked, then given back as new)
     await h.engine.quiesce([0, 1])
     h.engine.sync_assignment(2, [0, 1])
-    await h.engine.send_fences([0, 1])
+    await h.engine.send_fences([0, 1], NOW)
     fences = h.producer.take_fences()
     await h.engine.fire_due(NOW + 1, [0, 1])
     # Then it is not forwarded again while the fence is out
@@ -513,9 +513,25 @@ async def test_quiesce_waits_for_the_running_pass_and_stops_firing(h: Harness) -
 async def test_a_fence_the_broker_refused_is_sent_again(h: Harness) -> None:
     # Given the fired topic refuses writes
     h.producer.failing.add("fired")
-    await h.engine.send_fences([0])
+    await h.engine.send_fences([0], NOW)
     await asyncio.sleep(0)
     # When it accepts them again, then the next pass sends the fence again
     h.producer.failing.clear()
-    await h.engine.send_fences([0])
+    await h.engine.send_fences([0], NOW)
     assert [p for p, _ in h.producer.take_fences()] == [0]
+
+
+async def test_a_fence_not_read_back_in_time_is_replaced(h: Harness) -> None:
+    # Given a fence that was sent but never came back (a record the stream skipped)
+    await h.engine.send_fences([0], NOW)
+    [(_, first)] = h.producer.take_fences()
+    # When the resend time has passed, then a new fence goes out and the old one is void
+    await h.engine.send_fences([0], NOW + h.engine.config.fence_resend_ms - 1)
+    assert h.producer.take_fences() == []
+    await h.engine.send_fences([0], NOW + h.engine.config.fence_resend_ms)
+    [(_, second)] = h.producer.take_fences()
+    assert second != first
+    h.engine.fence_passed(0, first)
+    assert h.engine.fenced(0)
+    h.engine.fence_passed(0, second)
+    assert not h.engine.fenced(0)
