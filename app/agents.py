@@ -87,6 +87,8 @@ class _Batch:
         #: partition -> highest ingest offset handled (read from the table once per batch)
         self._applied: dict[int, int] = {}
         self._marked: set[int] = set()
+        #: partition -> (first, last, count) of the replayed commands skipped
+        self._replays: dict[int, tuple[int, int, int]] = {}
         self.dead_letters: list[Awaitable[Any]] = []
 
     def last_applied(self, partition: int) -> int:
@@ -99,9 +101,21 @@ class _Batch:
         self._applied[partition] = offset
         self._marked.add(partition)
 
+    def replayed(self, partition: int, offset: int) -> None:
+        first, _last, count = self._replays.get(partition, (offset, offset, 0))
+        self._replays[partition] = (first, offset, count + 1)
+
     def mark(self) -> None:
         for partition in self._marked:
             engine.mark_applied(partition, self._applied[partition])
+        for partition, (first, last, count) in self._replays.items():
+            log.info(
+                "ingest partition %d: %d commands at offsets %d-%d were applied before, skipped",
+                partition,
+                count,
+                first,
+                last,
+            )
 
 
 async def _dead_letter(message: Any, headers: list[Header], reason: str) -> Awaitable[Any]:
@@ -120,6 +134,7 @@ async def _apply_ingest(message: Any, batch: _Batch) -> None:
     last = batch.last_applied(message.partition)
     if message.offset <= last:  # delivered again after a crash: applied before
         engine.stats.replays_skipped += 1
+        batch.replayed(message.partition, message.offset)
         return
     if last >= 0 and message.offset > last + 1:
         await _apply_skipped(message.partition, last + 1, message.offset, batch)

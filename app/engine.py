@@ -189,8 +189,6 @@ class Engine:
         self._next_wake_ms: int | None = None
         #: Held by a firing pass; :meth:`quiesce` takes it to wait for the pass to end.
         self._pass_lock = asyncio.Lock()
-        #: Set between a revocation and the next assignment: no pass may start.
-        self._paused = False
 
     def _state(self, partition: int) -> _PartitionState:
         state = self._parts.get(partition)
@@ -206,7 +204,7 @@ class Engine:
         Faust re-delivers what came after the last committed offset after a crash; applying
         such a schedule again would bring back a job that was cancelled or fired since.
         """
-        raw = self.store.get(partition, APPLIED_KEY)
+        raw = self.store.read(partition, APPLIED_KEY)
         return -1 if raw is None else decode_due_ms(raw)
 
     def mark_applied(self, partition: int, offset: int) -> None:
@@ -215,7 +213,7 @@ class Engine:
 
     def schedule(self, partition: int, job: Job) -> None:
         """Store ``job``, replacing any pending job with the same id."""
-        old_index = self.store.get(partition, id_key(job.job_id))
+        old_index = self.store.read(partition, id_key(job.job_id))
         new_key = due_key(job.due_ms, job.job_id)
         state = self._state(partition)
         if old_index is None:
@@ -237,7 +235,7 @@ class Engine:
 
     def cancel(self, partition: int, job_id: bytes) -> bool:
         """Remove the pending job ``job_id``; False if there is none."""
-        index = self.store.get(partition, id_key(job_id))
+        index = self.store.read(partition, id_key(job_id))
         if index is None:
             self.stats.cancel_unknown += 1
             return False
@@ -266,7 +264,7 @@ class Engine:
             flight = state.in_flight.get(key)
             if flight is not None and flight[0] == version:
                 del state.in_flight[key]
-            raw = self.store.get(partition, key)
+            raw = self.store.read(partition, key)
             if raw is None:
                 continue  # cancelled after it was forwarded
             if job_version(raw) != version:
@@ -275,7 +273,7 @@ class Engine:
                 continue
             due_ms, job_id = split_due_key(key)
             self.store.delete(partition, key)
-            if self.store.get(partition, id_key(job_id)) == encode_due_ms(due_ms):
+            if self.store.read(partition, id_key(job_id)) == encode_due_ms(due_ms):
                 self.store.delete_local(partition, id_key(job_id))
             self._uncount(partition)
             self.stats.removed += 1
@@ -369,18 +367,17 @@ class Engine:
             self._state(partition)
         if generation != self._generation:
             self._generation = generation
-            self._paused = False
             for state in self._parts.values():
                 state.watermark_ms = 0
                 state.pending = None
 
     async def quiesce(self, revoked: Collection[int]) -> None:
-        """Before partitions are handed over: let the running pass end, stop firing them.
+        """Before partitions are handed over: let the running pass end, forget the partitions.
 
         The caller then flushes the producer, so their removal records reach the fired topic
-        before the next owner's fence.
+        before the next owner's fence. A partition forgotten here is fenced again if it stays
+        with (or comes back to) this worker, so no later pass fires it before that.
         """
-        self._paused = True
         try:
             async with asyncio.timeout(self.config.forward_timeout_s * 2):
                 async with self._pass_lock:
@@ -430,12 +427,10 @@ class Engine:
         self._planned_wake_ms = None
         self._wake.clear()
         wake = now + self.config.max_idle_ms
-        if self._paused:
-            return wake
         async with self._pass_lock:
             forwards: list[_Forward] = []
             for partition in active:
-                if self.fenced(partition):
+                if self._state(partition).fence is not None:  # new here: fenced first
                     continue
                 batch, partition_wake = self._collect_due(partition, now)
                 forwards.extend(batch)

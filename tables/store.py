@@ -117,9 +117,18 @@ class PartitionStore:
         return partition in self._dbs()
 
     def get(self, partition: int, key: bytes) -> bytes | None:
-        """The value at ``key`` in ``partition``, or None."""
+        """The value at ``key`` in ``partition``, or None (also if its database is not open)."""
         db = self._dbs().get(partition)
         return None if db is None else db.get(key)
+
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        """The value at ``key``, opening the partition's database if needed (for writers).
+
+        Faust opens a partition's database lazily, and may not reopen it after a rebalance
+        until something is written: a writer that took "not open" for "absent" would treat a
+        replacement as a new job, miss a cancel and lose its replay mark.
+        """
+        return self._open_db(partition).get(key)
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Write locally now; the changelog record goes out with :meth:`flush_changelog`."""
