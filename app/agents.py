@@ -7,6 +7,7 @@ writer per partition is what makes replace, cancel and removal race-free.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -40,6 +41,9 @@ _FORBIDDEN_TARGETS = settings.internal_topics()
 BATCH_MAX = 500
 #: How long a batch waits to fill; a lone command is applied after at most this.
 BATCH_WINDOW_S = 0.005
+#: A batch that failed is tried again after this, doubling up to _RETRY_MAX_S.
+_RETRY_BASE_S = 0.5
+_RETRY_MAX_S = 30.0
 
 #: internal=True: Faust creates both topics with ``settings.partitions`` before subscribing
 #: (a topic auto-created by the subscription would get the broker's default partition count).
@@ -208,7 +212,26 @@ async def apply_batch(messages: Sequence[Any]) -> None:
 async def apply_commands(stream: Any) -> None:
     """Schedule, replace and cancel jobs; remove forwarded ones. In batches, for throughput."""
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WINDOW_S):
-        await apply_batch([event.message for event in events])
+        await _apply_until_done([event.message for event in events])
+
+
+async def _apply_until_done(messages: Sequence[Any]) -> None:
+    """Apply a batch, retrying on errors: a batch that raised would be acknowledged unapplied.
+
+    Faust acks every event of a ``take_events`` batch when the agent moves on, also when it
+    crashes. Applying a batch again is harmless: its replay mark is written only at the end, and
+    every command it holds gives the same table state when applied twice.
+    """
+    for attempt in itertools.count(1):
+        try:
+            await apply_batch(messages)
+            return
+        except Exception:
+            delay = min(_RETRY_BASE_S * 2 ** (attempt - 1), _RETRY_MAX_S)
+            log.exception(
+                "applying a batch of %d records failed (attempt %d)", len(messages), attempt
+            )
+            await asyncio.sleep(delay)
 
 
 def _route_record(route: Route, message: Any) -> tuple[bytes, list[Header]]:

@@ -28,8 +28,10 @@ arrive at once (Kafka answers as soon as ``fetch_min_bytes`` are there; measured
 a record produced after 100 ms, answer after 1.0 s). Faust hard-codes ``fetch_max_wait_ms=1500``
 for its consumer, so an ingest command or a removal record waited up to 0.75 s before the worker
 saw it (a job with a 1 s delay fired late). :func:`install` caps ``fetch_max_wait_ms`` of every
-aiokafka consumer created afterwards at :data:`CONSUMER_FETCH_MAX_WAIT_MS`: an idle consumer then
-asks ~100 times a second, which costs the broker and the worker little.
+aiokafka consumer created afterwards at :data:`CONSUMER_FETCH_MAX_WAIT_MS` (records then wait at
+most ~50 ms). Measured with three idle workers of 12 partitions (/tmp script, 10 s of CPU time):
+a 10 ms cap cost the broker 40% of a core and each worker 9%; 100 ms cost 7% and 5%; Faust's
+1500 ms, 1% and 5%.
 
 No workaround: quirk 3 (compaction never runs: recovery replays every changelog write) and
 quirk 4 (no InitProducerId v0, so no idempotence / exactly_once for aiokafka: use at_least_once).
@@ -59,7 +61,7 @@ _LATEST = -1  # aiokafka's OffsetResetStrategy.LATEST, the ListOffsets "latest" 
 _FETCH_MAX_WAIT_MS = 100
 _PATCH_MARK = "_delayq_tansu_compat"
 #: Quirk 5: the longest a consumer's Fetch may be held (Tansu holds it this long every time).
-CONSUMER_FETCH_MAX_WAIT_MS = 10
+CONSUMER_FETCH_MAX_WAIT_MS = 100
 
 
 def _address(server: str) -> tuple[str, int]:
