@@ -12,6 +12,8 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from faust.types import TP
+
 from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
 from app.gaps import read_range
@@ -24,7 +26,7 @@ from app.names import (
     HEADER_PREFIX,
     HEADER_TARGET,
 )
-from app.runtime import engine
+from app.runtime import active_partitions, engine
 from app.service import app, settings
 from app.settings import Route
 from app.times import MAX_DUE_MS, now_ms
@@ -180,6 +182,9 @@ async def _apply_skipped(partition: int, start: int, stop: int, batch: _Batch) -
         batch.applied(partition, record.offset - 1)  # no gap check: the range is complete
         await _apply_ingest(record, batch)
     batch.applied(partition, stop - 1)
+    # Faust never saw these offsets acknowledged and would not commit past them: tell it.
+    consumer: Any = app.consumer
+    await consumer._add_gap(TP(settings.ingest_topic, partition), start, stop - 1)
 
 
 async def apply_batch(messages: Sequence[Any]) -> None:
@@ -194,7 +199,13 @@ async def apply_batch(messages: Sequence[Any]) -> None:
        producer before it commits).
     """
     batch = _Batch()
+    owned = set(active_partitions())
     for message in messages:
+        if message.partition not in owned:
+            # Read before this worker lost the partition: its new owner applies it. Writing
+            # it here would reopen the partition's database and write its changelog.
+            engine.stats.not_owned_skipped += 1
+            continue
         if message.topic == settings.fired_topic:
             if message.key is not None and message.key.startswith(FENCE_PREFIX):
                 engine.fence_passed(message.partition, message.key)

@@ -138,6 +138,8 @@ class Stats:
     replays_skipped: int = 0
     #: Ingest commands Faust skipped, read back and applied (see app/gaps.py).
     gaps_read_back: int = 0
+    #: Records of partitions this worker no longer owned when it got to them (not applied).
+    not_owned_skipped: int = 0
     lateness_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     recent_dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=100))
 

@@ -46,6 +46,7 @@ COUNTERS: Mapping[str, str] = {
     "clock_skew_corrected": "Delays counted from receipt (the record was future-dated).",
     "replays_skipped": "Ingest commands delivered again after a crash and not applied twice.",
     "gaps_read_back": "Ingest commands the stream skipped, read back and applied.",
+    "not_owned_skipped": "Records left to the new owner: read before a rebalance took them away.",
 }
 QUANTILES = (0.5, 0.9, 0.99)
 

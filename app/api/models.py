@@ -542,6 +542,7 @@ class Counters(BaseModel):
     clock_skew_corrected: int
     replays_skipped: int
     gaps_read_back: int
+    not_owned_skipped: int
 
 
 class Lateness(BaseModel):

@@ -8,6 +8,9 @@ last one it applied and must read the two back.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
@@ -48,6 +51,15 @@ async def commit_offset(kafka: Kafka, group: str, tp: TopicPartition, offset: in
         await consumer.stop()
 
 
+async def committed_offset(kafka: Kafka, group: str, tp: TopicPartition) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp) or 0
+    finally:
+        await consumer.stop()
+
+
 def ids_in_one_partition(ns: Namespace, count: int) -> tuple[int, list[str]]:
     """``count`` job ids that Kafka's default partitioner puts in the same partition."""
     ids = [f"gap-{i}" for i in range(200)]
@@ -81,3 +93,9 @@ async def test_commands_committed_past_but_never_applied_are_read_back(
     for job_id in (after, skipped_1, skipped_2):
         wait_for(lambda j=job_id: pending(worker, j), f"{job_id} applied")
     assert worker.get_json("/stats")["counters"]["gaps_read_back"] == 2
+    # And the group's offset moves past them (Faust did not see them acknowledged)
+    tp = TopicPartition(ns.ingest, partition)
+    deadline = time.monotonic() + 60
+    while await committed_offset(kafka, ns.app_id, tp) < 4:
+        assert time.monotonic() < deadline, "the offset stayed behind the read-back commands"
+        await asyncio.sleep(0.5)
