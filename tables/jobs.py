@@ -24,9 +24,9 @@ async def _index_restored(event: Any) -> None:
 #: Faust's RocksDB defaults (64 MB memtables x 3 and a 2 GB block cache, per partition) keep a
 #: whole queue in memory; pending jobs belong on disk, with a little cache for the hot front.
 _ROCKSDB_OPTIONS = {
-    "write_buffer_size": 4 * 1024**2,
+    "write_buffer_size": 2 * 1024**2,
     "max_write_buffer_number": 2,
-    "block_cache_size": 16 * 1024**2,
+    "block_cache_size": 4 * 1024**2,
 }
 
 jobs_table: Any = app.Table(
