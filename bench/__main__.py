@@ -88,7 +88,7 @@ QUICK = Plan(
     drain_count=20_000,
     burst_count=10_000,
     burst_contenders=("limit", "seed", "delayq"),
-    capacity_sizes=(10_000, 100_000),
+    capacity_sizes=(10_000, 60_000),
     failover=False,
     recovery_timeout_s=300,
 )

@@ -29,6 +29,7 @@ value). Then:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ __all__ = [
     "BEFORE_DUE",
     "RACE",
     "Book",
+    "Follower",
     "Forward",
     "changelog_history",
     "parse_ingest",
@@ -396,6 +398,64 @@ async def read_to_end(
     finally:
         await consumer.stop()
     return count
+
+
+class Follower:
+    """Reads topics from the beginning in the background, keeping the records for later.
+
+    Started with the load, so the forwards are read while they are written: reading them all
+    only after the load ended took longer than a bounded run has on a busy machine.
+    """
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self._bootstrap = bootstrap
+        self._topics = topics
+        self._records: list[Any] = []
+        self._task: asyncio.Task[None] | None = None
+        self.read = 0
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            request_timeout_ms=60_000,
+        )
+        await consumer.start()
+        await consumer.topics()
+        tps = [
+            TopicPartition(topic, p)
+            for topic in self._topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        self._task = asyncio.create_task(self._follow(consumer))
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+                for records in batch.values():
+                    self._records.extend(records)
+                    self.read += len(records)
+        finally:
+            await consumer.stop()
+
+    def take(self) -> list[Any]:
+        """The records read since the last call (in partition order per partition)."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            self._task.result()  # raise what stopped it
+        records, self._records = self._records, []
+        return records
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def percentile(sorted_values: list[int], q: float) -> int | None:

@@ -47,6 +47,7 @@ from chaos.reconcile import (
     RACE,
     Book,
     Cmd,
+    Follower,
     Forward,
     changelog_history,
     percentile,
@@ -244,6 +245,7 @@ class Run:
         self.loadavg_start = list(os.getloadavg())
         self.load: LoadGenerator | None = None
         self.monitor: Monitor | None = None
+        self.forwards: Follower | None = None
         self.committed: dict[int, int] = {}
         self.load_t0 = 0.0
         self.book = Book(cfg.race_margin_ms)
@@ -410,6 +412,8 @@ class Run:
             ),
         )
         await load.start()
+        self.forwards = Follower(self.cluster.broker.bootstrap, self.names.target_topics)
+        await self.forwards.start()  # read the forwards while they are written
         self.state.phase = "load"
         self.load_t0 = time.monotonic()
         self.say(
@@ -501,9 +505,7 @@ class Run:
                 )
             )
 
-        await read_to_end(
-            bootstrap, self.names.target_topics, forward, follow_until=done, tick=tick
-        )
+        await self._collect_forwards(forward, done, tick)
         self.say(f"reconcile: stopped waiting: {stop_reason[0]}")
         dead: dict[bytes, str] = {}
 
@@ -521,6 +523,25 @@ class Run:
         self.committed = committed
         unread = sum(1 for job_id in book.missing if not self._read(job_id))
         return {"stop_reason": stop_reason[0], "dead_letters": dead, "unread": unread}
+
+    async def _collect_forwards(
+        self,
+        handle: Callable[[Any], None],
+        done: Callable[[], bool],
+        tick: Callable[[], None],
+    ) -> None:
+        """Hand the forwards read so far (and from now on) to ``handle`` until ``done()``."""
+        assert self.forwards is not None, "started by the load phase"
+        try:
+            while True:
+                for record in self.forwards.take():
+                    handle(record)
+                tick()
+                if done():
+                    return
+                await asyncio.sleep(0.2)
+        finally:
+            await self.forwards.stop()
 
     def _read(self, job_id: bytes) -> bool:
         """Whether the workers had committed the job's final command when the run stopped."""
@@ -877,6 +898,9 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             (cfg.out_dir / "latest.json").write_text(body)
         return result
     finally:
+        if r.forwards is not None:
+            with contextlib.suppress(Exception):
+                await r.forwards.stop()
         if progress is not None:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
