@@ -21,7 +21,6 @@ from app.jobs import FENCE_PREFIX, Header, decode_fired
 from app.names import (
     HEADER_DELAY_MS,
     HEADER_DUE_MS,
-    HEADER_ERROR,
     HEADER_KEY,
     HEADER_PREFIX,
     HEADER_TARGET,
@@ -111,7 +110,8 @@ class _Batch:
         first, _last, count = self._replays.get(partition, (offset, offset, 0))
         self._replays[partition] = (first, offset, count + 1)
 
-    def mark(self) -> None:
+    def finish(self) -> None:
+        """Write the replay marks; log the replays skipped."""
         for partition in self._marked:
             engine.mark_applied(partition, self._applied[partition])
         for partition, (first, last, count) in self._replays.items():
@@ -124,19 +124,8 @@ class _Batch:
             )
 
 
-async def _dead_letter(message: Any, headers: list[Header], reason: str) -> Awaitable[Any]:
-    log.warning(
-        "dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason
-    )
-    engine.stats.dead_lettered_now(message.key, reason)
-    with_error: Any = [*headers, (HEADER_ERROR, reason.encode())]
-    ack: Awaitable[Any] = await app.producer.send(
-        settings.dead_letter_topic, message.key, message.value, None, None, with_error
-    )
-    return ack
-
-
 async def _apply_ingest(message: Any, batch: _Batch) -> None:
+    """Apply one delivered ingest record: skip a replay, read back what the stream skipped."""
     last = batch.last_applied(message.partition)
     if message.offset <= last:  # delivered again after a crash: applied before
         engine.stats.replays_skipped += 1
@@ -144,6 +133,11 @@ async def _apply_ingest(message: Any, batch: _Batch) -> None:
         return
     if last >= 0 and message.offset > last + 1:
         await _apply_skipped(message.partition, last + 1, message.offset, batch)
+    await _apply_command(message, batch)
+
+
+async def _apply_command(message: Any, batch: _Batch) -> None:
+    """Schedule, replace or cancel as the record says, or dead-letter it with the reason."""
     headers = _headers(message)
     # Only a delay counts from the record's timestamp (and only then is skew corrected).
     uses_delay = any(name == HEADER_DELAY_MS for name, _value in headers)
@@ -158,7 +152,15 @@ async def _apply_ingest(message: Any, batch: _Batch) -> None:
             forbidden_targets=_FORBIDDEN_TARGETS,
         )
     except InvalidRecord as exc:
-        batch.dead_letters.append(await _dead_letter(message, headers, exc.reason))
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc.reason,
+        )
+        ack = await engine.send_dead_letter(message.key, message.value, headers, exc.reason)
+        batch.dead_letters.append(ack)
     else:
         if isinstance(command, Cancel):
             engine.cancel(message.partition, command.job_id)
@@ -179,8 +181,7 @@ async def _apply_skipped(partition: int, start: int, stop: int, batch: _Batch) -
     )
     engine.stats.gaps_read_back += len(skipped)
     for record in skipped:
-        batch.applied(partition, record.offset - 1)  # no gap check: the range is complete
-        await _apply_ingest(record, batch)
+        await _apply_command(record, batch)
     batch.applied(partition, stop - 1)
     # Faust never saw these offsets acknowledged and would not commit past them: tell it.
     consumer: Any = app.consumer
@@ -215,7 +216,7 @@ async def apply_batch(messages: Sequence[Any]) -> None:
             await _apply_ingest(message, batch)
     if batch.dead_letters:
         await asyncio.gather(*batch.dead_letters)
-    batch.mark()
+    batch.finish()
     await engine.flush()
 
 

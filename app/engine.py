@@ -161,7 +161,7 @@ class _PartitionState:
     #: Pending jobs in the partition; None until counted after an assignment change.
     pending: int | None = None
     #: While set, the partition is not fired: its fence record has not been read back yet.
-    fence: bytes | None = field(default_factory=lambda: _new_fence())
+    fence: bytes | None = field(default_factory=lambda: _new_fence())  # defined below
     #: When the fence was sent; None until then (and after the broker refused it).
     fence_sent_ms: int | None = None
 
@@ -414,9 +414,8 @@ class Engine:
             self._wake.set()
 
     def fenced(self, partition: int) -> bool:
-        """Whether the partition waits for its fence (not fired meanwhile)."""
-        state = self._parts.get(partition)
-        return state is not None and state.fence is not None
+        """Whether the partition waits for its fence (not fired meanwhile; new ones do)."""
+        return self._state(partition).fence is not None
 
     # -- firing --------------------------------------------------------------------------
 
@@ -432,7 +431,7 @@ class Engine:
         async with self._pass_lock:
             forwards: list[_Forward] = []
             for partition in active:
-                if self._state(partition).fence is not None:  # new here: fenced first
+                if self.fenced(partition):
                     continue
                 batch, partition_wake = self._collect_due(partition, now)
                 forwards.extend(batch)
@@ -578,20 +577,34 @@ class Engine:
         state.retry_at.pop(fwd.due_key, None)
         return None
 
-    async def dead_letter(
-        self, key: bytes | None, value: bytes | None, headers: list[Any], reason: str
-    ) -> None:
-        """Write a record to the dead-letter topic with ``delayq-error`` and await the ack."""
-        ack = await self.producer.send(
-            self.config.dead_letter_topic,
-            key,
-            value,
-            None,
-            None,
-            [*headers, (HEADER_ERROR, reason.encode())],
+    async def send_dead_letter(
+        self, key: bytes | None, value: bytes | None, headers: Sequence[Any], reason: str
+    ) -> asyncio.Future[Any]:
+        """Hand a record with ``delayq-error`` to the producer; counted once acknowledged."""
+        ack = _as_future(
+            await self.producer.send(
+                self.config.dead_letter_topic,
+                key,
+                value,
+                None,
+                None,
+                [*headers, (HEADER_ERROR, reason.encode())],
+            )
         )
-        await asyncio.wait_for(_as_future(ack), self.config.forward_timeout_s)
-        self.stats.dead_lettered_now(key, reason)
+
+        def count(fut: asyncio.Future[Any]) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                self.stats.dead_lettered_now(key, reason)
+
+        ack.add_done_callback(count)
+        return ack
+
+    async def dead_letter(
+        self, key: bytes | None, value: bytes | None, headers: Sequence[Any], reason: str
+    ) -> None:
+        """Write a record to the dead-letter topic and await the broker's ack."""
+        ack = await self.send_dead_letter(key, value, headers, reason)
+        await asyncio.wait_for(ack, self.config.forward_timeout_s)
 
     async def _send_fired(self, partition: int, entries: list[tuple[bytes, int]]) -> None:
         ack = await self.producer.send(

@@ -349,15 +349,11 @@ async def read_to_end(
     handle: Callable[[Any], None],
     *,
     partitions: set[int] | None = None,
-    follow_until: Callable[[], bool] | None = None,
-    tick: Callable[[], None] | None = None,
 ) -> int:
-    """Read ``topics`` from the beginning, calling ``handle(record)`` in partition order.
+    """Read ``topics`` from the beginning to their end offsets, calling ``handle(record)``.
 
-    Without ``follow_until``: stop at the end offsets (correct on Tansu only with
-    ``app.tansu_compat`` installed). With it: keep reading until it returns True.
-    ``partitions``: only these partitions of each topic. ``tick`` is called about every 0.5 s.
-    Returns the number of records read.
+    The end offsets are correct on Tansu only with ``app.tansu_compat`` installed.
+    ``partitions``: only these partitions of each topic. Returns the number of records read.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -379,25 +375,23 @@ async def read_to_end(
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps) if follow_until is None else {}
-        while True:
-            if follow_until is None:
-                positions = {tp: await consumer.position(tp) for tp in tps}
-                if all(positions[tp] >= end[tp] for tp in tps):
-                    break
-            elif follow_until():
-                break
+        end = await consumer.end_offsets(tps)
+        while not all(position >= end[tp] for tp, position in await _positions(consumer, tps)):
             batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
             for records in batch.values():
                 for record in records:
                     handle(record)
-                count += sum(len(r) for r in batch.values())
-            if tick is not None:
-                tick()
+                count += len(records)
             await asyncio.sleep(0)
     finally:
         await consumer.stop()
     return count
+
+
+async def _positions(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> list[tuple[Any, int]]:
+    return [(tp, await consumer.position(tp)) for tp in tps]
 
 
 class Follower:
