@@ -10,10 +10,13 @@ Two callers, one worker, one thread:
 
 Firing a partition (dramatiq's order: forward first, acknowledge second):
 
-1. Scan the partition's due keys from its watermark up to ``now``; skip jobs already in flight.
-2. Send every due job to its target topic, then await all the broker acknowledgements.
-3. For each acknowledged job, append ``(due key, version)`` to a *fired* record sent to the same
-   partition of the fired topic; keep the job in flight (skipped by later scans) meanwhile.
+1. Scan the partition's due keys from its cursor up to ``now`` (behind the cursor every live job
+   is in flight or waits for a retry; see :class:`_PartitionState`).
+2. Send every due job to its target topic and mark it in flight (skipped by later scans).
+3. In the background (:meth:`Engine._settle`), await the broker's acknowledgements; for each
+   acknowledged job append ``(due key, version)`` to a *fired* record sent to the same partition
+   of the fired topic. The next pass does not wait for this: a job due while the acks of the
+   previous pass are on their way is sent on time.
 4. The agent consumes the fired record and deletes the job, unless it was replaced or cancelled
    since (its version differs). Only then is the job gone from the table and its changelog.
 
@@ -23,8 +26,9 @@ lost. Removal through the fired topic means only the partition's current owner e
 Handing a partition over (a rebalance, a restart), so that the new owner does not forward again
 what the previous one forwarded:
 
-1. the previous owner finishes its pass and flushes its producer before it lets the partition go
-   (:meth:`Engine.quiesce`), so its removal records are in the fired topic;
+1. the previous owner finishes its pass, settles its forwards and flushes its producer before
+   it lets the partition go (:meth:`Engine.quiesce`), so its removal records are in the fired
+   topic;
 2. the new owner sends a *fence* record (a random token) to the partition of the fired topic and
    does not fire the partition until the agent has read it back (:meth:`Engine.fence_passed`):
    by then every removal record before it has been applied.
@@ -54,10 +58,11 @@ from app.jobs import (
     job_version,
 )
 from app.names import HEADER_ERROR
-from app.times import now_ms
+from app.times import MAX_DUE_MS, now_ms
 from tables.keys import (
     APPLIED_KEY,
     DUE_END,
+    DUE_PREFIX,
     ID_END,
     ID_PREFIX,
     decode_due_ms,
@@ -109,6 +114,11 @@ class EngineConfig:
     #: A fence not read back by then is replaced by a new one (a lost record must not hold
     #: a partition forever).
     fence_resend_ms: int = 30_000
+    #: Passes whose acks may be awaited at once; a further pass first waits for the oldest.
+    max_settling_passes: int = 8
+    #: Removals wait this long to share one fired record per partition: each record is one
+    #: more event for the agent, and passes come as often as jobs fall due.
+    removal_linger_ms: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +163,15 @@ class Stats:
 class _PartitionState:
     #: No live due key lies below this due time (lets scans seek past tombstones).
     watermark_ms: int = 0
+    #: Passes scan from this due key: every live job before it is in flight or waits for a
+    #: retry, so a pass does not walk again over the jobs whose removal is on its way.
+    #: A write or a lost forward before it moves it back (:meth:`Engine._rewind`).
+    cursor: bytes = DUE_PREFIX
+    #: When a job behind the cursor needs a look (a retry or an ack timeout); None: none does.
+    recheck_ms: int | None = None
+    #: Nothing at or after the cursor is due before this: a pass skips the partition until then
+    #: (passes come as often as jobs fall due; most partitions have nothing due in each).
+    next_due_ms: int = 0
     #: due key -> (version, forward again after this ms): forwarded, removal not yet seen.
     in_flight: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     #: due key -> not before this ms: a failed forward waiting for its retry.
@@ -191,6 +210,12 @@ class Engine:
         self._next_wake_ms: int | None = None
         #: Held by a firing pass; :meth:`quiesce` takes it to wait for the pass to end.
         self._pass_lock = asyncio.Lock()
+        #: Passes whose forwards await their acks and removal records (see :meth:`_settle`).
+        self._settling: set[asyncio.Task[None]] = set()
+        #: Acknowledged forwards whose removal record is not sent yet, by partition.
+        self._removals: dict[int, list[tuple[bytes, int]]] = {}
+        self._removal_sender: asyncio.Task[None] | None = None
+        self._removals_now = asyncio.Event()
 
     def _state(self, partition: int) -> _PartitionState:
         state = self._parts.get(partition)
@@ -349,6 +374,9 @@ class Engine:
     def _note_due(self, state: _PartitionState, due_ms: int) -> None:
         if due_ms < state.watermark_ms:
             state.watermark_ms = due_ms
+        if due_ms < state.next_due_ms:
+            state.next_due_ms = due_ms
+        self._rewind(state, due_prefix(due_ms))
         planned = self._planned_wake_ms
         if planned is None or due_ms < planned:
             self._wake.set()
@@ -371,6 +399,8 @@ class Engine:
             self._generation = generation
             for state in self._parts.values():
                 state.watermark_ms = 0
+                state.cursor = DUE_PREFIX
+                state.next_due_ms = 0
                 state.pending = None
 
     async def quiesce(self, revoked: Collection[int]) -> None:
@@ -383,7 +413,7 @@ class Engine:
         try:
             async with asyncio.timeout(self.config.forward_timeout_s * 2):
                 async with self._pass_lock:
-                    pass
+                    await self.settled()
         except TimeoutError:
             log.warning("a firing pass did not end before the partitions were handed over")
         for partition in revoked:
@@ -429,6 +459,7 @@ class Engine:
         self._wake.clear()
         wake = now + self.config.max_idle_ms
         async with self._pass_lock:
+            await self._room_to_settle()
             forwards: list[_Forward] = []
             for partition in active:
                 if self.fenced(partition):
@@ -439,19 +470,44 @@ class Engine:
             if forwards:
                 # Across partitions too, send in due order (stable sort: ties keep key order).
                 forwards.sort(key=lambda fwd: fwd.job.due_ms)
-                retry_ms = await self._forward(forwards, now)
-                if retry_ms is not None:
-                    wake = min(wake, retry_ms)
+                await self._send(forwards, now)
+                task = asyncio.ensure_future(self._settle(forwards, now))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
         self._next_wake_ms = wake
         return wake
+
+    async def settled(self) -> None:
+        """Wait until every forward sent so far is acknowledged and its removal record sent."""
+        while self._settling or self._removal_sender is not None:
+            if self._settling:
+                await asyncio.gather(*self._settling, return_exceptions=True)
+            sender = self._removal_sender
+            if sender is not None:
+                self._removals_now.set()  # no linger: someone waits
+                await asyncio.gather(sender, return_exceptions=True)
+
+    async def _room_to_settle(self) -> None:
+        # Bounds the forwards awaiting acks (memory) when passes follow each other at once.
+        while len(self._settling) >= self.config.max_settling_passes:
+            await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
 
     def _collect_due(self, partition: int, now: int) -> tuple[list[_Forward], int]:
         """Due jobs of one partition (earliest first) and when it next needs a look."""
         state = self._state(partition)
         batch: list[_Forward] = []
         wake = now + self.config.max_idle_ms
+        recheck = state.recheck_ms
+        if recheck is not None and recheck <= now:
+            # A retry or an ack timeout behind the cursor has come: walk from the front again.
+            state.recheck_ms = None
+            state.cursor = due_prefix(state.watermark_ms)
+        elif state.next_due_ms > now:
+            return batch, min(wake, state.next_due_ms, recheck or wake)
+        from_front = state.cursor <= due_prefix(state.watermark_ms)
         first_due: int | None = None
-        scan = self.store.scan(partition, due_prefix(state.watermark_ms), DUE_END)
+        cursor = state.cursor
+        scan = self.store.scan(partition, cursor, DUE_END)
         try:
             for key, raw in scan:
                 due_ms = decode_due_ms(key[1:9])
@@ -459,50 +515,85 @@ class Engine:
                     first_due = due_ms
                 if due_ms > now:
                     wake = min(wake, due_ms)
+                    cursor = key
+                    state.next_due_ms = due_ms
                     break
+                cursor = key + b"\0"
                 flight = state.in_flight.get(key)
                 if flight is not None and flight[1] > now:
-                    wake = min(wake, flight[1])
+                    self._recheck(state, flight[1])
                     continue
                 retry = state.retry_at.get(key)
                 if retry is not None and retry > now:
-                    wake = min(wake, retry)
+                    self._recheck(state, retry)
                     continue
                 batch.append(_Forward(partition, key, decode_job(raw)))
                 if len(batch) >= self.config.fire_batch_max:
                     wake = now
                     break
+            else:  # nothing after the cursor: only a write (which lowers this) makes work
+                state.next_due_ms = MAX_DUE_MS
         finally:
             scan.close()
-        state.watermark_ms = now if first_due is None else first_due
+        state.cursor = cursor
+        if from_front:
+            state.watermark_ms = now if first_due is None else first_due
+        elif not state.in_flight and not state.retry_at:
+            state.watermark_ms = decode_due_ms(cursor[1:9]) if len(cursor) > 1 else 0
+        if state.recheck_ms is not None:
+            wake = min(wake, state.recheck_ms)
         return batch, wake
 
-    async def _forward(self, forwards: list[_Forward], now: int) -> int | None:
-        """Send, await acks, send removals; return the earliest retry time of failures."""
+    @staticmethod
+    def _recheck(state: _PartitionState, at_ms: int) -> None:
+        if state.recheck_ms is None or at_ms < state.recheck_ms:
+            state.recheck_ms = at_ms
+
+    @staticmethod
+    def _rewind(state: _PartitionState, key: bytes) -> None:
+        """Let the next pass scan from ``key``: a job there may be due and not in flight."""
+        if key < state.cursor:
+            state.cursor = key
+            state.next_due_ms = min(state.next_due_ms, decode_due_ms(key[1:9]))
+
+    async def _send(self, forwards: list[_Forward], now: int) -> None:
+        """Mark the forwards in flight and hand them to the producer, each target in due order."""
         expires = now + self.config.ack_timeout_ms
         by_target: dict[str, list[_Forward]] = {}
         for fwd in forwards:
-            self._state(fwd.partition).in_flight[fwd.due_key] = (fwd.job.version, expires)
+            state = self._state(fwd.partition)
+            state.in_flight[fwd.due_key] = (fwd.job.version, expires)
+            self._recheck(state, expires)
             by_target.setdefault(fwd.job.target, []).append(fwd)
         # One sender per target: a target that stalls (e.g. waiting for metadata of a missing
         # topic) delays only its own jobs, and each target still gets its jobs in due order.
         await asyncio.gather(*(self._send_target(batch) for batch in by_target.values()))
-        await self._await_acks(forwards)
-        fired: dict[int, list[tuple[bytes, int]]] = {}
-        retry_ms: int | None = None
-        for fwd in forwards:
-            if fwd.error is None:
-                self.stats.fired += 1
-                self.stats.lateness_ms.append(now - fwd.job.due_ms)
-            else:
-                retry_at = await self._give_up(fwd, now)
-                if retry_at is not None:
-                    retry_ms = retry_at if retry_ms is None else min(retry_ms, retry_at)
+
+    async def _settle(self, forwards: list[_Forward], now: int) -> None:
+        """Await the acks of one pass; send removals for the acknowledged, retry the rest."""
+        try:
+            await self._await_acks(forwards)
+            fired: dict[int, list[tuple[bytes, int]]] = {}
+            retrying = False
+            for fwd in forwards:
+                if fwd.error is None:
+                    self.stats.fired += 1
+                    self.stats.lateness_ms.append(now - fwd.job.due_ms)
+                elif await self._give_up(fwd, now) is not None:
+                    retrying = True
                     continue
-            fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
-        for partition, entries in fired.items():
-            await self._send_fired(partition, entries)
-        return retry_ms
+                fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
+            self._queue_removals(fired)
+        except Exception:
+            # Whatever was not settled is forwarded again rather than left in flight.
+            log.exception("settling %d forwards failed; they will be sent again", len(forwards))
+            for fwd in forwards:
+                state = self._state(fwd.partition)
+                state.in_flight.pop(fwd.due_key, None)
+                self._rewind(state, fwd.due_key)
+            retrying = True
+        if retrying:
+            self._wake.set()  # the loop plans its wake-up around the retry times
 
     async def _send_target(self, batch: list[_Forward]) -> None:
         """Enqueue one target's forwards in order; what is not enqueued in time has failed."""
@@ -558,6 +649,7 @@ class Engine:
             backoff = min(self.config.forward_retry_backoff_ms << (attempts - 1), _MAX_BACKOFF_MS)
             state.retry_at[fwd.due_key] = now + backoff
             state.in_flight.pop(fwd.due_key, None)
+            self._recheck(state, now + backoff)
             log.warning("%s (attempt %d, retry in %d ms)", reason, attempts, backoff)
             return now + backoff
         try:
@@ -571,6 +663,7 @@ class Engine:
             log.error("dead-lettering job %r failed: %r", fwd.job.job_id, exc)
             state.retry_at[fwd.due_key] = now + self.config.forward_retry_backoff_ms
             state.in_flight.pop(fwd.due_key, None)
+            self._recheck(state, now + self.config.forward_retry_backoff_ms)
             return now + self.config.forward_retry_backoff_ms
         # Dead-lettered: like a forwarded job, it stays in flight until its removal is applied.
         state.attempts.pop(fwd.due_key, None)
@@ -606,17 +699,51 @@ class Engine:
         ack = await self.send_dead_letter(key, value, headers, reason)
         await asyncio.wait_for(ack, self.config.forward_timeout_s)
 
+    def _queue_removals(self, fired: dict[int, list[tuple[bytes, int]]]) -> None:
+        for partition, entries in fired.items():
+            self._removals.setdefault(partition, []).extend(entries)
+        if self._removal_sender is None and self._removals:
+            self._removal_sender = asyncio.ensure_future(self._send_removals())
+
+    async def _send_removals(self) -> None:
+        """After the linger, send the queued removals: one fired record per partition."""
+        try:
+            while self._removals:
+                with contextlib.suppress(TimeoutError):
+                    linger_s = self.config.removal_linger_ms / 1000
+                    await asyncio.wait_for(self._removals_now.wait(), linger_s)
+                removals, self._removals = self._removals, {}
+                for partition, entries in removals.items():
+                    step = self.config.fire_batch_max  # keeps each record well under 1 MB
+                    for start in range(0, len(entries), step):
+                        chunk = entries[start : start + step]
+                        try:
+                            await self._send_fired(partition, chunk)
+                        except Exception as exc:
+                            log.error("sending a removal record failed: %r", exc)
+                            self._forget(partition, chunk)
+        finally:
+            self._removal_sender = None
+            self._removals_now.clear()
+
+    def _forget(self, partition: int, entries: Sequence[tuple[bytes, int]]) -> None:
+        """Their removal record was lost: forward the jobs again rather than let them linger."""
+        state = self._parts.get(partition)
+        if state is None:
+            return  # handed over: the next owner forwards them
+        for key, _version in entries:
+            state.in_flight.pop(key, None)
+            self._rewind(state, key)
+        self._wake.set()
+
     async def _send_fired(self, partition: int, entries: list[tuple[bytes, int]]) -> None:
         ack = await self.producer.send(
             self.config.fired_topic, None, encode_fired(entries), partition, None, None
         )
-        state = self._state(partition)
 
         def forget_on_failure(fut: asyncio.Future[Any]) -> None:
-            # The removal record was lost: let the jobs be forwarded again rather than linger.
             if fut.cancelled() or fut.exception() is not None:
-                for key, _version in entries:
-                    state.in_flight.pop(key, None)
+                self._forget(partition, entries)
 
         _as_future(ack).add_done_callback(forget_on_failure)
 
@@ -632,6 +759,11 @@ class Engine:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
+
+    @property
+    def wake_requested(self) -> bool:
+        """Whether the loop is asked to run a pass now instead of sleeping."""
+        return self._wake.is_set()
 
     @property
     def next_wake_ms(self) -> int | None:

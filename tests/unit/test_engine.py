@@ -99,7 +99,9 @@ class Harness:
     async def fire(self, now: int) -> int:
         await self.engine.flush()  # as the agent does after each batch
         await self.pass_fences()
-        return await self.engine.fire_due(now, sorted(self.dbs))
+        wake = await self.engine.fire_due(now, sorted(self.dbs))
+        await self.engine.settled()  # the acks and removal records of the pass
+        return wake
 
     async def pass_fences(self) -> None:
         """Send the fences of new partitions and read them back, as the timer and agent do."""
@@ -167,6 +169,75 @@ async def test_an_unacknowledged_forward_is_sent_again_after_the_ack_timeout(h: 
     assert h.forwarded_ids() == [b"a"]
     await h.fire(NOW + 300_001)
     assert h.forwarded_ids() == [b"a", b"a"]
+
+
+def count_reads(h: Harness) -> list[int]:
+    """Count the table items the engine's scans yield (one counter, reset by the caller)."""
+    reads = [0]
+    scan = h.store.scan
+
+    def counting_scan(*args: Any, **kwargs: Any) -> Iterator[tuple[bytes, bytes]]:
+        for item in scan(*args, **kwargs):
+            reads[0] += 1
+            yield item
+
+    h.store.scan = counting_scan  # type: ignore[method-assign,assignment]
+    return reads
+
+
+async def test_a_pass_does_not_read_again_the_jobs_whose_removal_is_on_its_way(
+    h: Harness,
+) -> None:
+    # Given 100 forwarded jobs whose removal records have not come back yet
+    for i in range(100):
+        h.schedule(f"a{i:03d}", NOW + i)
+    await h.fire(NOW + 99)
+    reads = count_reads(h)
+    # When the next job falls due
+    h.schedule("next", NOW + 100)
+    await h.fire(NOW + 100)
+    # Then the pass reads that job alone, not the 100 in flight
+    assert h.forwarded_ids()[-1] == b"next"
+    assert reads[0] == 1
+    # And a pass before anything else is due reads nothing at all
+    reads[0] = 0
+    h.schedule("later", NOW + 500)
+    assert await h.fire(NOW + 101) == NOW + 500
+    assert reads[0] == 0
+
+
+async def test_a_lost_removal_record_sends_the_jobs_again_at_once(h: Harness) -> None:
+    h.schedule("a", NOW)
+    h.schedule("b", NOW + 1)
+    await h.fire(NOW + 1)
+    h.producer.failing.add("fired")
+    h.schedule("c", NOW + 2)
+    await h.fire(NOW + 2)  # c's removal record is refused by the broker
+    assert h.engine.wake_requested
+    h.producer.failing.clear()
+    await h.fire(NOW + 3)
+    assert h.forwarded_ids() == [b"a", b"b", b"c", b"c"]
+
+
+async def test_removals_of_several_passes_share_one_record_per_partition(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, removal_linger_ms=3_600_000)  # only settled() sends them
+    for i in range(3):
+        h.schedule(f"p0-{i}", NOW + i, partition=0)
+        h.schedule(f"p1-{i}", NOW + i, partition=1)
+    await h.engine.flush()
+    await h.pass_fences()
+    for i in range(3):
+        await h.engine.fire_due(NOW + i, [0, 1])
+        for _ in range(5):
+            await asyncio.sleep(0)  # the passes' acks come in
+    assert h.producer.take_fired() == []
+    await h.engine.settled()
+    removals = h.producer.take_fired()
+    assert sorted(p for p, _ in removals) == [0, 1]
+    assert all(len(entries) == 3 for _, entries in removals)
+    h.close()
 
 
 async def test_replace_keeps_only_the_latest_schedule(h: Harness) -> None:
@@ -248,11 +319,12 @@ async def test_failing_forwards_retry_with_backoff_then_go_to_dead_letters(
     h = Harness(tmp_path, forward_attempts=3, forward_retry_backoff_ms=100)
     h.producer.failing.add("out")
     h.schedule("a", NOW)
-    wake = await h.fire(NOW)  # attempt 1 fails: retry after 100 ms
-    assert wake == NOW + 100
+    await h.fire(NOW)  # attempt 1 fails (known once its pass settled): retry after 100 ms
+    assert h.engine.wake_requested  # the loop looks again at once, and plans the retry
+    assert await h.fire(NOW) == NOW + 100
     assert await h.fire(NOW + 50) == NOW + 100  # not yet
-    wake = await h.fire(NOW + 100)  # attempt 2 fails: retry after 200 ms
-    assert wake == NOW + 300
+    await h.fire(NOW + 100)  # attempt 2 fails: retry after 200 ms
+    assert await h.fire(NOW + 100) == NOW + 300
     await h.fire(NOW + 300)  # attempt 3 fails: dead-lettered, then removed
     dead = h.producer.to("dlq")
     assert len(dead) == 1
