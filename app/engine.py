@@ -78,6 +78,8 @@ __all__ = ["DeadLetter", "Engine", "EngineConfig", "Producer", "Stats"]
 
 log = logging.getLogger(__name__)
 
+#: Beyond this many jobs written behind a partition's cursor, a pass walks from the earliest.
+_BEHIND_MAX = 1_000
 #: Retries of a failing forward are never spaced further apart than this.
 _MAX_BACKOFF_MS = 60_000
 
@@ -114,8 +116,9 @@ class EngineConfig:
     #: A fence not read back by then is replaced by a new one (a lost record must not hold
     #: a partition forever).
     fence_resend_ms: int = 30_000
-    #: Passes whose acks may be awaited at once; a further pass first waits for the oldest.
-    max_settling_passes: int = 8
+    #: Forwards whose acks may be awaited at once; a pass beyond it first waits for the oldest
+    #: (passes come as often as jobs fall due, so their number is no bound).
+    max_unsettled_forwards: int = 20_000
     #: Removals wait this long to share one fired record per partition: each record is one
     #: more event for the agent, and passes come as often as jobs fall due.
     removal_linger_ms: int = 50
@@ -163,10 +166,12 @@ class Stats:
 class _PartitionState:
     #: No live due key lies below this due time (lets scans seek past tombstones).
     watermark_ms: int = 0
-    #: Passes scan from this due key: every live job before it is in flight or waits for a
-    #: retry, so a pass does not walk again over the jobs whose removal is on its way.
-    #: A write or a lost forward before it moves it back (:meth:`Engine._rewind`).
+    #: Passes scan from this due key: every live job before it is in flight, waits for a
+    #: retry or is in ``behind``, so a pass does not walk again over the jobs whose removal is
+    #: on its way.
     cursor: bytes = DUE_PREFIX
+    #: Due keys written (or whose forward was lost) behind the cursor: looked up one by one.
+    behind: set[bytes] = field(default_factory=set)
     #: When a job behind the cursor needs a look (a retry or an ack timeout); None: none does.
     recheck_ms: int | None = None
     #: Nothing at or after the cursor is due before this: a pass skips the partition until then
@@ -212,6 +217,7 @@ class Engine:
         self._pass_lock = asyncio.Lock()
         #: Passes whose forwards await their acks and removal records (see :meth:`_settle`).
         self._settling: set[asyncio.Task[None]] = set()
+        self._unsettled = 0
         #: Acknowledged forwards whose removal record is not sent yet, by partition.
         self._removals: dict[int, list[tuple[bytes, int]]] = {}
         self._removal_sender: asyncio.Task[None] | None = None
@@ -258,7 +264,7 @@ class Engine:
         state.retry_at.pop(new_key, None)
         state.attempts.pop(new_key, None)
         self.stats.scheduled += 1
-        self._note_due(state, job.due_ms)
+        self._note_due(state, new_key)
 
     def cancel(self, partition: int, job_id: bytes) -> bool:
         """Remove the pending job ``job_id``; False if there is none."""
@@ -296,7 +302,7 @@ class Engine:
                 continue  # cancelled after it was forwarded
             if job_version(raw) != version:
                 # Replaced with the same due time while in flight: the replacement is due.
-                self._note_due(state, split_due_key(key)[0])
+                self._note_due(state, key)
                 continue
             due_ms, job_id = split_due_key(key)
             self.store.delete(partition, key)
@@ -371,12 +377,11 @@ class Engine:
         flight = self._state(partition).in_flight.get(due_key(job.due_ms, job.job_id))
         return JobStatus.IN_FLIGHT if flight and flight[0] == job.version else JobStatus.PENDING
 
-    def _note_due(self, state: _PartitionState, due_ms: int) -> None:
+    def _note_due(self, state: _PartitionState, key: bytes) -> None:
+        due_ms = decode_due_ms(key[1:9])
         if due_ms < state.watermark_ms:
             state.watermark_ms = due_ms
-        if due_ms < state.next_due_ms:
-            state.next_due_ms = due_ms
-        self._rewind(state, due_prefix(due_ms))
+        self._put_behind(state, key)
         planned = self._planned_wake_ms
         if planned is None or due_ms < planned:
             self._wake.set()
@@ -400,6 +405,7 @@ class Engine:
             for state in self._parts.values():
                 state.watermark_ms = 0
                 state.cursor = DUE_PREFIX
+                state.behind.clear()
                 state.next_due_ms = 0
                 state.pending = None
 
@@ -473,7 +479,8 @@ class Engine:
                 await self._send(forwards, now)
                 task = asyncio.ensure_future(self._settle(forwards, now))
                 self._settling.add(task)
-                task.add_done_callback(self._settling.discard)
+                self._unsettled += len(forwards)
+                task.add_done_callback(functools.partial(self._settled_one, len(forwards)))
         self._next_wake_ms = wake
         return wake
 
@@ -487,62 +494,102 @@ class Engine:
                 self._removals_now.set()  # no linger: someone waits
                 await asyncio.gather(sender, return_exceptions=True)
 
+    def _settled_one(self, count: int, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        self._unsettled -= count
+
     async def _room_to_settle(self) -> None:
-        # Bounds the forwards awaiting acks (memory) when passes follow each other at once.
-        while len(self._settling) >= self.config.max_settling_passes:
+        # Bounds the forwards awaiting acks (memory) when a backlog is due.
+        while self._settling and self._unsettled >= self.config.max_unsettled_forwards:
             await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
 
     def _collect_due(self, partition: int, now: int) -> tuple[list[_Forward], int]:
         """Due jobs of one partition (earliest first) and when it next needs a look."""
         state = self._state(partition)
-        batch: list[_Forward] = []
-        wake = now + self.config.max_idle_ms
+        idle_wake = now + self.config.max_idle_ms
         recheck = state.recheck_ms
         if recheck is not None and recheck <= now:
             # A retry or an ack timeout behind the cursor has come: walk from the front again.
             state.recheck_ms = None
-            state.cursor = due_prefix(state.watermark_ms)
+            self._rescan_from(state, due_prefix(state.watermark_ms))
         elif state.next_due_ms > now:
-            return batch, min(wake, state.next_due_ms, recheck or wake)
+            return [], min(idle_wake, state.next_due_ms, recheck or idle_wake)
+        if len(state.behind) > _BEHIND_MAX:  # one walk costs less than so many lookups
+            self._rescan_from(state, min(state.behind))
+        batch: list[_Forward] = []
+        if state.behind:
+            self._collect_behind(partition, state, now, batch)
         from_front = state.cursor <= due_prefix(state.watermark_ms)
+        first_due = self._scan_due(partition, state, now, batch)
+        if state.behind:
+            state.next_due_ms = min(state.next_due_ms, *(_due_of(key) for key in state.behind))
+        if from_front:
+            front = now if first_due is None else first_due
+            state.watermark_ms = min([front, *(_due_of(key) for key in state.behind)])
+        elif not state.in_flight and not state.retry_at and not state.behind:
+            state.watermark_ms = _due_of(state.cursor) if len(state.cursor) > 1 else 0
+        if len(batch) >= self.config.fire_batch_max:
+            return batch, now
+        return batch, min(idle_wake, state.next_due_ms, state.recheck_ms or idle_wake)
+
+    def _scan_due(
+        self, partition: int, state: _PartitionState, now: int, batch: list[_Forward]
+    ) -> int | None:
+        """Add due jobs from the cursor on to ``batch``; move the cursor; the first due seen."""
         first_due: int | None = None
         cursor = state.cursor
         scan = self.store.scan(partition, cursor, DUE_END)
         try:
             for key, raw in scan:
-                due_ms = decode_due_ms(key[1:9])
+                if len(batch) >= self.config.fire_batch_max:
+                    break
+                due_ms = _due_of(key)
                 if first_due is None:
                     first_due = due_ms
                 if due_ms > now:
-                    wake = min(wake, due_ms)
                     cursor = key
                     state.next_due_ms = due_ms
                     break
                 cursor = key + b"\0"
                 flight = state.in_flight.get(key)
+                retry = state.retry_at.get(key)
                 if flight is not None and flight[1] > now:
                     self._recheck(state, flight[1])
-                    continue
-                retry = state.retry_at.get(key)
-                if retry is not None and retry > now:
+                elif retry is not None and retry > now:
                     self._recheck(state, retry)
-                    continue
-                batch.append(_Forward(partition, key, decode_job(raw)))
-                if len(batch) >= self.config.fire_batch_max:
-                    wake = now
-                    break
+                else:
+                    batch.append(_Forward(partition, key, decode_job(raw)))
             else:  # nothing after the cursor: only a write (which lowers this) makes work
                 state.next_due_ms = MAX_DUE_MS
         finally:
             scan.close()
         state.cursor = cursor
-        if from_front:
-            state.watermark_ms = now if first_due is None else first_due
-        elif not state.in_flight and not state.retry_at:
-            state.watermark_ms = decode_due_ms(cursor[1:9]) if len(cursor) > 1 else 0
-        if state.recheck_ms is not None:
-            wake = min(wake, state.recheck_ms)
-        return batch, wake
+        return first_due
+
+    def _collect_behind(
+        self, partition: int, state: _PartitionState, now: int, batch: list[_Forward]
+    ) -> None:
+        """Add the due jobs among those written behind the cursor to ``batch``."""
+        keep: set[bytes] = set()
+        for key in sorted(state.behind):
+            if _due_of(key) > now or len(batch) >= self.config.fire_batch_max:
+                keep.add(key)
+                continue
+            raw = self.store.get(partition, key)
+            if raw is None:
+                continue  # cancelled, replaced or removed since
+            flight = state.in_flight.get(key)
+            retry = state.retry_at.get(key)
+            if (flight is not None and flight[1] > now) or (retry is not None and retry > now):
+                continue  # in flight again, or waiting for its retry (a recheck covers both)
+            batch.append(_Forward(partition, key, decode_job(raw)))
+        state.behind = keep
+
+    @staticmethod
+    def _rescan_from(state: _PartitionState, key: bytes) -> None:
+        """Let the next scan walk from ``key`` (it finds the jobs behind the cursor too)."""
+        state.cursor = min(state.cursor, key)
+        state.behind = {k for k in state.behind if k < state.cursor}
 
     @staticmethod
     def _recheck(state: _PartitionState, at_ms: int) -> None:
@@ -550,11 +597,11 @@ class Engine:
             state.recheck_ms = at_ms
 
     @staticmethod
-    def _rewind(state: _PartitionState, key: bytes) -> None:
-        """Let the next pass scan from ``key``: a job there may be due and not in flight."""
+    def _put_behind(state: _PartitionState, key: bytes) -> None:
+        """A job at ``key`` may be due and is not in flight: make sure a pass looks at it."""
         if key < state.cursor:
-            state.cursor = key
-            state.next_due_ms = min(state.next_due_ms, decode_due_ms(key[1:9]))
+            state.behind.add(key)
+        state.next_due_ms = min(state.next_due_ms, _due_of(key))
 
     async def _send(self, forwards: list[_Forward], now: int) -> None:
         """Mark the forwards in flight and hand them to the producer, each target in due order."""
@@ -590,7 +637,7 @@ class Engine:
             for fwd in forwards:
                 state = self._state(fwd.partition)
                 state.in_flight.pop(fwd.due_key, None)
-                self._rewind(state, fwd.due_key)
+                self._put_behind(state, fwd.due_key)
             retrying = True
         if retrying:
             self._wake.set()  # the loop plans its wake-up around the retry times
@@ -733,7 +780,7 @@ class Engine:
             return  # handed over: the next owner forwards them
         for key, _version in entries:
             state.in_flight.pop(key, None)
-            self._rewind(state, key)
+            self._put_behind(state, key)
         self._wake.set()
 
     async def _send_fired(self, partition: int, entries: list[tuple[bytes, int]]) -> None:
@@ -769,6 +816,10 @@ class Engine:
     def next_wake_ms(self) -> int | None:
         """When the last pass planned to look again."""
         return self._next_wake_ms
+
+
+def _due_of(key: bytes) -> int:
+    return decode_due_ms(key[1:9])
 
 
 def _as_future(awaitable: Awaitable[Any]) -> asyncio.Future[Any]:

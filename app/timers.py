@@ -8,6 +8,7 @@ one pass, not a tick.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any, cast
 
@@ -54,6 +55,18 @@ async def hand_over(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None
 app.on_partitions_revoked.connect(cast(Any, hand_over))
 
 
+def _freeze_startup_objects() -> None:
+    """Keep the start-up heap out of the garbage collector's full passes.
+
+    Faust, aiokafka and their modules leave ~100k long-lived objects; a full collection walked
+    them all every few seconds under load (50-100 ms with the loop stopped: every job due
+    meanwhile was late by that much). Frozen objects are never collected, and never garbage.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("froze %d start-up objects out of garbage collection", gc.get_freeze_count())
+
+
 @app.task
 async def fire_due_jobs() -> None:
     """Forward due jobs of this worker's active partitions, for as long as the worker runs."""
@@ -70,6 +83,7 @@ async def fire_due_jobs() -> None:
                 log.critical("delayq: %s", mismatch)
                 await app.crash(SettingsError(mismatch))
                 return
+            _freeze_startup_objects()
         active = active_partitions()
         engine.sync_assignment(app.consumer_generation_id, active)
         try:

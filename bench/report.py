@@ -118,7 +118,13 @@ def _steady_rows(st: dict[str, Any]) -> list[Row]:
             "  delivered",
             _per(st, lambda r: f"{_num(r.get('delivered'))}/{_num(r.get('expected'))}"),
         ),
+        ("  CPU per job (ms)", _per(st, _cpu_per_job)),
     ]
+
+
+def _cpu_per_job(res: dict[str, Any]) -> str:
+    cpu = res.get("cpu_ms_per_job")
+    return DASH if cpu is None else f"{cpu:.2f}"
 
 
 def _throughput_rows(tp: dict[str, Any]) -> list[Row]:

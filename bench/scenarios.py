@@ -23,7 +23,7 @@ from bench.broker import CommittedOffsets
 from bench.contenders import Contender, Delayq, Env, make
 from bench.load import Generator, Job, LoadStats, burst_plan, now_ms, spread_plan
 from bench.measure import Collector, summarize
-from bench.workers import Proc
+from bench.workers import Proc, cpu_seconds
 
 __all__ = [
     "WARM_JOBS",
@@ -104,6 +104,14 @@ def _load_fields(load: LoadStats) -> dict[str, Any]:
     }
 
 
+def _cpu(c: Contender) -> float:
+    total = 0.0
+    for pid in c.pids():
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
 async def _paced_run(
     r: Runner,
     scenario: str,
@@ -118,6 +126,7 @@ async def _paced_run(
         r.log(scenario, c.name, f"sent {load.sent}/{len(jobs)}, received {collector.count(keys)}")
 
     keys = [job.key for job in jobs]
+    cpu_before = _cpu(c)
     load = await r.gen.paced(jobs, c.emit_ms, c.record, sent)
     last_due = max(job.due_ms for job in jobs)
     timeout = max(0.0, (last_due - now_ms()) / 1000) + grace_s
@@ -131,6 +140,8 @@ async def _paced_run(
     receipt = summarize(collector.receipt_lateness(keys), len(keys))
     out["receipt_p50_ms"], out["receipt_p99_ms"] = receipt["p50_ms"], receipt["p99_ms"]
     out.update(_load_fields(load))
+    # CPU per job: what the contender's processes spent (less sensitive to a busy machine).
+    out["cpu_ms_per_job"] = round((_cpu(c) - cpu_before) * 1000 / max(1, len(keys)), 3)
     if not c.alive():
         out["error"] = f"{c.name} exited during the run"
     r.log(

@@ -206,6 +206,23 @@ async def test_a_pass_does_not_read_again_the_jobs_whose_removal_is_on_its_way(
     assert reads[0] == 0
 
 
+async def test_a_job_written_behind_the_cursor_is_sent_without_reading_the_jobs_in_flight(
+    h: Harness,
+) -> None:
+    # Given 100 forwarded jobs whose removal records have not come back yet
+    for i in range(100):
+        h.schedule(f"a{i:03d}", NOW + i)
+    await h.fire(NOW + 99)
+    reads = count_reads(h)
+    # When a job arrives that was due among them (e.g. after ingest lag), and one due later
+    h.schedule("late", NOW + 10)
+    h.schedule("next", NOW + 100)
+    await h.fire(NOW + 100)
+    # Then the pass sends both in due order and walks only from the cursor
+    assert h.forwarded_ids()[-2:] == [b"late", b"next"]
+    assert reads[0] == 1
+
+
 async def test_a_lost_removal_record_sends_the_jobs_again_at_once(h: Harness) -> None:
     h.schedule("a", NOW)
     h.schedule("b", NOW + 1)
