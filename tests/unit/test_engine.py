@@ -185,14 +185,18 @@ def count_reads(h: Harness) -> list[int]:
     return reads
 
 
-async def test_a_pass_does_not_read_again_the_jobs_whose_removal_is_on_its_way(
-    h: Harness,
-) -> None:
-    # Given 100 forwarded jobs whose removal records have not come back yet
+async def hundred_in_flight(h: Harness) -> list[int]:
+    """Given 100 forwarded jobs whose removal records have not come back yet: a read counter."""
     for i in range(100):
         h.schedule(f"a{i:03d}", NOW + i)
     await h.fire(NOW + 99)
-    reads = count_reads(h)
+    return count_reads(h)
+
+
+async def test_a_pass_does_not_read_again_the_jobs_whose_removal_is_on_its_way(
+    h: Harness,
+) -> None:
+    reads = await hundred_in_flight(h)
     # When the next job falls due
     h.schedule("next", NOW + 100)
     await h.fire(NOW + 100)
@@ -209,11 +213,7 @@ async def test_a_pass_does_not_read_again_the_jobs_whose_removal_is_on_its_way(
 async def test_a_job_written_behind_the_cursor_is_sent_without_reading_the_jobs_in_flight(
     h: Harness,
 ) -> None:
-    # Given 100 forwarded jobs whose removal records have not come back yet
-    for i in range(100):
-        h.schedule(f"a{i:03d}", NOW + i)
-    await h.fire(NOW + 99)
-    reads = count_reads(h)
+    reads = await hundred_in_flight(h)
     # When a job arrives that was due among them (e.g. after ingest lag), and one due later
     h.schedule("late", NOW + 10)
     h.schedule("next", NOW + 100)
