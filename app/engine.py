@@ -80,6 +80,8 @@ log = logging.getLogger(__name__)
 
 #: Beyond this many jobs written behind a partition's cursor, a pass walks from the earliest.
 _BEHIND_MAX = 1_000
+#: Event-loop turns the agent yields at most for a due pass to begin (it takes three).
+_YIELDS_TO_PASS = 8
 #: Retries of a failing forward are never spaced further apart than this.
 _MAX_BACKOFF_MS = 60_000
 
@@ -795,6 +797,23 @@ class Engine:
         _as_future(ack).add_done_callback(forget_on_failure)
 
     # -- the loop's sleep --------------------------------------------------------------------
+
+    async def yield_to_due_pass(self) -> None:
+        """If a pass is due, let it run first (the agent calls this between commands).
+
+        The agent applies a batch without awaiting anything real, so the loop would otherwise
+        fire only after the whole batch: every job due meanwhile late by that much.
+        """
+        planned = self._planned_wake_ms
+        if planned is None:  # a pass runs, or the loop is not sleeping
+            return
+        if not self._wake.is_set() and now_ms() < planned:
+            return
+        self._wake.set()
+        for _ in range(_YIELDS_TO_PASS):
+            await asyncio.sleep(0)
+            if self._planned_wake_ms is None:  # the pass has begun (and collected its jobs)
+                return
 
     async def sleep_until(self, wake_ms: int) -> None:
         """Sleep until ``wake_ms`` or until the agent schedules a job due earlier."""

@@ -15,7 +15,7 @@ import pytest
 from rocksdict import Options, Rdict
 
 from app.engine import Engine, EngineConfig
-from app.jobs import FENCE_PREFIX, Job, decode_fired
+from app.jobs import FENCE_PREFIX, Job, JobStatus, decode_fired
 from app.times import now_ms
 from tables.keys import due_key
 from tables.store import PartitionDB, PartitionStore
@@ -374,6 +374,28 @@ async def test_a_schedule_earlier_than_the_planned_wake_interrupts_the_sleep(h: 
     assert not sleeper.done()
     h.schedule("soon", now + 10)
     await asyncio.wait_for(sleeper, 5)
+
+
+async def test_the_agent_lets_a_due_pass_run_before_it_applies_more_commands(
+    h: Harness,
+) -> None:
+    # Given the loop asleep until a far wake-up
+    h.schedule("far", now_ms() + 60_000)
+    await h.fire(now_ms())
+
+    async def one_pass() -> None:
+        await h.engine.sleep_until(now_ms() + 60_000)
+        await h.engine.fire_due(now_ms(), sorted(h.dbs))
+
+    loop_pass = asyncio.create_task(one_pass())
+    await asyncio.sleep(0)
+    # When the agent, amid a batch, schedules a job that is due already
+    job = h.schedule("due", now_ms() - 1)
+    await h.engine.yield_to_due_pass()
+    # Then the pass has taken it (in flight) before the agent goes on
+    assert h.engine.status(0, job) is JobStatus.IN_FLIGHT
+    await loop_pass
+    assert h.forwarded_ids() == [b"due"]
 
 
 async def test_an_oversized_forward_is_dead_lettered_without_retries(tmp_path: Path) -> None:
