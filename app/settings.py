@@ -154,6 +154,15 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
     ssl_keyfile: Path | None = None
 
+    # -- Recovery ------------------------------------------------------------------------------
+    bulk_restore_min_records: int = Field(
+        1_000,
+        ge=0,
+        description="A changelog partition with at least this many records left to recover is "
+        "read in bulk (tables/restore.py) before Faust replays the rest record by record; "
+        "0 turns the bulk restore off.",
+    )
+
     @field_validator("ingest_topic", "dead_letter_topic", "fired_topic")
     @classmethod
     def _topic_name(cls, value: str) -> str:

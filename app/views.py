@@ -23,6 +23,7 @@ from app.metrics import CONTENT_TYPE_LATEST, registry_for, render
 from app.runtime import active_partitions, engine
 from app.service import app, settings
 from tables.jobs import jobs_table
+from tables.restore import standby_lag
 
 __all__ = [
     "compat_add",
@@ -168,6 +169,10 @@ class health(View):
             "standby_partitions": _standby_partitions() if ready else [],
             "next_wake_ms": engine.next_wake_ms,
         }
+        if ready:
+            # {partition: changelog records not yet read by the standby copy}; null if unknown.
+            lag = await standby_lag(app, jobs_table)
+            body["standby_lag"] = None if lag is None else {str(p): n for p, n in lag.items()}
         return self.json(
             body, status=200 if ready else 503, headers=None if ready else {"Retry-After": "1"}
         )

@@ -7,8 +7,8 @@
   The worker holding the pending jobs is SIGKILLed and restarted (data directory kept, then
   wiped); the figure is the time from the kill until every partition forwards a probe due after
   the kill again. Fail-over: a second worker joins (it takes half the partitions and keeps
-  standby copies of the rest); once its CPU is idle (standbys caught up) the first worker is
-  SIGKILLed: time until each of its partitions forwards again, now from the second worker.
+  standby copies of the rest); once its standbys are caught up (``standby_lag`` in /health) the
+  first worker is SIGKILLed: time until each of its partitions forwards again, now from the second worker.
 """
 
 from __future__ import annotations
@@ -194,19 +194,50 @@ async def _wait_cpu_idle(worker: DelayqWorker, timeout_s: float, idle: float = 0
     return time.monotonic() - started
 
 
+#: A standby this close to the changelog's end is caught up: the probes alone add ~50 records/s.
+CAUGHT_UP_LAG = 200
+
+
+async def _wait_standby_caught_up(worker: DelayqWorker, timeout_s: float) -> tuple[float, Any]:
+    """Wait until every standby partition of ``worker`` lags by at most :data:`CAUGHT_UP_LAG`
+    records, twice in a row, 1 s apart; (seconds waited, the last lag seen).
+
+    A CPU-idle worker is not proof: a standby that stopped fetching is idle too. Without a
+    ``standby_lag`` field (an older worker) this falls back to waiting for an idle CPU.
+    """
+    started = time.monotonic()
+    lag: Any = None
+    good = 0
+    while good < 2 and time.monotonic() - started < timeout_s:
+        lag = worker.health().get("standby_lag", "missing")
+        if lag == "missing":
+            return await _wait_cpu_idle(worker, timeout_s), lag
+        ok = isinstance(lag, dict) and all(n <= CAUGHT_UP_LAG for n in lag.values())
+        good = good + 1 if ok else 0
+        if good < 2:
+            await asyncio.sleep(1)
+    return time.monotonic() - started, lag
+
+
 async def _failover(r: Runner, c: Delayq, prober: Prober, timeout_s: float) -> dict[str, Any]:
     first = c.worker_procs[0]
     standby = await c.add_worker("w1", timeout=timeout_s)
     await c.wait_balanced(timeout=timeout_s)
-    waited = await _wait_cpu_idle(standby, timeout_s)
+    waited, lag = await _wait_standby_caught_up(standby, timeout_s)
     active = sorted(first.health().get("active_partitions", []))
     standby_parts = sorted(standby.health().get("standby_partitions", []))
-    r.log("recovery", c.name, f"standby idle after {waited:.0f}s; SIGKILL worker with {active}")
+    r.log(
+        "recovery",
+        c.name,
+        f"standby caught up after {waited:.0f}s (lag {lag}); SIGKILL worker with {active}",
+    )
     kill_ms = round(first.kill() * 1000)
     c.procs.remove(first)
     fires = await prober.wait_fires(kill_ms, active, timeout_s)
     out = _fired_figures(kill_ms, fires, active)
     out["standby_held"] = [p for p in active if p in standby_parts]
+    out["standby_wait_s"] = round(waited, 1)
+    out["standby_lag_at_kill"] = lag
     r.log("recovery", c.name, f"fail-over: all firing {out['kill_to_all_firing_ms']} ms after kill")
     return out
 

@@ -10,13 +10,18 @@ from typing import Any
 
 from app import names
 from app.service import app, settings
+from tables.restore import ChangelogRestorer, RestoringTableManager
 from tables.store import PartitionStore
 
 __all__ = ["jobs_store", "jobs_table"]
 
 
 async def _index_restored(event: Any) -> None:
-    """Rebuild the local id index from each changelog record Faust replays into the table."""
+    """Rebuild the local id index from each changelog record Faust replays into the table.
+
+    Faust replays what the bulk restore (tables.restore) left: the last records of a recovery,
+    and standby partitions while they follow the changelog.
+    """
     message = event.message
     jobs_store.index_restored(message.partition, message.key, message.value)
 
@@ -29,6 +34,12 @@ _ROCKSDB_OPTIONS = {
     "block_cache_size": 4 * 1024**2,
 }
 
+# The bulk restore needs Faust's recovery to go through RestoringTableManager, which must be in
+# place before the first table creates app.tables.
+if "tables" in app.__dict__ and not isinstance(app.tables, RestoringTableManager):
+    raise RuntimeError("app.tables was created before tables.jobs could install its manager")
+app.conf.TableManager = RestoringTableManager  # type: ignore[assignment]  # (a Symbol setting)
+
 jobs_table: Any = app.Table(
     names.JOBS_TABLE,
     key_type=bytes,
@@ -39,3 +50,19 @@ jobs_table: Any = app.Table(
 )
 
 jobs_store = PartitionStore.for_faust_table(jobs_table, app)
+
+
+def _consumer_options() -> dict[str, Any]:
+    return {"bootstrap_servers": settings.bootstrap_servers, **settings.kafka_client_options()}
+
+
+_manager = app.tables
+assert isinstance(_manager, RestoringTableManager)
+_manager.add_restorer(
+    jobs_table,
+    ChangelogRestorer(
+        _consumer_options,
+        jobs_store.apply_restored,
+        min_records=settings.bulk_restore_min_records,
+    ),
+)

@@ -25,6 +25,7 @@ __all__ = [
     "due_prefix",
     "encode_due_ms",
     "id_key",
+    "index_entry",
     "split_due_key",
 ]
 
@@ -71,3 +72,8 @@ def split_due_key(key: bytes) -> tuple[int, bytes]:
 def id_key(job_id: bytes) -> bytes:
     """The id-index key of a job."""
     return ID_PREFIX + job_id
+
+
+def index_entry(key: bytes) -> tuple[bytes, bytes]:
+    """``(id_key, be64(due_ms))``: the id-index entry that the due key ``key`` implies."""
+    return ID_PREFIX + key[9:], key[1:9]

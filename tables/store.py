@@ -29,12 +29,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from typing import Any, Protocol
 
-from rocksdict import ReadOptions
+from rocksdict import ReadOptions, WriteBatch
 
-from tables.keys import DUE_PREFIX, encode_due_ms, id_key, split_due_key
+from tables.keys import DUE_PREFIX, index_entry
 
 __all__ = ["ChangelogSend", "PartitionDB", "PartitionStore"]
 
@@ -49,6 +49,7 @@ class PartitionDB(Protocol):
     def put(self, key: bytes, value: bytes) -> None: ...
     def delete(self, key: bytes) -> None: ...
     def iter(self, options: Any) -> Any: ...
+    def write(self, batch: WriteBatch) -> None: ...
 
 
 #: ``(partition, key, value_or_None)`` -> awaitable enqueue returning the ack future.
@@ -57,6 +58,8 @@ ChangelogSend = Callable[[int, bytes, bytes | None], Awaitable[Awaitable[Any]]]
 PersistedOffset = Callable[[int, int], None]
 #: Called with the error when the producer gave up on a changelog record.
 ChangelogFailed = Callable[[BaseException], None]
+#: ``offset`` -> the ``(key, value)`` that records it as the database's persisted changelog offset.
+OffsetEntry = Callable[[int], tuple[bytes, bytes]]
 
 
 class PartitionStore:
@@ -69,6 +72,7 @@ class PartitionStore:
         send_changelog: ChangelogSend,
         persisted: PersistedOffset | None = None,
         failed: ChangelogFailed | None = None,
+        offset_entry: OffsetEntry | None = None,
     ) -> None:
         #: Called each time: Faust creates the store lazily and drops revoked partitions.
         self._dbs = dbs
@@ -76,6 +80,7 @@ class PartitionStore:
         self._send_changelog = send_changelog
         self._persisted = persisted
         self._failed = failed
+        self._offset_entry = offset_entry
         self._pending: list[tuple[int, bytes, bytes | None]] = []
 
     @classmethod
@@ -104,12 +109,19 @@ class PartitionStore:
             _crashes.add(crash)  # keep a reference until it ran
             crash.add_done_callback(_crashes.discard)
 
+        def offset_entry(offset: int) -> tuple[bytes, bytes]:
+            # Faust's own encoding (stores/rocksdb.py set_persisted_offset), so that its
+            # recovery reads the offset a bulk restore wrote.
+            key: bytes = table.data.offset_key
+            return key, str(offset).encode()
+
         return cls(
             lambda: table.data._dbs,
             lambda partition: table.data._db_for_partition(partition),
             send,
             persisted,
             failed,
+            offset_entry,
         )
 
     def has_partition(self, partition: int) -> bool:
@@ -184,12 +196,46 @@ class PartitionStore:
         """Keep the id index in step with a due-key record replayed from the changelog."""
         if not key.startswith(DUE_PREFIX):
             return
-        due_ms, job_id = split_due_key(key)
-        due = encode_due_ms(due_ms)
+        index_key, due = index_entry(key)
         if value is not None:
-            self.put_local(partition, id_key(job_id), due)
-        elif self.get(partition, id_key(job_id)) == due:
-            self.delete_local(partition, id_key(job_id))
+            self.put_local(partition, index_key, due)
+        elif self.get(partition, index_key) == due:
+            self.delete_local(partition, index_key)
+
+    def apply_restored(
+        self, partition: int, records: Iterable[tuple[bytes, bytes | None]], offset: int
+    ) -> bool:
+        """Apply changelog records (in offset order) up to ``offset`` in one atomic write.
+
+        The bulk form of Faust's replay plus :meth:`index_restored`: the records, their id-index
+        changes and the persisted offset go into one write batch, so a crash leaves the database
+        at a consistent offset. False (nothing written) if the partition's database is not open:
+        it was revoked, and must not be reopened here.
+        """
+        assert self._offset_entry is not None, "no persisted-offset encoding configured"
+        db = self._dbs().get(partition)
+        if db is None:
+            return False
+        batch = WriteBatch(raw_mode=True)
+        # Id-index values written by this batch (None: deleted), which db.get cannot see yet.
+        index: dict[bytes, bytes | None] = {}
+        for key, value in records:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+            if not key.startswith(DUE_PREFIX):
+                continue
+            index_key, due = index_entry(key)
+            if value is not None:
+                batch.put(index_key, due)
+                index[index_key] = due
+            elif (index[index_key] if index_key in index else db.get(index_key)) == due:
+                batch.delete(index_key)
+                index[index_key] = None
+        batch.put(*self._offset_entry(offset))
+        db.write(batch)
+        return True
 
     def scan(
         self, partition: int, start: bytes, stop: bytes, *, values: bool = True

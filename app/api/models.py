@@ -585,6 +585,12 @@ class HealthOut(BaseModel):
     active_partitions: list[int]
     standby_partitions: list[int]
     next_wake_ms: int | None
+    standby_lag: dict[str, int] | None = Field(
+        None,
+        description="Per standby partition: changelog records its standby copy has not read "
+        "yet (0: a fail-over has nothing to replay); null if the broker did not answer. Only "
+        "when ready.",
+    )
 
 
 # --- go-delayqueue compatibility ----------------------------------------------------------------

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.times import now_ms
 from tests.conftest import WorkerFactory
-from tests.support import Kafka, Namespace, by_job_id, headers_of, schedule_headers, wait_for
+from tests.support import (
+    WAIT_S,
+    Kafka,
+    Namespace,
+    by_job_id,
+    headers_of,
+    schedule_headers,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +40,21 @@ async def changelog_holds(kafka: Kafka, ns: Namespace, records: int) -> None:
     changelog = f"{ns.app_id}-jobs-changelog"
     seen = await kafka.collect([changelog], lambda rs: len(rs) >= records)
     assert len(seen) >= records
+
+
+async def ingest_committed(kafka: Kafka, ns: Namespace, commands: int) -> None:
+    """Wait until the worker committed ``commands`` ingest offsets: Faust commits only once the
+    changelog holds their changes, so a restart then finds everything in the changelog."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=ns.app_id)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(ns.ingest, p) for p in range(ns.partitions)]
+        deadline = time.monotonic() + WAIT_S
+        while sum([await consumer.committed(tp) or 0 for tp in tps]) < commands:
+            assert time.monotonic() < deadline, "ingest offsets not committed in time"
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
 
 
 async def assert_all_forwarded_once_or_more_never_early(
@@ -109,3 +135,36 @@ async def test_two_workers_split_the_partitions_and_fire_every_job(
     due = now_ms() + 500
     later = await schedule_jobs(kafka, ns, "after-failover", due)
     await assert_all_forwarded_once_or_more_never_early(kafka, ns, later, due)
+
+
+async def test_a_wiped_worker_restored_in_bulk_finds_replaces_and_cancels_by_id(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+) -> None:
+    # Given a worker (bulk restore on for any size) holding jobs due in an hour, each replaced
+    # once, so that the changelog holds deleted due keys too
+    bulk = {"DELAYQ_BULK_RESTORE_MIN_RECORDS": "1"}
+    worker = start_worker(**bulk)
+    far = now_ms() + 3_600_000
+    ids = await schedule_jobs(kafka, ns, "held", far - 60_000)
+    await schedule_jobs(kafka, ns, "held", far)
+    await ingest_committed(kafka, ns, 2 * JOBS)
+    # When it is SIGKILLed and started again with its data directory wiped
+    worker.kill()
+    shutil.rmtree(worker.data_dir)
+    restarted = start_worker(data_dir=worker.data_dir, **bulk)
+    # Then its changelog was read in bulk (no command is applied again), and it holds each job once
+    assert "bulk restore of" in restarted.log_since_start()
+    assert restarted.get_json("/stats")["counters"]["scheduled"] == 0
+    wait_for(lambda: restarted.get_json("/stats").get("pending") == JOBS, "the jobs restored")
+    # And its id index came back: half the jobs cancelled, the rest replaced to fall due now,
+    # leave nothing pending (a lost index would leave the old due keys behind)
+    cancelled, moved = ids[::2], ids[1::2]
+    await kafka.send_many(ns.ingest, [(job_id, None, []) for job_id in cancelled])
+    due = now_ms() + 500
+    await kafka.send_many(
+        ns.ingest, [(job_id, job_id, schedule_headers(ns.target(), due_ms=due)) for job_id in moved]
+    )
+    await assert_all_forwarded_once_or_more_never_early(kafka, ns, moved, due)
+    wait_for(lambda: restarted.get_json("/stats").get("pending") == 0, "nothing left pending")
+    forwarded = by_job_id(await kafka.collect([ns.target()], lambda rs: True, timeout=1))
+    assert not set(cancelled) & set(forwarded)
