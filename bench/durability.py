@@ -8,7 +8,8 @@
   wiped); the figure is the time from the kill until every partition forwards a probe due after
   the kill again. Fail-over: a second worker joins (it takes half the partitions and keeps
   standby copies of the rest); once its standbys are caught up (``standby_lag`` in /health) the
-  first worker is SIGKILLed: time until each of its partitions forwards again, now from the second worker.
+  first worker is SIGKILLed: time until each of its partitions forwards again, now from the
+  second worker.
 """
 
 from __future__ import annotations
