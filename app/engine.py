@@ -458,10 +458,11 @@ class Engine:
     # -- firing --------------------------------------------------------------------------
 
     async def fire_due(self, now: int, active: Sequence[int]) -> int:
-        """Forward every job due at ``now`` in the ``active`` partitions; return the next wake.
+        """Send every job due at ``now`` in the ``active`` partitions; return the next wake.
 
-        The return value is the epoch ms at which something may next be due (``now`` when a
-        batch was full and more is due already).
+        The acks are awaited in the background (:meth:`_settle`; :meth:`settled` waits for
+        them). The return value is the epoch ms at which something may next be due (``now``
+        when a batch was full and more is due already).
         """
         self._planned_wake_ms = None
         self._wake.clear()
