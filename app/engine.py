@@ -67,6 +67,7 @@ from tables.keys import (
     ID_PREFIX,
     decode_due_ms,
     due_key,
+    due_of,
     due_prefix,
     encode_due_ms,
     id_key,
@@ -369,7 +370,7 @@ class Engine:
                     if budget == 0:
                         return counts, False
                     budget -= 1
-                    counts[(decode_due_ms(key[1:9]) - start_ms) // bucket_ms] += 1
+                    counts[(due_of(key) - start_ms) // bucket_ms] += 1
             finally:
                 scan.close()
         return counts, True
@@ -380,7 +381,7 @@ class Engine:
         return JobStatus.IN_FLIGHT if flight and flight[0] == job.version else JobStatus.PENDING
 
     def _note_due(self, state: _PartitionState, key: bytes) -> None:
-        due_ms = decode_due_ms(key[1:9])
+        due_ms = due_of(key)
         if due_ms < state.watermark_ms:
             state.watermark_ms = due_ms
         self._put_behind(state, key)
@@ -525,12 +526,12 @@ class Engine:
         from_front = state.cursor <= due_prefix(state.watermark_ms)
         first_due = self._scan_due(partition, state, now, batch)
         if state.behind:
-            state.next_due_ms = min(state.next_due_ms, *(_due_of(key) for key in state.behind))
+            state.next_due_ms = min(state.next_due_ms, *(due_of(key) for key in state.behind))
         if from_front:
             front = now if first_due is None else first_due
-            state.watermark_ms = min([front, *(_due_of(key) for key in state.behind)])
+            state.watermark_ms = min([front, *(due_of(key) for key in state.behind)])
         elif not state.in_flight and not state.retry_at and not state.behind:
-            state.watermark_ms = _due_of(state.cursor) if len(state.cursor) > 1 else 0
+            state.watermark_ms = due_of(state.cursor) if len(state.cursor) > 1 else 0
         if len(batch) >= self.config.fire_batch_max:
             return batch, now
         return batch, min(idle_wake, state.next_due_ms, state.recheck_ms or idle_wake)
@@ -546,7 +547,7 @@ class Engine:
             for key, raw in scan:
                 if len(batch) >= self.config.fire_batch_max:
                     break
-                due_ms = _due_of(key)
+                due_ms = due_of(key)
                 if first_due is None:
                     first_due = due_ms
                 if due_ms > now:
@@ -554,14 +555,11 @@ class Engine:
                     state.next_due_ms = due_ms
                     break
                 cursor = key + b"\0"
-                flight = state.in_flight.get(key)
-                retry = state.retry_at.get(key)
-                if flight is not None and flight[1] > now:
-                    self._recheck(state, flight[1])
-                elif retry is not None and retry > now:
-                    self._recheck(state, retry)
-                else:
+                waits_until = _waits_until(state, key, now)
+                if waits_until is None:
                     batch.append(_Forward(partition, key, decode_job(raw)))
+                else:
+                    self._recheck(state, waits_until)
             else:  # nothing after the cursor: only a write (which lowers this) makes work
                 state.next_due_ms = MAX_DUE_MS
         finally:
@@ -575,17 +573,14 @@ class Engine:
         """Add the due jobs among those written behind the cursor to ``batch``."""
         keep: set[bytes] = set()
         for key in sorted(state.behind):
-            if _due_of(key) > now or len(batch) >= self.config.fire_batch_max:
+            if due_of(key) > now or len(batch) >= self.config.fire_batch_max:
                 keep.add(key)
                 continue
             raw = self.store.get(partition, key)
             if raw is None:
                 continue  # cancelled, replaced or removed since
-            flight = state.in_flight.get(key)
-            retry = state.retry_at.get(key)
-            if (flight is not None and flight[1] > now) or (retry is not None and retry > now):
-                continue  # in flight again, or waiting for its retry (a recheck covers both)
-            batch.append(_Forward(partition, key, decode_job(raw)))
+            if _waits_until(state, key, now) is None:  # else a recheck covers it
+                batch.append(_Forward(partition, key, decode_job(raw)))
         state.behind = keep
 
     @staticmethod
@@ -604,7 +599,7 @@ class Engine:
         """A job at ``key`` may be due and is not in flight: make sure a pass looks at it."""
         if key < state.cursor:
             state.behind.add(key)
-        state.next_due_ms = min(state.next_due_ms, _due_of(key))
+        state.next_due_ms = min(state.next_due_ms, due_of(key))
 
     async def _send(self, forwards: list[_Forward], now: int) -> None:
         """Mark the forwards in flight and hand them to the producer, each target in due order."""
@@ -838,8 +833,15 @@ class Engine:
         return self._next_wake_ms
 
 
-def _due_of(key: bytes) -> int:
-    return decode_due_ms(key[1:9])
+def _waits_until(state: _PartitionState, key: bytes, now: int) -> int | None:
+    """When the job at ``key`` may be sent: None if now, else the end of its flight or backoff."""
+    flight = state.in_flight.get(key)
+    if flight is not None and flight[1] > now:
+        return flight[1]
+    retry = state.retry_at.get(key)
+    if retry is not None and retry > now:
+        return retry
+    return None
 
 
 def _as_future(awaitable: Awaitable[Any]) -> asyncio.Future[Any]:

@@ -343,6 +343,18 @@ class Book:
         return out
 
 
+def _reader(bootstrap: str) -> AIOKafkaConsumer:
+    """A group-less consumer for reading topics back (started by the caller)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        request_timeout_ms=60_000,
+    )
+
+
 async def read_to_end(
     bootstrap: str,
     topics: list[str],
@@ -355,14 +367,7 @@ async def read_to_end(
     The end offsets are correct on Tansu only with ``app.tansu_compat`` installed.
     ``partitions``: only these partitions of each topic. Returns the number of records read.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        fetch_max_wait_ms=100,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        request_timeout_ms=60_000,
-    )
+    consumer = _reader(bootstrap)
     await consumer.start()
     count = 0
     try:
@@ -409,14 +414,7 @@ class Follower:
         self.read = 0
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
-            fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            request_timeout_ms=60_000,
-        )
+        consumer = _reader(self._bootstrap)
         await consumer.start()
         await consumer.topics()
         tps = [

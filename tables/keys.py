@@ -22,6 +22,7 @@ __all__ = [
     "ID_PREFIX",
     "decode_due_ms",
     "due_key",
+    "due_of",
     "due_prefix",
     "encode_due_ms",
     "id_key",
@@ -61,6 +62,12 @@ def due_prefix(due_ms: int) -> bytes:
 def due_key(due_ms: int, job_id: bytes) -> bytes:
     """The due-index key of a job."""
     return DUE_PREFIX + _U64.pack(due_ms) + job_id
+
+
+def due_of(key: bytes) -> int:
+    """The due time of a due-index key (also of a :func:`due_prefix`)."""
+    value: int = _U64.unpack_from(key, 1)[0]
+    return value
 
 
 def split_due_key(key: bytes) -> tuple[int, bytes]:
