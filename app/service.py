@@ -10,8 +10,11 @@ import sys
 from typing import Any
 
 import faust
+from faust.transport import by_url as transport_by_url
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from app import tansu_compat
+from app import transport as batch_transport
 from app.errors import SettingsError
 from app.settings import Settings, load_settings
 
@@ -72,7 +75,16 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
-app = faust.App(
+class DelayqApp(faust.App):
+    """Faust's App with a cheaper fetcher-to-stream hand-off on Kafka (app/transport.py)."""
+
+    def _new_transport(self) -> Any:
+        if transport_by_url(self.conf.broker_consumer[0]) is faust_aiokafka.Transport:
+            return batch_transport.Transport(self.conf.broker_consumer, self)
+        return super()._new_transport()
+
+
+app = DelayqApp(
     settings.app_id,
     broker=settings.broker_url,
     broker_credentials=_credentials(settings),

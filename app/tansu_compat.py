@@ -16,12 +16,19 @@ the high watermark. Faust's table recovery reads the changelog end offsets throu
 ``AIOKafkaConsumer.end_offsets()`` -> ``Fetcher.end_offsets()`` -> ``_retrieve_offsets()`` ->
 ``_proc_offset_requests()`` -> ``Fetcher._proc_offset_request()`` (one ListOffsets request to one
 node), so recovery stops short of the last records of a multi-record batch (lost keys) or fails
-with ``ConsistencyError``. A Fetch response's high watermark is correct: :func:`install` patches
-``Fetcher._proc_offset_request`` so that for LATEST lookups it also fetches (at most one batch,
-from the newest batch that ListOffsets pointed at) and answers with the Fetch's high watermark.
-Patching there keeps aiokafka's leader routing, retries (retriable errors raised here are
-retried by ``_retrieve_offsets``) and ``request_timeout_ms``; EARLIEST and by-timestamp lookups
-are untouched. Also corrected as a side effect: ``seek_to_end()`` and ``auto_offset_reset=latest``.
+with ``ConsistencyError``. A Fetch response's high watermark is correct.
+
+Quirk 6 - ListOffsets, and a Fetch at a stored offset, walk the partition's record batches: on a
+changelog partition of 50k batches each took ~30 ms (/tmp script, 250k records in batches of 5),
+and at 1M pending jobs Faust's two lookups at every start cost ~0.6 and ~0.8 s. A Fetch at an
+offset past the end is answered at once (~2 ms), with no error, the high watermark and the log
+start offset.
+
+:func:`install` patches ``Fetcher._proc_offset_request`` so that EARLIEST and LATEST lookups are
+answered from one such Fetch (log start offset, high watermark); lookups by timestamp still go
+to ListOffsets. Patching there keeps aiokafka's leader routing, retries (retriable errors raised
+here are retried by ``_retrieve_offsets``) and ``request_timeout_ms``. Also corrected as a side
+effect: ``seek_to_end()`` and ``auto_offset_reset=latest``.
 
 Quirk 5 - a pending Fetch is answered no sooner than half its ``max_wait_ms`` even when records
 arrive at once (Kafka answers as soon as ``fetch_min_bytes`` are there; measured: max_wait 2000 ms,
@@ -56,9 +63,12 @@ SESSION_TIMEOUT_S = 2.0
 HEARTBEAT_INTERVAL_S = 0.5
 
 _LATEST = -1  # aiokafka's OffsetResetStrategy.LATEST, the ListOffsets "latest" timestamp
-# Tansu answers a Fetch with max_wait_ms=0 with no partitions at all; 100 ms is only waited
-# when every partition asked about is empty.
-_FETCH_MAX_WAIT_MS = 100
+_EARLIEST = -2  # OffsetResetStrategy.EARLIEST
+#: An offset past the end of every partition (quirk 6).
+_PAST_THE_END = 2**62
+# Tansu answers a Fetch with max_wait_ms=0 with no partitions at all; a Fetch past the end
+# waits all of max_wait_ms.
+_FETCH_MAX_WAIT_MS = 10
 _PATCH_MARK = "_delayq_tansu_compat"
 #: Quirk 5: the longest a consumer's Fetch may be held (Tansu holds it this long every time).
 CONSUMER_FETCH_MAX_WAIT_MS = 100
@@ -114,40 +124,66 @@ def is_tansu(bootstrap_servers: str, timeout: float = 5.0) -> bool:
 
 
 async def _proc_offset_request(self: Any, node_id: int, topic_data: Any) -> Any:
-    """``Fetcher._proc_offset_request`` with LATEST offsets replaced by Fetch high watermarks."""
-    from aiokafka import errors
-    from aiokafka.protocol.fetch import FetchRequest
-    from aiokafka.structs import TopicPartition
+    """``Fetcher._proc_offset_request`` answering EARLIEST and LATEST from one Fetch (quirks 2, 6).
 
-    offsets: dict[Any, tuple[int, Any]] = await _original(self, node_id, topic_data)
-    wanted: defaultdict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    Lookups by timestamp still go to ListOffsets.
+    """
+    by_fetch: defaultdict[str, list[int]] = defaultdict(list)
+    by_timestamp: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
     for topic, partitions in topic_data.items():
         for partition, timestamp in partitions:
-            tp = TopicPartition(topic, partition)
-            if timestamp == _LATEST and tp in offsets:
-                # Fetch from the newest batch (max_bytes=1: the broker still returns one batch).
-                wanted[topic].append((partition, max(offsets[tp][0] - 1, 0), 1))
-    if not wanted:
-        return offsets
-    request = FetchRequest(_FETCH_MAX_WAIT_MS, 1, 1, self._isolation_level, list(wanted.items()))
-    response = await self._client.send(node_id, request)
-    answered: set[Any] = set()
-    for topic, partitions in response.topics:
-        for partition, error_code, highwater, *rest in partitions:
-            tp = TopicPartition(topic, partition)
-            error = errors.for_code(error_code)
-            if error is errors.OffsetOutOfRangeError:  # empty log after retention: keep answer
-                answered.add(tp)
-            elif error is not errors.NoError:
-                raise error(tp)
-            else:  # read_committed implies Fetch v4+, whose first extra field is the LSO
-                end = rest[0] if self._isolation_level else highwater
-                offsets[tp] = (end, offsets[tp][1])
-                answered.add(tp)
-    missing = {TopicPartition(t, p[0]) for t, ps in wanted.items() for p in ps} - answered
-    if missing:  # retriable: aiokafka retries until request_timeout_ms
-        raise errors.RequestTimedOutError(f"no high watermark in Fetch response for {missing}")
+            if timestamp in (_EARLIEST, _LATEST):
+                by_fetch[topic].append(partition)
+            else:
+                by_timestamp[topic].append((partition, timestamp))
+    offsets: dict[Any, tuple[int, Any]] = {}
+    if by_timestamp:
+        offsets.update(await _original(self, node_id, by_timestamp))
+    if by_fetch:
+        ends = await _fetch_ends(self, node_id, by_fetch)
+        for topic, partitions in topic_data.items():
+            for partition, timestamp in partitions:
+                tp = (topic, partition)
+                if timestamp == _EARLIEST:
+                    offsets[_tp(tp)] = (ends[tp][0], -1)
+                elif timestamp == _LATEST:
+                    offsets[_tp(tp)] = (ends[tp][1], -1)
     return offsets
+
+
+def _tp(tp: tuple[str, int]) -> Any:
+    from aiokafka.structs import TopicPartition
+
+    return TopicPartition(*tp)
+
+
+async def _fetch_ends(
+    fetcher: Any, node_id: int, partitions: dict[str, list[int]]
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """(log start, end) of each partition, from one Fetch past the end of every one of them.
+
+    The end is the high watermark, or the last stable offset when reading committed.
+    """
+    from aiokafka import errors
+    from aiokafka.protocol.fetch import FetchRequest
+
+    wanted = [(topic, [(p, _PAST_THE_END, 1) for p in ps]) for topic, ps in partitions.items()]
+    request = FetchRequest(_FETCH_MAX_WAIT_MS, 1, 1, fetcher._isolation_level, wanted)
+    response = await fetcher._client.send(node_id, request)
+    ends: dict[tuple[str, int], tuple[int, int]] = {}
+    for topic, answers in response.topics:
+        for partition, error_code, highwater, *rest in answers:
+            error = errors.for_code(error_code)
+            if error is not errors.NoError:
+                raise error(_tp((topic, partition)))
+            # Fetch v4+ carries the last stable offset, v5+ the log start offset.
+            end = rest[0] if fetcher._isolation_level else highwater
+            log_start = rest[1] if response.API_VERSION >= 5 else 0  # nothing is ever deleted
+            ends[(topic, partition)] = (log_start, end)
+    missing = {(t, p) for t, ps in partitions.items() for p in ps} - ends.keys()
+    if missing:  # retriable: aiokafka retries until request_timeout_ms
+        raise errors.RequestTimedOutError(f"no offsets in Fetch response for {missing}")
+    return ends
 
 
 _original: Any = None  # the unpatched Fetcher._proc_offset_request, once install() ran
@@ -164,7 +200,7 @@ def _fetcher_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def install() -> None:
-    """Correct LATEST offset lookups (quirk 2) and cap fetch waits (quirk 5) process-wide.
+    """Answer offset lookups from a Fetch (quirks 2, 6), cap fetch waits (quirk 5), process-wide.
 
     Idempotent. Tansu only.
     """

@@ -119,6 +119,17 @@ async def test_fetch_high_watermark_is_correct(consumer: Any) -> None:
     assert highwaters == {0: (0, TRUE_END), 1: (0, 0)}
 
 
+async def test_fetch_past_the_end_answers_high_watermark_and_log_start(consumer: Any) -> None:
+    """What the workaround for quirk 6 relies on: no error, and both offsets it looks up."""
+    node = await _leader(consumer, P0)
+    far = tansu_compat._PAST_THE_END
+    request = FetchRequest(10, 1, 1, 0, [(TOPIC, [(0, far, 1), (1, far, 1)])])
+    response = await consumer._client.send(node, request)
+    assert response.API_VERSION >= 5  # carries log_start_offset
+    answers = {p: (err, hw, rest[1]) for _, parts in response.topics for p, err, hw, *rest in parts}
+    assert answers == {0: (0, TRUE_END, 0), 1: (0, 0, 0)}
+
+
 async def test_unpatched_end_offsets_miss_the_newest_batch(unpatched: None, consumer: Any) -> None:
     end = await consumer.end_offsets([P0, P1])
     assert end[P0] < TRUE_END, "Tansu fixed ListOffsets? see module doc"
@@ -134,11 +145,19 @@ async def test_install_corrects_end_offsets(consumer: Any) -> None:
 
     assert await consumer.end_offsets([P0, P1]) == {P0: TRUE_END, P1: 0}
     assert await consumer.end_offsets([P0]) == {P0: TRUE_END}
-    assert await consumer.end_offsets([P1]) == {P1: 0}  # only empty partitions: waits 100 ms
-    assert await consumer.beginning_offsets([P0, P1]) == {P0: 0, P1: 0}  # untouched
+    assert await consumer.end_offsets([P1]) == {P1: 0}
+    assert await consumer.beginning_offsets([P0, P1]) == {P0: 0, P1: 0}
     consumer.assign([P0])
     await consumer.seek_to_end(P0)
     assert await consumer.position(P0) == TRUE_END
+    await consumer.seek_to_beginning(P0)
+    assert await consumer.position(P0) == 0
+
+
+async def test_install_leaves_lookups_by_timestamp_to_list_offsets(consumer: Any) -> None:
+    tansu_compat.install()
+    found = await consumer.offsets_for_times({P0: 0})
+    assert found[P0] is not None and found[P0].offset == 0
 
 
 # --- detection ----------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""Faust's aiokafka transport with a cheaper hand-off from the fetcher to the streams.
+
+Faust's ``Consumer._drain_messages`` hands every fetched record to the streams through
+``Service.wait_first(callback(message), suspend_flow.wait())``: four tasks and an
+``asyncio.wait`` per record, so that a rebalance (``suspend_flow``) can cancel a hand-off
+blocked on a full stream buffer. Per record, that cost more than applying the command.
+
+:class:`BatchDrainingConsumer` keeps that guarantee per fetch instead of per record: one task
+hands over every record of one ``getmany`` in order, and a rebalance cancels that task. Per
+record it does what Faust does (gap bookkeeping, commit cadence, read offsets, a yield to the
+loop every 100 records); records after a cancelled one are not handed over, as in Faust, whose
+``getmany`` stops at the first record after the flow stopped. Works the same on any Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+__all__ = ["BatchDrainingConsumer", "Transport"]
+
+#: Records handed over between two yields to the event loop (Faust's figure).
+_YIELD_EVERY = 100
+
+
+class BatchDrainingConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, handing each fetched batch to the streams in one task."""
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
+        # The background task Faust's Fetcher runs: fetch, hand over, repeat until stopped.
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                # An async generator, though typed as an iterator.
+                records = cast(AsyncGenerator[tuple[Any, Any], None], self.getmany(timeout=1.0))
+                # getmany can return at once in a loop without ever giving up the loop.
+                await self.sleep(0)
+                if not self.should_stop:
+                    # The wait for records stays outside the task a rebalance cancels (as in
+                    # Faust); the rest of a fetch is in memory.
+                    first = await anext(records, None)
+                    if first is not None:
+                        hand_over = self._hand_over(first, records)
+                        await self.wait_first(hand_over, self.suspend_flow.wait())
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _hand_over(
+        self, first: tuple[Any, Any], rest: AsyncGenerator[tuple[Any, Any], None]
+    ) -> None:
+        """Give each record of one fetch to the streams, in order (Faust's per-record steps)."""
+        callback = self.callback
+        read_offsets = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        commit_every = self._commit_every
+        try:
+            item: tuple[Any, Any] | None = first
+            since_yield = 0
+            while item is not None:
+                tp, message = item
+                since_yield += 1
+                if since_yield > _YIELD_EVERY:
+                    await asyncio.sleep(0)
+                    since_yield = 0
+                offset = message.offset
+                read_offset = read_offsets[tp]
+                if read_offset is None or offset >= read_offset:  # else seen before: dropped
+                    if read_offset and offset - read_offset > 1 and acks_enabled_for(tp.topic):
+                        await self._add_gap(tp, read_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    await callback(message)
+                    read_offsets[tp] = offset
+                item = await anext(rest, None)
+        finally:
+            await rest.aclose()  # cancelled by a rebalance: the rest is not handed over
+
+
+class Transport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with :class:`BatchDrainingConsumer`."""
+
+    Consumer = BatchDrainingConsumer
