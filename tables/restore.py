@@ -35,8 +35,15 @@ from typing import Any
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
+from mode.utils.queues import ThrowableQueue
 
-__all__ = ["BulkRecovery", "ChangelogRestorer", "RestoringTableManager", "standby_lag"]
+__all__ = [
+    "BulkRecovery",
+    "ChangelogQueue",
+    "ChangelogRestorer",
+    "RestoringTableManager",
+    "standby_lag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +137,43 @@ class ChangelogRestorer:
             await consumer.stop()
 
 
+class ChangelogQueue(ThrowableQueue[Any]):
+    """Faust's changelog queue, which can keep its records through one flow-control resume.
+
+    Faust resumes flow twice in a rebalance: when its recovery starts, which rightly drops the
+    records of the previous generation still queued, and again at the end
+    (``Recovery.on_recovery_completed``). By then the queue holds standby records fetched
+    after Faust seeked the standby partitions. Dropping those loses them for good: the consumer
+    has moved past them, and the standby copy would miss writes (found by the chaos run: jobs
+    written while a standby was catching up were gone after it became active).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Set by :class:`BulkRecovery` around the resume at the end of a recovery.
+        self.keep_on_resume = False
+
+    def clear(self) -> None:
+        if not self.keep_on_resume:
+            super().clear()
+
+
 class BulkRecovery(Recovery):
     """Faust's recovery, with a bulk restore before it reads registered tables' changelogs."""
 
     #: The longest one restore may take, as a share of the timeout Faust puts on the step.
     budget_share = 0.5
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        queue = self.tables.changelog_queue
+        if not isinstance(queue, ChangelogQueue):
+            await super().on_recovery_completed(generation_id)
+            return
+        queue.keep_on_resume = True  # see ChangelogQueue
+        try:
+            await super().on_recovery_completed(generation_id)
+        finally:
+            queue.keep_on_resume = False
 
     async def _build_offsets(
         self, consumer: Any, tps: set[TP], destination: Any, title: str
@@ -209,6 +248,17 @@ class RestoringTableManager(TableManager):
         if not self.should_stop:
             await self._update_channels()
             await self.recovery.start()
+
+    @property
+    def changelog_queue(self) -> ThrowableQueue[Any]:
+        if self._changelog_queue is None:
+            # Faust's own queue (TableManager.changelog_queue), as a ChangelogQueue.
+            self._changelog_queue = ChangelogQueue(
+                maxsize=self.app.conf.stream_buffer_maxsize,
+                flow_control=self.app.flow_control,
+                clear_on_resume=True,
+            )
+        return self._changelog_queue
 
     @property
     def recovery(self) -> BulkRecovery:

@@ -163,3 +163,54 @@ def test_any_changelog_cut_anywhere_restores_like_the_replay(
     finally:
         replayed.close()
         bulk.close()
+
+
+# --- the changelog queue through Faust's flow-control resumes ---------------------------------
+
+
+def _queue_with(records: list[str]) -> tuple[Any, Any]:
+    from mode.utils.queues import FlowControlEvent
+
+    from tables.restore import ChangelogQueue
+
+    flow = FlowControlEvent()
+    queue = ChangelogQueue(maxsize=100, flow_control=flow, clear_on_resume=True)
+    for record in records:
+        queue.put_nowait(record)
+    return flow, queue
+
+
+async def test_a_rebalance_still_drops_the_queued_records_of_the_previous_generation() -> None:
+    # Given changelog records queued when a rebalance suspends the flow
+    flow, queue = _queue_with(["old-1", "old-2"])
+    flow.suspend()
+    # When the new generation's recovery resumes it
+    flow.resume()
+    # Then the stale records are gone (Faust re-reads from the offsets it seeks to)
+    assert queue.empty()
+
+
+async def test_the_resume_at_the_end_of_a_recovery_keeps_the_queued_standby_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from faust.tables.recovery import Recovery
+
+    from tables.restore import BulkRecovery
+
+    # Given standby records queued while Faust completes a recovery (which resumes the flow)
+    flow, queue = _queue_with(["standby-1", "standby-2"])
+    flags: list[bool] = []
+
+    async def faust_completion(self: Any, generation_id: int = 0) -> None:
+        flags.append(queue.keep_on_resume)
+        flow.resume()
+
+    monkeypatch.setattr(Recovery, "on_recovery_completed", faust_completion)
+    recovery: Any = BulkRecovery.__new__(BulkRecovery)
+    recovery.__dict__["tables"] = type("Tables", (), {"changelog_queue": queue})()
+    # When the recovery completes
+    await recovery.on_recovery_completed(7)
+    # Then the records are still there for the standby, and later resumes clear again
+    assert flags == [True]
+    assert [queue.get_nowait(), queue.get_nowait()] == ["standby-1", "standby-2"]
+    assert queue.keep_on_resume is False
