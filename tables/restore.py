@@ -22,6 +22,10 @@ key, so a crash or a rebalance in the middle leaves the database at a consistent
 restore then hands over by moving Faust's start offset to the persisted offset: Faust replays
 only what is left, through its usual path and checks. Nothing here depends on the broker; a
 restore that does not finish within its time budget (or fails) just leaves more for Faust.
+
+One fix to Faust's recovery itself: :class:`ChangelogQueue` keeps the standby records queued
+when Faust resumes the flow at the end of a recovery (Faust dropped them, and the standby copy
+then missed those writes for good).
 """
 
 from __future__ import annotations
