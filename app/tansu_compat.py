@@ -128,6 +128,8 @@ async def _proc_offset_request(self: Any, node_id: int, topic_data: Any) -> Any:
 
     Lookups by timestamp still go to ListOffsets.
     """
+    from aiokafka.structs import TopicPartition
+
     by_fetch: defaultdict[str, list[int]] = defaultdict(list)
     by_timestamp: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
     for topic, partitions in topic_data.items():
@@ -143,44 +145,40 @@ async def _proc_offset_request(self: Any, node_id: int, topic_data: Any) -> Any:
         ends = await _fetch_ends(self, node_id, by_fetch)
         for topic, partitions in topic_data.items():
             for partition, timestamp in partitions:
-                tp = (topic, partition)
+                tp = TopicPartition(topic, partition)
                 if timestamp == _EARLIEST:
-                    offsets[_tp(tp)] = (ends[tp][0], -1)
+                    offsets[tp] = (ends[tp][0], -1)
                 elif timestamp == _LATEST:
-                    offsets[_tp(tp)] = (ends[tp][1], -1)
+                    offsets[tp] = (ends[tp][1], -1)
     return offsets
-
-
-def _tp(tp: tuple[str, int]) -> Any:
-    from aiokafka.structs import TopicPartition
-
-    return TopicPartition(*tp)
 
 
 async def _fetch_ends(
     fetcher: Any, node_id: int, partitions: dict[str, list[int]]
-) -> dict[tuple[str, int], tuple[int, int]]:
+) -> dict[Any, tuple[int, int]]:
     """(log start, end) of each partition, from one Fetch past the end of every one of them.
 
     The end is the high watermark, or the last stable offset when reading committed.
     """
     from aiokafka import errors
     from aiokafka.protocol.fetch import FetchRequest
+    from aiokafka.structs import TopicPartition
 
     wanted = [(topic, [(p, _PAST_THE_END, 1) for p in ps]) for topic, ps in partitions.items()]
     request = FetchRequest(_FETCH_MAX_WAIT_MS, 1, 1, fetcher._isolation_level, wanted)
     response = await fetcher._client.send(node_id, request)
-    ends: dict[tuple[str, int], tuple[int, int]] = {}
+    ends: dict[Any, tuple[int, int]] = {}
     for topic, answers in response.topics:
         for partition, error_code, highwater, *rest in answers:
+            tp = TopicPartition(topic, partition)
             error = errors.for_code(error_code)
             if error is not errors.NoError:
-                raise error(_tp((topic, partition)))
+                raise error(tp)
             # Fetch v4+ carries the last stable offset, v5+ the log start offset.
             end = rest[0] if fetcher._isolation_level else highwater
             log_start = rest[1] if response.API_VERSION >= 5 else 0  # nothing is ever deleted
-            ends[(topic, partition)] = (log_start, end)
-    missing = {(t, p) for t, ps in partitions.items() for p in ps} - ends.keys()
+            ends[tp] = (log_start, end)
+    missing = {TopicPartition(t, p) for t, ps in partitions.items() for p in ps} - ends.keys()
     if missing:  # retriable: aiokafka retries until request_timeout_ms
         raise errors.RequestTimedOutError(f"no offsets in Fetch response for {missing}")
     return ends

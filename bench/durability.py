@@ -24,7 +24,7 @@ from bench.contenders import Delayq
 from bench.load import Job, Record, now_ms
 from bench.measure import Collector
 from bench.scenarios import WARM_JOBS, Runner, wait_ingested
-from bench.workers import DelayqWorker, cpu_seconds, rss_bytes
+from bench.workers import DelayqWorker, rss_bytes
 
 __all__ = ["Prober", "capacity", "recovery"]
 
@@ -182,19 +182,6 @@ def _ready_ms(worker: DelayqWorker, timeout_s: float) -> int | None:
     return now_ms()
 
 
-async def _wait_cpu_idle(worker: DelayqWorker, timeout_s: float, idle: float = 0.15) -> float:
-    """Wait until ``worker`` used under ``idle`` of a core for 3 s in a row; seconds waited."""
-    started = time.monotonic()
-    quiet = 0
-    last = cpu_seconds(worker.pid)
-    while quiet < 3 and time.monotonic() - started < timeout_s:
-        await asyncio.sleep(1)
-        used = cpu_seconds(worker.pid)
-        quiet = quiet + 1 if used - last < idle else 0
-        last = used
-    return time.monotonic() - started
-
-
 #: A standby this close to the changelog's end is caught up: the probes alone add ~50 records/s.
 CAUGHT_UP_LAG = 200
 
@@ -203,16 +190,13 @@ async def _wait_standby_caught_up(worker: DelayqWorker, timeout_s: float) -> tup
     """Wait until every standby partition of ``worker`` lags by at most :data:`CAUGHT_UP_LAG`
     records, twice in a row, 1 s apart; (seconds waited, the last lag seen).
 
-    A CPU-idle worker is not proof: a standby that stopped fetching is idle too. Without a
-    ``standby_lag`` field (an older worker) this falls back to waiting for an idle CPU.
+    A CPU-idle worker is not proof: a standby that stopped fetching is idle too.
     """
     started = time.monotonic()
     lag: Any = None
     good = 0
     while good < 2 and time.monotonic() - started < timeout_s:
-        lag = worker.health().get("standby_lag", "missing")
-        if lag == "missing":
-            return await _wait_cpu_idle(worker, timeout_s), lag
+        lag = worker.health().get("standby_lag")
         ok = isinstance(lag, dict) and all(n <= CAUGHT_UP_LAG for n in lag.values())
         good = good + 1 if ok else 0
         if good < 2:

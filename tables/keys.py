@@ -72,8 +72,7 @@ def due_of(key: bytes) -> int:
 
 def split_due_key(key: bytes) -> tuple[int, bytes]:
     """``(due_ms, job_id)`` of a due-index key."""
-    value: int = _U64.unpack_from(key, 1)[0]
-    return value, key[9:]
+    return due_of(key), key[9:]
 
 
 def id_key(job_id: bytes) -> bytes:

@@ -170,9 +170,7 @@ class BulkRecovery(Recovery):
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         queue = self.tables.changelog_queue
-        if not isinstance(queue, ChangelogQueue):
-            await super().on_recovery_completed(generation_id)
-            return
+        assert isinstance(queue, ChangelogQueue)  # RestoringTableManager builds it
         queue.keep_on_resume = True  # see ChangelogQueue
         try:
             await super().on_recovery_completed(generation_id)
