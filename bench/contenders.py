@@ -100,6 +100,8 @@ class Contender:
 
 class Limit(Contender):
     name = "limit"
+    #: Passed as ``--fetch-max-wait-ms`` (None: the program's default).
+    fetch_wait_ms: int | None = None
 
     async def start(self, tag: str, start_at_ms: int | None = None) -> None:
         self.ingest, self.target = f"{tag}-limit-in", f"{tag}-limit-out"
@@ -108,6 +110,8 @@ class Limit(Contender):
         cmd += ["--topic", self.ingest, "--partitions", str(self.env.partitions)]
         if start_at_ms is not None:
             cmd += ["--start-at-ms", str(start_at_ms)]
+        if self.fetch_wait_ms is not None:
+            cmd += ["--fetch-max-wait-ms", str(self.fetch_wait_ms)]
         proc = Proc(cmd, self._log_path(tag, "limit")).start()
         self.procs = [proc]
         await _wait_line(proc, "limit: ready")

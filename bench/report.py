@@ -131,11 +131,19 @@ def _throughput_rows(tp: dict[str, Any]) -> list[Row]:
     ratio = _per(tp, lambda r: f"{r['ratio_to_limit']:.3f}" if r.get("ratio_to_limit") else DASH)
     if "limit" in ratio:
         ratio["limit"] = "1"
+    paced = _per(tp, _paced)
+    if "limit" in paced:
+        paced["limit"] = _throughput(tp["contenders"]["limit"].get("paced", {}))
     return [
         (f"throughput: highest rate with p99 < {tp['p99_limit_ms']} ms", {}),
         ("  jobs/s (limit: msg/s)", _per(tp, _throughput)),
         ("  ratio to limit", ratio),
+        ("  limit paced like the others: jobs/s, ratio", paced),
     ]
+
+
+def _paced(res: dict[str, Any]) -> str:
+    return f"{res['ratio_to_limit_paced']:.2f}" if res.get("ratio_to_limit_paced") else DASH
 
 
 def _burst_rows(bu: dict[str, Any]) -> list[Row]:
