@@ -262,6 +262,13 @@ def _bars(results: dict[str, Any]) -> tuple[str, str, Bars]:
         for name, res in tp.items()
         if "msgs_per_s" in res or "jobs_per_s" in res
     }
+    paced = tp.get("limit", {}).get("paced", {})
+    if paced.get("jobs_per_s") and "limit" in bars:
+        limit_bars: Bars = {
+            "limit, backlog": bars.pop("limit"),
+            "limit, paced": (paced["jobs_per_s"], _throughput(paced)),
+        }
+        bars = {**limit_bars, **bars}
     if bars:
         return "throughput (p99 < 100 ms)", "jobs/s (limit: msg/s)", bars
     burst = results.get("burst", {})
