@@ -155,12 +155,41 @@ async def _guarded(
         results[name] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
 
 
+class _Brokers:
+    """The run's embedded broker, replaced by a new one before each contender session."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.current: Broker | None = None
+        self._log = log
+        self.started = 0
+
+    def new(self) -> str:
+        """Stop the current broker (if any), start a new one, return its bootstrap address."""
+        self.stop()
+        broker = Broker()
+        broker.start()
+        self.current = broker
+        self.started += 1
+        self._log(f"bench: broker {broker.bootstrap} (pid {broker.pid})")
+        return broker.bootstrap
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
+
+
 async def _run(
-    env: Env, plan: Plan, scenarios: list[str], results: dict[str, Any], profile: Path | None
+    env: Env,
+    plan: Plan,
+    scenarios: list[str],
+    results: dict[str, Any],
+    profile: Path | None,
+    brokers: _Brokers,
 ) -> None:
     gen = Generator(env.bootstrap)
     await gen.start()
-    r = Runner(env, gen, profile=profile)
+    r = Runner(env, gen, profile=profile, new_broker=lambda: asyncio.to_thread(brokers.new))
     try:
         if "steady" in scenarios:
             await _guarded(
@@ -195,7 +224,7 @@ async def _run(
         if "capacity" in scenarios or "recovery" in scenarios:
             await _durability(r, plan, scenarios, results)
     finally:
-        await gen.stop()
+        await r.gen.stop()
 
 
 async def _durability(r: Runner, plan: Plan, scenarios: list[str], results: dict[str, Any]) -> None:
@@ -269,20 +298,20 @@ def main(argv: list[str] | None = None) -> int:
         meta["note"] = args.note
     results: dict[str, Any] = {"meta": meta}
     workdir = Path(tempfile.mkdtemp(prefix="delayq-bench-"))
-    broker = Broker()
+    brokers = _Brokers(lambda m: print(m, flush=True))
     started = time.monotonic()
     code = 0
     try:
-        broker.start()
-        print(f"bench: broker {broker.bootstrap} (pid {broker.pid}), scratch {workdir}", flush=True)
-        env = Env(broker.bootstrap, workdir, args.partitions, lambda m: print(m, flush=True))
-        asyncio.run(_run(env, plan, args.scenarios, results, args.profile))
+        print(f"bench: scratch {workdir}", flush=True)
+        env = Env(brokers.new(), workdir, args.partitions, lambda m: print(m, flush=True))
+        asyncio.run(_run(env, plan, args.scenarios, results, args.profile, brokers))
     except KeyboardInterrupt:
         print("bench: interrupted, stopping everything", file=sys.stderr)
         code = 130
     finally:
         stop_all()
-        broker.stop()
+        brokers.stop()
+        meta["brokers_started"] = brokers.started
         failed = code != 0 or '"error"' in json.dumps(results)
         if args.keep or failed:
             print(f"bench: logs kept in {workdir}", file=sys.stderr)

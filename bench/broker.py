@@ -1,8 +1,9 @@
 """The run's embedded broker and the few admin calls the bench needs.
 
 The broker is :class:`app.embedded.EmbeddedBroker` on a free loopback port (never 9092), in its
-own process group, stopped by PID. Tansu keeps everything in memory, so a run starts from an
-empty broker and leaves nothing behind.
+own process group, stopped by PID. Tansu keeps everything in memory, so a broker starts empty and
+leaves nothing behind; the run starts a new one for every contender session
+(:meth:`bench.scenarios.Runner.renew_broker`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["Broker", "CommittedOffsets", "create_topics"]
 
 
 class Broker(EmbeddedBroker):
-    """One Tansu process for the whole run, on a free port on 127.0.0.1."""
+    """One Tansu process, on a free port on 127.0.0.1."""
 
 
 async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:

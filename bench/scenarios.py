@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,9 @@ class Runner:
     gen: Generator
     #: Where to write a py-spy profile of the delayq worker during its burst (None: no profile).
     profile: Path | None = None
+    #: Starts a new broker in place of the current one and returns its bootstrap address
+    #: (None: every contender shares the run's broker).
+    new_broker: Callable[[], Awaitable[str]] | None = None
     started: float = field(default_factory=time.monotonic)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     _tags: itertools.count[int] = field(default_factory=itertools.count)
@@ -64,6 +67,21 @@ class Runner:
     def log(self, scenario: str, contender: str, message: str) -> None:
         elapsed = time.monotonic() - self.started
         self.env.log(f"[{elapsed:7.1f}s] {scenario:<10} {contender:<10} {message}")
+
+    async def renew_broker(self) -> None:
+        """Move the run (and its load generator) to a new, empty broker.
+
+        Tansu is memory-only and slows down with what it has served: in one broker, limit's
+        paced ceiling fell from 6,000 to 1,120 msg/s once the steady scenario had run before it
+        (bench/README.md). Each contender session therefore starts on an empty broker, so no
+        measurement depends on what ran before it.
+        """
+        if self.new_broker is None:
+            return
+        await self.gen.stop()
+        self.env.bootstrap = await self.new_broker()
+        self.gen = Generator(self.env.bootstrap)
+        await self.gen.start()
 
 
 async def warm_up(
@@ -86,8 +104,14 @@ async def session(
     start_at_ms: int | None = None,
     warm: bool = True,
     limit_fetch_wait_ms: int | None = None,
+    fresh_broker: bool = True,
 ) -> AsyncIterator[tuple[Contender, Collector]]:
-    """A started (and warmed-up) contender with a collector on its target; stopped on exit."""
+    """A started (and warmed-up) contender with a collector on its target; stopped on exit.
+
+    ``fresh_broker``: on a new, empty broker (see :meth:`Runner.renew_broker`).
+    """
+    if fresh_broker:
+        await r.renew_broker()
     c = make(name, r.env)
     if isinstance(c, Limit) and limit_fetch_wait_ms is not None:
         c.fetch_wait_ms = limit_fetch_wait_ms
@@ -184,8 +208,12 @@ async def steady(
     groups = [list(names)] if parallel else [[name] for name in names]
     for group in groups:
         tag = r.tag("st")
+        await r.renew_broker()  # side by side: the group shares one new broker
         async with contextlib.AsyncExitStack() as stack:
-            started = [await stack.enter_async_context(session(r, n, tag)) for n in group]
+            started = [
+                await stack.enter_async_context(session(r, n, tag, fresh_broker=False))
+                for n in group
+            ]
             plan = spread_plan(tag, now_ms() + 500, rate, duration_s, delay_ms, seed=1)
             runs = [
                 _paced_run(r, "steady", c, col, [c.adapt(job) for job in plan], grace_s=30)
