@@ -40,8 +40,15 @@ most ~50 ms). Measured with three idle workers of 12 partitions (/tmp script, 10
 a 10 ms cap cost the broker 40% of a core and each worker 9%; 100 ms cost 7% and 5%; Faust's
 1500 ms, 1% and 5%.
 
-No workaround: quirk 3 (compaction never runs: recovery replays every changelog write) and
-quirk 4 (no InitProducerId v0, so no idempotence / exactly_once for aiokafka: use at_least_once).
+No workaround: quirk 3 (compaction never runs: recovery replays every changelog write), quirk 4
+(no InitProducerId v0, so no idempotence / exactly_once for aiokafka: use at_least_once) and
+quirk 7: whenever a fetched partition has records past the fetch offset, Tansu lists every record
+batch the partition holds (its storage's ``fetch`` lists the partition's ``records/`` objects),
+so each Fetch costs time in proportion to the partition's history, and at a constant rate the
+broker's CPU climbs for as long as a topic is in use. ``python -m bench.brokercost`` shows it
+with one producer and one consumer (figures in the README's Performance section). Larger
+batches slow the climb; nothing stops it (in Tansu's current source, DeleteRecords on this
+storage engine is a ``todo!()``).
 
 Detection: Metadata's cluster_id is Tansu's default ``tansu_cluster``. A Tansu started with another
 ``--cluster-id`` is not recognised (treated as a real Kafka): force the embedded mode instead.

@@ -37,9 +37,8 @@ __all__ = [
 ]
 
 P99_LIMIT_MS = 100
-#: limit's Fetch wait in the rate search: what delayq's consumers get on Tansu (quirk 5). Its
-#: default, 10 ms, suits draining a backlog; paced, it fetches so often that the broker's cost
-#: of a Fetch (quirk 7) stops it near 1,000 msg/s (python -m bench --scenarios throughput).
+#: limit's Fetch wait in the rate search: what delayq's consumers get on Tansu (quirk 5 in
+#: app/tansu_compat.py). Its default, 10 ms, suits draining a backlog.
 PACED_LIMIT_FETCH_WAIT_MS = 100
 WARM_JOBS = 8
 THROUGHPUT_DELAY_MS = (3_000, 4_000)
@@ -71,10 +70,9 @@ class Runner:
     async def renew_broker(self) -> None:
         """Move the run (and its load generator) to a new, empty broker.
 
-        Tansu is memory-only and slows down with what it has served: in one broker, limit's
-        paced ceiling fell from 6,000 to 1,120 msg/s once the steady scenario had run before it
-        (bench/README.md). Each contender session therefore starts on an empty broker, so no
-        measurement depends on what ran before it.
+        Tansu keeps everything it was sent in memory, and its Fetch slows down with a
+        partition's history (quirk 7 in app/tansu_compat.py). Each contender session starts on
+        an empty broker, so that no measurement can depend on what ran before it.
         """
         if self.new_broker is None:
             return
@@ -432,8 +430,8 @@ async def throughput(
     for name in names:
         if name == "limit":
             drained = await burst_one(r, "limit", drain_count, scenario="throughput")
-            # The same paced rate search as the others: what the generator, the broker and one
-            # hop sustain together, the ceiling for every contender on this machine.
+            # The same paced rate search as the others. limit reads each job when it is due, so
+            # its lateness holds the broker's Fetch latency; delayq reads its jobs seconds ahead.
             paced = await rate_search(r, name, start_rate, step_s, bisections, max_steps)
             results[name] = {"msgs_per_s": drained["rate_per_s"], "drain": drained, "paced": paced}
         else:
