@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ import aiokafka.consumer.fetcher as aiokafka_fetcher
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.broker import Broker, create_topics
+from bench.workers import cpu_seconds
 
 __all__ = ["main"]
 
@@ -42,12 +42,6 @@ class _FetchCounter:
             return await original(fetcher, *args, **kwargs)
 
         aiokafka_fetcher.Fetcher._proc_fetch_request = counted  # type: ignore[method-assign]
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _consume(consumer: AIOKafkaConsumer, received: list[int]) -> None:
@@ -79,7 +73,7 @@ async def run(args: argparse.Namespace, broker: Broker, fetches: _FetchCounter) 
     value = b"x" * 100
     started = time.monotonic()
     sent = 0
-    last_t, last_cpu = started, _cpu_s(broker.pid)
+    last_t, last_cpu = started, cpu_seconds(broker.pid)
     next_report = started + REPORT_EVERY_S
     print(f"{'t (s)':>6} {'sent':>9} {'received':>9} {'broker CPU':>10} {'fetches/s':>9}")
     last_fetches = 0
@@ -92,7 +86,7 @@ async def run(args: argparse.Namespace, broker: Broker, fetches: _FetchCounter) 
             await asyncio.sleep(SLICE_S)
             now = time.monotonic()
             if now >= next_report:
-                cpu = _cpu_s(broker.pid)
+                cpu = cpu_seconds(broker.pid)
                 share = 100 * (cpu - last_cpu) / (now - last_t)
                 rate = (fetches.count - last_fetches) / (now - last_t)
                 print(
