@@ -58,6 +58,8 @@ class Runner:
     started: float = field(default_factory=time.monotonic)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     _tags: itertools.count[int] = field(default_factory=itertools.count)
+    #: The broker the run started with has served no session yet: the first session takes it.
+    _broker_unused: bool = True
 
     def tag(self, what: str) -> str:
         """A topic-name prefix unique in this run."""
@@ -75,6 +77,9 @@ class Runner:
         an empty broker, so that no measurement can depend on what ran before it.
         """
         if self.new_broker is None:
+            return
+        if self._broker_unused:
+            self._broker_unused = False
             return
         await self.gen.stop()
         self.env.bootstrap = await self.new_broker()
