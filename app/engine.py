@@ -59,6 +59,7 @@ from app.jobs import (
 )
 from app.names import HEADER_ERROR
 from app.times import MAX_DUE_MS, now_ms
+from app.transport import Record
 from tables.keys import (
     APPLIED_KEY,
     DUE_END,
@@ -99,6 +100,15 @@ class Producer(Protocol):
         timestamp: float | None,
         headers: Any,
     ) -> Awaitable[Any]: ...
+
+    async def send_many(
+        self, topic: str, partition: int | None, records: Sequence[Record]
+    ) -> Sequence[tuple[Awaitable[Any], int]]:
+        """Enqueue ``records`` in order; per record, its batch's ack future and its index in it.
+
+        ``partition`` None: each record goes where its key hashes (app/transport.py).
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,7 +660,10 @@ class Engine:
                     fwd.error = TimeoutError("the producer did not take the record in time")
 
     async def _send_in_order(self, batch: list[_Forward]) -> None:
+        """Enqueue one target's forwards in record batches; a forward too large fails alone."""
         limit = self.config.max_forward_bytes
+        sendable: list[_Forward] = []
+        records: list[Record] = []
         for fwd in batch:
             job = fwd.job
             headers = job.forward_headers()
@@ -660,24 +673,35 @@ class Engine:
                     f"record of {size} bytes exceeds max_forward_bytes ({limit})"
                 )
                 continue
-            try:
-                fwd.ack = await self.producer.send(
-                    job.target, job.forward_key, job.value, None, None, headers
-                )
-            except Exception as exc:
+            sendable.append(fwd)
+            records.append((job.forward_key, job.value, headers))
+        if not records:
+            return
+        try:
+            placed = await self.producer.send_many(batch[0].job.target, None, records)
+        except Exception as exc:  # sent again after the backoff (some may have gone: at-least-once)
+            for fwd in sendable:
                 fwd.error = exc
+            return
+        for fwd, (ack, _index) in zip(sendable, placed, strict=True):
+            fwd.ack = ack
 
     async def _await_acks(self, forwards: list[_Forward]) -> None:
         """Wait for the broker's acks (one wait for all); a missing ack in time is a failure."""
-        pending = {_as_future(fwd.ack): fwd for fwd in forwards if fwd.ack is not None}
+        pending: dict[asyncio.Future[Any], list[_Forward]] = {}
+        for fwd in forwards:
+            if fwd.ack is not None:  # one ack per record batch: shared by its forwards
+                pending.setdefault(_as_future(fwd.ack), []).append(fwd)
         if not pending:
             return
         done, late = await asyncio.wait(pending, timeout=self.config.forward_timeout_s)
         for fut in done:
             if not fut.cancelled() and fut.exception() is not None:
-                pending[fut].error = fut.exception()
+                for fwd in pending[fut]:
+                    fwd.error = fut.exception()
         for fut in late:
-            pending[fut].error = TimeoutError("no acknowledgement from the broker in time")
+            for fwd in pending[fut]:
+                fwd.error = TimeoutError("no acknowledgement from the broker in time")
 
     async def _give_up(self, fwd: _Forward, now: int) -> int | None:
         """Handle a failed forward: the time of its retry, or None once dead-lettered."""

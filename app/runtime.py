@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from app.engine import Engine, EngineConfig
 from app.service import app, settings
+from app.transport import Placed, Record, send_batched
 from tables.jobs import jobs_store, jobs_table
 
 __all__ = ["active_partitions", "engine"]
@@ -28,6 +29,13 @@ class _AppProducer:
             topic, key, value, partition, timestamp, headers
         )
         return fut
+
+    async def send_many(
+        self, topic: str, partition: int | None, records: Sequence[Record]
+    ) -> list[Placed]:
+        # Faust's producer wraps aiokafka's, whose batch API Faust does not expose.
+        faust_producer: Any = app.producer
+        return await send_batched(faust_producer._ensure_producer(), topic, partition, records)
 
 
 engine = Engine(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from rocksdict import ReadOptions, WriteBatch
@@ -52,8 +52,11 @@ class PartitionDB(Protocol):
     def write(self, batch: WriteBatch) -> None: ...
 
 
-#: ``(partition, key, value_or_None)`` -> awaitable enqueue returning the ack future.
-ChangelogSend = Callable[[int, bytes, bytes | None], Awaitable[Awaitable[Any]]]
+#: ``(partition, [(key, value_or_None), ...])`` -> enqueue in order; per record, the ack future
+#: of its record batch (its result's ``offset`` is the batch's first) and its index in the batch.
+ChangelogSend = Callable[
+    [int, Sequence[tuple[bytes, bytes | None]]], Awaitable[Sequence[tuple[Awaitable[Any], int]]]
+]
 #: ``(partition, changelog_offset)``: the change at this offset is in the local database.
 PersistedOffset = Callable[[int, int], None]
 #: Called with the error when the producer gave up on a changelog record.
@@ -88,15 +91,19 @@ class PartitionStore:
         """The store behind a Faust table with a ``rocksdb://`` store (resolved lazily)."""
         from faust.types import TP
 
+        from app.transport import Record, send_batched
+
         def topic() -> str:
             name: str = table.changelog_topic.get_topic_name()
             return name
 
-        async def send(partition: int, key: bytes, value: bytes | None) -> Awaitable[Any]:
-            ack: Awaitable[Any] = await app.producer.send(
-                topic(), key, value, partition, None, None
-            )
-            return ack
+        async def send(
+            partition: int, records: Sequence[tuple[bytes, bytes | None]]
+        ) -> Sequence[tuple[Awaitable[Any], int]]:
+            # Faust's producer wraps aiokafka's, whose batch API Faust does not expose.
+            producer = app.producer._ensure_producer()
+            batch: list[Record] = [(key, value, []) for key, value in records]
+            return await send_batched(producer, topic(), partition, batch)
 
         def persisted(partition: int, offset: int) -> None:
             if partition in table.data._dbs:  # not revoked meanwhile (would reopen it)
@@ -161,21 +168,33 @@ class PartitionStore:
         self._open_db(partition).delete(key)
 
     async def flush_changelog(self) -> None:
-        """Hand every pending changelog record to the producer (in write order).
+        """Hand every pending changelog record to the producer (each partition's in write order).
 
-        Every ack is checked for failure; only the last record of each partition records the
-        persisted offset (the producer acks a partition's records in order, and the local
-        database already holds them all).
+        Every batch's ack is checked for failure; only the last record of each partition
+        records the persisted offset (the producer acks a partition's records in order, and the
+        local database already holds them all). Records not handed over when the producer
+        raises stay pending for the next flush.
         """
-        pending, self._pending = self._pending, []
-        last: dict[int, Awaitable[Any]] = {}
-        for partition, key, value in pending:
-            ack = await self._send_changelog(partition, key, value)
-            asyncio.ensure_future(ack).add_done_callback(self._check)
-            last[partition] = ack
-        for partition, ack in last.items():
-            callback = functools.partial(self._acked, partition)
-            asyncio.ensure_future(ack).add_done_callback(callback)
+        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for partition, key, value in self._pending:
+            by_partition.setdefault(partition, []).append((key, value))
+        self._pending = []
+        while by_partition:
+            partition, records = next(iter(by_partition.items()))
+            try:
+                placed = await self._send_changelog(partition, records)
+            except BaseException:
+                # Writing a record twice is harmless (same key, same value, same order).
+                self._pending = [
+                    (p, key, value) for p, batch in by_partition.items() for key, value in batch
+                ] + self._pending
+                raise
+            del by_partition[partition]
+            for ack in {asyncio.ensure_future(ack) for ack, _index in placed}:
+                ack.add_done_callback(self._check)
+            last, index = placed[-1]
+            callback = functools.partial(self._acked, partition, index)
+            asyncio.ensure_future(last).add_done_callback(callback)
 
     def _check(self, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is None:
@@ -186,11 +205,11 @@ class PartitionStore:
         if self._failed is not None:
             self._failed(exc)
 
-    def _acked(self, partition: int, fut: asyncio.Future[Any]) -> None:
+    def _acked(self, partition: int, index: int, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return  # reported by _check
         if self._persisted is not None:
-            self._persisted(partition, fut.result().offset)
+            self._persisted(partition, fut.result().offset + index)
 
     def index_restored(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Keep the id index in step with a due-key record replayed from the changelog."""

@@ -7,7 +7,7 @@ embedded broker.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from rocksdict import Options, Rdict
 from app.engine import Engine, EngineConfig
 from app.jobs import FENCE_PREFIX, Job, JobStatus, decode_fired
 from app.times import now_ms
+from app.transport import Record
 from tables.keys import due_key
 from tables.store import PartitionDB, PartitionStore
 
@@ -47,6 +48,15 @@ class RecordingProducer:
             fut.set_result(None)
         return fut
 
+    async def send_many(
+        self, topic: str, partition: int | None, records: Sequence[Record]
+    ) -> list[tuple[Awaitable[Any], int]]:
+        """Each record through :meth:`send` (so that tests can slow it down per topic)."""
+        placed: list[tuple[Awaitable[Any], int]] = []
+        for key, value, headers in records:
+            placed.append((await self.send(topic, key, value, partition, None, headers), 0))
+        return placed
+
     def to(self, topic: str) -> list[tuple[str, bytes | None, bytes | None, int | None, Any]]:
         return [s for s in self.sent if s[0] == topic]
 
@@ -67,6 +77,8 @@ class Harness:
         self.dbs: dict[int, PartitionDB] = {}
         self.tmp_path = tmp_path
         self.changelog: list[tuple[int, bytes, bytes | None]] = []
+        #: The next this many changelog hand-offs raise.
+        self.changelog_refusals = 0
         self.store = PartitionStore(lambda: self.dbs, self.open_db, self._log)
         self.producer = RecordingProducer()
         self.engine = Engine(
@@ -77,11 +89,16 @@ class Harness:
         self.engine.sync_assignment(1, [0, 1])
         self.version = 0
 
-    async def _log(self, partition: int, key: bytes, value: bytes | None) -> Awaitable[Any]:
-        self.changelog.append((partition, key, value))
+    async def _log(
+        self, partition: int, records: Sequence[tuple[bytes, bytes | None]]
+    ) -> list[tuple[Awaitable[Any], int]]:
+        if self.changelog_refusals:
+            self.changelog_refusals -= 1
+            raise RuntimeError("the producer refuses the changelog records")
+        self.changelog.extend((partition, key, value) for key, value in records)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         done.set_result(None)
-        return done
+        return [(done, index) for index in range(len(records))]
 
     def open_db(self, partition: int) -> PartitionDB:
         if partition not in self.dbs:
@@ -653,3 +670,25 @@ async def test_a_fence_not_read_back_in_time_is_replaced(h: Harness) -> None:
     assert h.engine.fenced(0)
     h.engine.fence_passed(0, second)
     assert not h.engine.fenced(0)
+
+
+async def test_changelog_records_the_producer_refused_go_out_with_the_next_flush(
+    h: Harness,
+) -> None:
+    # Given jobs in two partitions, and a producer that refuses the first hand-off
+    h.schedule("a", NOW + 1, partition=0)
+    h.schedule("b", NOW + 2, partition=1)
+    h.changelog_refusals = 1
+
+    # When the agent flushes, fails, and flushes again (as its retry does)
+    with pytest.raises(RuntimeError):
+        await h.engine.flush()
+    h.schedule("c", NOW + 3, partition=0)
+    await h.engine.flush()
+
+    # Then every record reached the changelog, each partition's in write order
+    assert [(p, key) for p, key, _v in h.changelog if p == 0] == [
+        (0, due_key(NOW + 1, b"a")),
+        (0, due_key(NOW + 3, b"c")),
+    ]
+    assert [(p, key) for p, key, _v in h.changelog if p == 1] == [(1, due_key(NOW + 2, b"b"))]

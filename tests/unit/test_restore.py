@@ -10,7 +10,7 @@ is covered by tests/integration/test_durability.py.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ OFFSET_KEY = b"__faust\0offset__"
 Record = tuple[bytes, bytes | None]
 
 
-async def _no_changelog(partition: int, key: bytes, value: bytes | None) -> Awaitable[Any]:
+async def _no_changelog(
+    partition: int, records: Sequence[Record]
+) -> Sequence[tuple[Awaitable[Any], int]]:
     raise AssertionError("a restore never writes the changelog")
 
 
