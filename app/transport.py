@@ -13,7 +13,8 @@ loop every 100 records); records after a cancelled one are not handed over, as i
 
 :func:`send_batched` is the producer side: the engine's forwards and changelog records are
 appended to aiokafka's record batches directly, and the caller gets one ack future per batch.
-Per record, ``send`` and Faust's wrapper around it cost more than the rest of a forward.
+Per record, ``send`` and Faust's wrapper around it were the largest cost of a forward in the
+worker's profiles.
 """
 
 from __future__ import annotations
@@ -136,9 +137,9 @@ async def send_batched(
     """
     await producer.client._wait_on_metadata(topic)
     accumulator = producer._message_accumulator
-    timeout_s = producer._request_timeout_ms / 1000
     placed: list[Placed] = []
     for key, value, headers in records:
+        timeout_s = producer._request_timeout_ms / 1000  # per record, as in aiokafka's send
         chosen = partition
         if chosen is None:
             chosen = producer._partition(topic, None, key, value, key, value)
