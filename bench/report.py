@@ -167,7 +167,14 @@ def _capacity_rows(cap: dict[str, Any]) -> list[Row]:
             label = f"  RSS at {_count(row['pending'])} pending (MiB)"
         rss = row.get("rss_bytes")
         out.append((label, {"delayq": DASH if rss is None else f"{rss / 2**20:.0f}"}))
-    out.append(("  growth per pending job (B)", {"delayq": _num(cap.get("growth_bytes_per_job"))}))
+    from_idle = _num(cap.get("growth_bytes_per_job"))
+    out.append(("  growth per job from idle (B)", {"delayq": from_idle}))
+    measured = [r for r in cap.get("rows", []) if "rss_bytes" in r]
+    if len(measured) >= 2 and "growth_bytes_per_job" in measured[-1]:
+        # The measure: between the last two sizes (100k -> 1M), start-up and caches aside.
+        span = f"{_count(measured[-2]['pending'])} -> {_count(measured[-1]['pending'])}"
+        growth = _num(measured[-1]["growth_bytes_per_job"])
+        out.append((f"  growth per job, {span} (B)", {"delayq": growth}))
     filled = [r for r in cap.get("rows", []) if "ingest_per_s" in r]
     if filled:
         label = f"  ingest, filling to {_count(filled[-1]['pending'])} (jobs/s)"
