@@ -7,7 +7,7 @@ from typing import Any
 
 from app.engine import Engine, EngineConfig
 from app.service import app, settings
-from app.transport import Placed, Record, send_batched
+from app.transport import Placed, Record, send_batched_on
 from tables.jobs import jobs_store, jobs_table
 
 __all__ = ["active_partitions", "engine"]
@@ -33,9 +33,7 @@ class _AppProducer:
     async def send_many(
         self, topic: str, partition: int | None, records: Sequence[Record]
     ) -> list[Placed]:
-        # Faust's producer wraps aiokafka's, whose batch API Faust does not expose.
-        faust_producer: Any = app.producer
-        return await send_batched(faust_producer._ensure_producer(), topic, partition, records)
+        return await send_batched_on(app, topic, partition, records)
 
 
 engine = Engine(

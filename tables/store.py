@@ -91,7 +91,7 @@ class PartitionStore:
         """The store behind a Faust table with a ``rocksdb://`` store (resolved lazily)."""
         from faust.types import TP
 
-        from app.transport import Record, send_batched
+        from app.transport import Record, send_batched_on
 
         def topic() -> str:
             name: str = table.changelog_topic.get_topic_name()
@@ -100,10 +100,8 @@ class PartitionStore:
         async def send(
             partition: int, records: Sequence[tuple[bytes, bytes | None]]
         ) -> Sequence[tuple[Awaitable[Any], int]]:
-            # Faust's producer wraps aiokafka's, whose batch API Faust does not expose.
-            producer = app.producer._ensure_producer()
             batch: list[Record] = [(key, value, []) for key, value in records]
-            return await send_batched(producer, topic(), partition, batch)
+            return await send_batched_on(app, topic(), partition, batch)
 
         def persisted(partition: int, offset: int) -> None:
             if partition in table.data._dbs:  # not revoked meanwhile (would reopen it)
@@ -179,17 +177,15 @@ class PartitionStore:
         for partition, key, value in self._pending:
             by_partition.setdefault(partition, []).append((key, value))
         self._pending = []
-        while by_partition:
-            partition, records = next(iter(by_partition.items()))
+        partitions = list(by_partition.items())
+        for sent, (partition, records) in enumerate(partitions):
             try:
                 placed = await self._send_changelog(partition, records)
             except BaseException:
                 # Writing a record twice is harmless (same key, same value, same order).
-                self._pending = [
-                    (p, key, value) for p, batch in by_partition.items() for key, value in batch
-                ] + self._pending
+                unsent = [(p, key, value) for p, batch in partitions[sent:] for key, value in batch]
+                self._pending = unsent + self._pending
                 raise
-            del by_partition[partition]
             for ack in {asyncio.ensure_future(ack) for ack, _index in placed}:
                 ack.add_done_callback(self._check)
             last, index = placed[-1]
