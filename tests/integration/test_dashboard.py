@@ -163,10 +163,18 @@ def css(driver: webdriver.Chrome, selector: str) -> WebElement:
 
 
 def click(driver: webdriver.Chrome, selector: str) -> None:
-    """Click an element once scrolled to the middle of the window (clear of the header)."""
-    element = css(driver, selector)
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-    element.click()
+    """Click an element once scrolled to the middle of the window (clear of the header).
+
+    Looked up again if the page re-renders it in between (the charts refresh on their own).
+    """
+
+    def clicked() -> bool:
+        element = css(driver, selector)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        element.click()
+        return True
+
+    until(driver, clicked, f"a click on {selector}")
 
 
 def data(driver: webdriver.Chrome, selector: str, name: str) -> str | None:
