@@ -622,7 +622,7 @@ class Engine:
             by_target.setdefault(fwd.job.target, []).append(fwd)
         # One sender per target: a target that stalls (e.g. waiting for metadata of a missing
         # topic) delays only its own jobs, and each target still gets its jobs in due order.
-        await asyncio.gather(*(self._send_target(batch) for batch in by_target.values()))
+        await asyncio.gather(*(self._send_target(t, batch) for t, batch in by_target.items()))
 
     async def _settle(self, forwards: list[_Forward], now: int) -> None:
         """Await the acks of one pass; send removals for the acknowledged, retry the rest."""
@@ -650,16 +650,17 @@ class Engine:
         if retrying:
             self._wake.set()  # the loop plans its wake-up around the retry times
 
-    async def _send_target(self, batch: list[_Forward]) -> None:
+    async def _send_target(self, target: str, batch: list[_Forward]) -> None:
         """Enqueue one target's forwards in order; what is not enqueued in time has failed."""
         try:
-            await asyncio.wait_for(self._send_in_order(batch), self.config.forward_timeout_s)
+            sent = self._send_in_order(target, batch)
+            await asyncio.wait_for(sent, self.config.forward_timeout_s)
         except TimeoutError:
             for fwd in batch:
                 if fwd.ack is None and fwd.error is None:
                     fwd.error = TimeoutError("the producer did not take the record in time")
 
-    async def _send_in_order(self, batch: list[_Forward]) -> None:
+    async def _send_in_order(self, target: str, batch: list[_Forward]) -> None:
         """Enqueue one target's forwards in record batches; a forward too large fails alone."""
         limit = self.config.max_forward_bytes
         sendable: list[_Forward] = []
@@ -678,7 +679,7 @@ class Engine:
         if not records:
             return
         try:
-            placed = await self.producer.send_many(batch[0].job.target, None, records)
+            placed = await self.producer.send_many(target, None, records)
         except Exception as exc:  # sent again after the backoff (some may have gone: at-least-once)
             for fwd in sendable:
                 fwd.error = exc

@@ -75,20 +75,21 @@ async def test_records_keep_their_order_and_each_is_placed_at_its_real_offset(
     assert [dict(r.headers)["n"] for r in stored] == [b"%d" % i for i in range(300)]
 
 
-async def test_without_a_partition_each_record_goes_where_the_producer_sends_its_key(
+async def test_without_a_partition_each_record_goes_where_aiokafkas_send_puts_its_key(
     broker: EmbeddedBroker, producer: AIOKafkaProducer
 ) -> None:
-    # Given a topic of 4 partitions and keyed records
-    topic = Namespace().target("keyed")
-    await create_topics(broker.bootstrap, [topic], 4)
+    # Given two topics of 4 partitions and keyed records
+    batched, plain = Namespace().target("batched"), Namespace().target("plain")
+    await create_topics(broker.bootstrap, [batched, plain], 4)
     keys = [b"order-%d" % i for i in range(40)]
 
-    # When they are sent without a partition
-    placed = await send_batched(producer, topic, None, [(key, b"v", []) for key in keys])
+    # When they go to one topic through send_batched without a partition, and to the other
+    # through aiokafka's own send
+    placed = await send_batched(producer, batched, None, [(key, b"v", []) for key in keys])
+    sent = [await producer.send(plain, b"v", key=key) for key in keys]
     await producer.flush()
 
-    # Then each is in the partition aiokafka's own send (Kafka's key hash) would choose
-    for key, (ack, _index) in zip(keys, placed, strict=True):
-        expected = producer._partition(topic, None, key, b"v", key, b"v")
-        assert (await ack).partition == expected
-    assert len({(await ack).partition for ack, _index in placed}) > 1
+    # Then each key landed in the same partition both ways (Kafka's key hash), and keys spread
+    batched_partitions = [(await ack).partition for ack, _index in placed]
+    assert batched_partitions == [(await ack).partition for ack in sent]
+    assert len(set(batched_partitions)) > 1
