@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -17,6 +18,7 @@ from app import tansu_compat
 from app import transport as batch_transport
 from app.errors import SettingsError
 from app.settings import Settings, load_settings
+from tables.rebuild import rebuild_if_marked
 
 __all__ = ["app", "embedded", "settings"]
 
@@ -87,6 +89,12 @@ class DelayqApp(faust.App):
         dependencies = super().on_init_dependencies()
         self.sensors.remove(self.monitor)
         return dependencies
+
+    async def on_first_start(self) -> None:
+        # Before any table partition opens: a table marked as ahead of its changelog is
+        # emptied here, so that recovery restores it from the changelog (tables/rebuild.py).
+        rebuild_if_marked(Path(self.conf.tabledir))
+        await super().on_first_start()
 
     def _new_transport(self) -> Any:
         if transport_by_url(self.conf.broker_consumer[0]) is faust_aiokafka.Transport:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, cast
 
 from aiokafka.errors import KafkaTimeoutError, ProducerClosed
 from aiokafka.structs import TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 __all__ = [
     "BatchDrainingConsumer",
@@ -44,7 +45,29 @@ _YIELD_EVERY = 100
 
 
 class BatchDrainingConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, handing each fetched batch to the streams in one task."""
+    """Faust's aiokafka consumer, handing each fetched batch to the streams in one task.
+
+    It also stops committing offsets for good once :meth:`refuse_commits` was called (the
+    local table got ahead of its changelog: tables/rebuild.py).
+    """
+
+    #: Why no offset is committed any more (None: they are).
+    commits_refused: str | None = None
+
+    def refuse_commits(self, reason: str) -> None:
+        """Commit no offset from now on, so that what was read since the last commit is read
+        again after a restart."""
+        if self.commits_refused is None:
+            self.log.critical("consumer offsets are no longer committed: %s", reason)
+            self.commits_refused = reason
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        # Faust flushes the producer first: a changelog batch that failed in that flush has
+        # called refuse_commits by the time this runs.
+        if self.commits_refused is not None:
+            self.log.error("not committing: %s", self.commits_refused)
+            return False
+        return await super()._commit(offsets)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
         # The background task Faust's Fetcher runs: fetch, hand over, repeat until stopped.

@@ -22,6 +22,9 @@ Durability order of a command (Faust commits the ingest offset only after step 3
 3. before committing, Faust flushes the producer, so the changelog holds the change;
 4. the producer's ack records the changelog offset in the database (Faust's persisted offset),
    so a restart with this data directory replays only what came after.
+
+If the producer gives up on a changelog record instead, step 3 must not commit: see
+tables/rebuild.py (no more commits, and the next start rebuilds the table from the changelog).
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ from typing import Any, Protocol
 from rocksdict import ReadOptions, WriteBatch
 
 from tables.keys import DUE_PREFIX, index_entry
+from tables.rebuild import stop_for_rebuild
 
 __all__ = ["ChangelogSend", "PartitionDB", "PartitionStore"]
 
 log = logging.getLogger(__name__)
-_crashes: set[asyncio.Future[Any]] = set()
 
 
 class PartitionDB(Protocol):
@@ -108,11 +111,7 @@ class PartitionStore:
                 table.data.set_persisted_offset(TP(topic(), partition), offset)
 
         def failed(exc: BaseException) -> None:
-            # The local table is ahead of its changelog: stop before more offsets are committed,
-            # so that a restart re-applies the commands from the last committed offset.
-            crash = asyncio.ensure_future(app.crash(exc))
-            _crashes.add(crash)  # keep a reference until it ran
-            crash.add_done_callback(_crashes.discard)
+            stop_for_rebuild(app, f"a changelog write failed: {exc!r}", exc)
 
         def offset_entry(offset: int) -> tuple[bytes, bytes]:
             # Faust's own encoding (stores/rocksdb.py set_persisted_offset), so that its

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from rocksdict import Options, Rdict
 
+from app.jobs import Job, encode_job
 from app.times import now_ms
+from tables.keys import due_key, index_entry
+from tables.rebuild import mark_for_rebuild
 from tests.conftest import WorkerFactory
 from tests.support import (
     WAIT_S,
@@ -100,6 +104,44 @@ async def test_pending_jobs_survive_a_sigkilled_worker(
         [ns.target()], lambda rs: len({r.key for r in rs if r.key.startswith(b"early")}) >= 20
     )
     assert len({r.key for r in early if r.key.startswith(b"early")}) == 20
+
+
+def write_local_only_job(data_dir: Path, job: Job) -> Path:
+    """Put ``job`` in a stopped worker's local table only, as when its changelog write failed;
+    the table directory."""
+    db_path = sorted(data_dir.glob("**/*.db"))[0]
+    db = Rdict(str(db_path), options=Options(raw_mode=True))
+    try:
+        key = due_key(job.due_ms, job.job_id)
+        db[key] = encode_job(job)
+        db.put(*index_entry(key))
+    finally:
+        db.close()
+    return db_path.parent
+
+
+async def test_a_table_marked_as_ahead_of_its_changelog_is_rebuilt_from_it_on_start(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+) -> None:
+    # Given a SIGKILLed worker whose pending jobs are all in the changelog
+    worker = start_worker()
+    due = now_ms() + 5_000
+    ids = await schedule_jobs(kafka, ns, "pending", due)
+    await ingest_committed(kafka, ns, JOBS)
+    worker.kill()
+    # And a job due earlier that only its local table holds, the table marked as ahead
+    ghost = Job(b"ghost", due - 1_000, ns.target(), None, b"ghost", (), 0)
+    tabledir = write_local_only_job(worker.data_dir, ghost)
+    mark_for_rebuild(tabledir, "a changelog write failed (test)")
+    # When it starts again with that data directory
+    restarted = start_worker(data_dir=worker.data_dir)
+    # Then every job the changelog holds is forwarded, and the local-only one is not
+    records = await kafka.collect(
+        [ns.target()], lambda rs: set(by_job_id(rs)) >= set(ids), timeout=90
+    )
+    forwarded = by_job_id(records)
+    assert set(forwarded) == set(ids)
+    assert "rebuilding the local tables from their changelogs" in restarted.log_since_start()
 
 
 async def test_two_workers_split_the_partitions_and_fire_every_job(

@@ -8,6 +8,7 @@ test, whose workers all run it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -151,3 +152,28 @@ async def test_a_cancelled_hand_over_stops_and_closes_the_fetch() -> None:
     assert handled == [(P0, 0)]
     assert consumer._read_offset[P0] == 0
     assert fetch.closed
+
+
+class _ConsumerThread:
+    """The consumer thread's commit (the broker call), recording what it was asked to commit."""
+
+    def __init__(self) -> None:
+        self.committed: list[dict[TP, int]] = []
+
+    async def commit(self, offsets: dict[TP, int]) -> bool:
+        self.committed.append(dict(offsets))
+        return True
+
+
+async def test_no_offset_is_committed_once_commits_were_refused() -> None:
+    # Given a consumer that commits
+    consumer = _consumer([])
+    consumer.__dict__["log"] = logging.getLogger("test")
+    thread = consumer._thread = _ConsumerThread()
+    assert await consumer._commit({P0: 5})
+    # When commits are refused (a changelog write failed)
+    consumer.refuse_commits("a changelog write failed")
+    # Then no later commit reaches the broker, and Faust is told none was made
+    assert not await consumer._commit({P0: 9, P1: 3})
+    assert thread.committed == [{P0: 5}]
+    assert consumer.commits_refused == "a changelog write failed"
