@@ -20,7 +20,7 @@ from typing import Any
 
 from app.settings import Settings
 
-__all__ = ["Record", "read_range"]
+__all__ = ["Record", "read_range", "read_raw_range"]
 
 #: The most records asked for at once.
 _MAX_RECORDS = 5_000
@@ -46,18 +46,31 @@ async def read_range(
 
     Raises TimeoutError if the broker does not hand them over in ``timeout_s``.
     """
+    options = {"bootstrap_servers": settings.bootstrap_servers, **settings.kafka_client_options()}
+    raw = await read_raw_range(options, topic, partition, start, stop, timeout_s)
+    return [_record(r) for r in raw]
+
+
+async def read_raw_range(
+    consumer_options: dict[str, Any],
+    topic: str,
+    partition: int,
+    start: int,
+    stop: int,
+    timeout_s: float = 30.0,
+) -> list[Any]:
+    """:func:`read_range` as aiokafka's ``ConsumerRecord`` objects, for any client options."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",  # offsets gone by retention: from the first one left
         fetch_max_wait_ms=100,
-        **settings.kafka_client_options(),
+        **consumer_options,
     )
     tp = TopicPartition(topic, partition)
-    found: list[Record] = []
+    found: list[Any] = []
     async with asyncio.timeout(timeout_s):
         await consumer.start()
         try:
@@ -65,7 +78,7 @@ async def read_range(
             consumer.seek(tp, start)
             while await consumer.position(tp) < stop:
                 fetched = await consumer.getmany(tp, timeout_ms=500, max_records=_MAX_RECORDS)
-                found.extend(_record(r) for r in fetched.get(tp, ()) if r.offset < stop)
+                found.extend(r for r in fetched.get(tp, ()) if r.offset < stop)
         finally:
             await consumer.stop()
     return found

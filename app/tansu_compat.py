@@ -50,6 +50,16 @@ with one producer and one consumer (figures in the README's Performance section)
 batches slow the climb; nothing stops it (in Tansu's current source, DeleteRecords on this
 storage engine is a ``todo!()``).
 
+Quirk 8, no workaround here: a reader can skip records that several producers write to one
+partition at once. A Fetch that comes while one producer's batch is still being stored can get
+the batches after it, and the reader moves past it; the records are stored (a later reader gets
+them), that reader never sees them. ``python -m bench.readrace`` shows it (figures in the
+README's Limits). Kafka never does this: a consumer gets no offset before every offset below it
+is readable. In delayq, the agent reads skipped ingest commands back (app/gaps.py, written for a
+Faust race); a skipped removal record leaves the job in flight until ``ack_timeout_s`` and it is
+forwarded again (a duplicate); a skipped fence is sent again. Consumers of target topics that
+several workers write to can miss forwards on Tansu. ``make chaos`` reads skipped ranges again.
+
 Detection: Metadata's cluster_id is Tansu's default ``tansu_cluster``. A Tansu started with another
 ``--cluster-id`` is not recognised (treated as a real Kafka): force the embedded mode instead.
 """

@@ -46,7 +46,12 @@ def table(result: dict[str, Any]) -> str:
             f"{f['jobs_cancelled_before_due']:,} of them before their due time",
         ),
         ("expected forwards (final = schedule)", _n(f["expected_forwards"]), ""),
-        ("forwarded", _n(f["forwarded"]), f"{f['forward_records']:,} records read"),
+        (
+            "forwarded",
+            _n(f["forwarded"]),
+            f"{f['forward_records']:,} records read; {f.get('forward_records_read_again', 0):,}"
+            f" read again in {f.get('forward_ranges_read_again', 0):,} ranges the reader skipped",
+        ),
         (
             "cancelled before due, still forwarded",
             _n(f["cancelled_before_due_still_forwarded"]),

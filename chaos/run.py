@@ -819,6 +819,8 @@ def figures(run: Run, stats: LoadStats, extra: dict[str, Any]) -> dict[str, Any]
         "expected_forwards": len(book.expected),
         "forwarded": forwarded,
         "forward_records": book.forwards,
+        "forward_ranges_read_again": run.forwards.skipped_ranges if run.forwards else 0,
+        "forward_records_read_again": run.forwards.read_again if run.forwards else 0,
         "cancelled_before_due_still_forwarded": superseded.get(("cancel", BEFORE_DUE), 0),
         "cancel_races_forwarded": superseded.get(("cancel", RACE), 0),
         "replaced_before_due_outdated_forwarded": superseded.get(("replace", BEFORE_DUE), 0),
