@@ -50,7 +50,8 @@ def table(result: dict[str, Any]) -> str:
             "forwarded",
             _n(f["forwarded"]),
             f"{f['forward_records']:,} records read; {f.get('forward_records_read_again', 0):,}"
-            f" read again in {f.get('forward_ranges_read_again', 0):,} ranges the reader skipped",
+            f" read again in {f.get('forward_ranges_read_again', 0):,} ranges the reader skipped;"
+            f" {f.get('missing_found_on_second_read', 0):,} found by a second full read",
         ),
         (
             "cancelled before due, still forwarded",

@@ -507,6 +507,7 @@ class Run:
 
         await self._collect_forwards(forward, done, tick)
         self.say(f"reconcile: stopped waiting: {stop_reason[0]}")
+        found_again = await self._read_missing_again(forward)
         dead: dict[bytes, str] = {}
 
         def dead_letter(record: Any) -> None:
@@ -522,7 +523,34 @@ class Run:
         # the run ended before they read it.
         self.committed = committed
         unread = sum(1 for job_id in book.missing if not self._read(job_id))
-        return {"stop_reason": stop_reason[0], "dead_letters": dead, "unread": unread}
+        return {
+            "stop_reason": stop_reason[0],
+            "dead_letters": dead,
+            "unread": unread,
+            "found_on_second_read": found_again,
+        }
+
+    async def _read_missing_again(self, forward: Callable[[Any], None]) -> int:
+        """Read the target topics once more for the jobs still missing; how many it found.
+
+        Tells a forward the following reader never got (it is in the topic) from one that is
+        not there at all. Only the missing jobs' records are handed on, so nothing is counted
+        twice.
+        """
+        book = self.book
+        if not book.missing:
+            return 0
+        before = len(book.missing)
+        wanted = set(book.missing)
+
+        def missing_forward(record: Any) -> None:
+            if dict(record.headers).get("delayq-job-id") in wanted:
+                forward(record)
+
+        await read_to_end(self.cluster.broker.bootstrap, self.names.target_topics, missing_forward)
+        found = before - len(book.missing)
+        self.say(f"reconcile: a second full read of the target topics found {found} of {before}")
+        return found
 
     async def _collect_forwards(
         self,
@@ -820,6 +848,7 @@ def figures(run: Run, stats: LoadStats, extra: dict[str, Any]) -> dict[str, Any]
         "forwarded": forwarded,
         "forward_records": book.forwards,
         "forward_ranges_read_again": run.forwards.skipped_ranges if run.forwards else 0,
+        "missing_found_on_second_read": extra.get("found_on_second_read", 0),
         "forward_records_read_again": run.forwards.read_again if run.forwards else 0,
         "cancelled_before_due_still_forwarded": superseded.get(("cancel", BEFORE_DUE), 0),
         "cancel_races_forwarded": superseded.get(("cancel", RACE), 0),
