@@ -63,8 +63,8 @@ async def _read(bootstrap: str, until: asyncio.Event, total: int) -> tuple[int, 
             batch = await reader.getmany(timeout_ms=100)
             for tp, records in batch.items():
                 for record in records:
-                    expected = next_offset.get(tp.partition)
-                    if expected is not None and record.offset != expected:
+                    expected = next_offset.get(tp.partition, 0)  # a new topic starts at 0
+                    if record.offset != expected:
                         jumps.append((tp.partition, expected, record.offset))
                     next_offset[tp.partition] = record.offset + 1
                     keys.add(record.key or b"")

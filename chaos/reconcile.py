@@ -433,6 +433,8 @@ class Follower:
         ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        # From the first offset on: the very first fetch can skip records too.
+        self._next = {tp: await consumer.position(tp) for tp in tps}
         self._task = asyncio.create_task(self._follow(consumer))
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
@@ -442,8 +444,8 @@ class Follower:
                 skipped: list[tuple[TopicPartition, int, int]] = []
                 for tp, records in batch.items():
                     for record in records:
-                        expected = self._next.get(tp)
-                        if expected is not None and record.offset > expected:
+                        expected = self._next[tp]
+                        if record.offset > expected:
                             skipped.append((tp, expected, record.offset))
                         self._next[tp] = record.offset + 1
                     self._records.extend(records)
