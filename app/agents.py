@@ -197,9 +197,10 @@ async def apply_batch(messages: Sequence[Any]) -> None:
 
     1. every command and removal is written to the partition's local database;
     2. the broker acknowledges the batch's dead letters;
-    3. the replay mark (highest handled ingest offset) of each partition is written;
+    3. the replay mark (highest handled ingest offset) of each partition is recorded;
     4. the changelog records of 1 and 3 go to the producer, in write order (Faust flushes the
-       producer before it commits).
+       producer before it commits); the local database gets the mark of 3 only once the broker
+       acknowledged it (why: :meth:`app.engine.Engine.mark_applied`).
     """
     batch = _Batch()
     owned = set(active_partitions())

@@ -201,6 +201,9 @@ class _PartitionState:
     fence: bytes | None = field(default_factory=lambda: _new_fence())  # defined below
     #: When the fence was sent; None until then (and after the broker refused it).
     fence_sent_ms: int | None = None
+    #: Highest ingest offset applied by this process (the database's mark may lag behind it
+    #: until the broker acknowledges the changelog: Engine.mark_applied). None: see the database.
+    applied: int | None = None
 
 
 @dataclass(slots=True)
@@ -250,12 +253,25 @@ class Engine:
         Faust re-delivers what came after the last committed offset after a crash; applying
         such a schedule again would bring back a job that was cancelled or fired since.
         """
+        state = self._parts.get(partition)
+        if state is not None and state.applied is not None:
+            return state.applied
         raw = self.store.read(partition, APPLIED_KEY)
         return -1 if raw is None else decode_due_ms(raw)
 
     def mark_applied(self, partition: int, offset: int) -> None:
-        """Record (in the changelog too) that the commands up to ``offset`` are applied."""
-        self.store.put(partition, APPLIED_KEY, encode_due_ms(offset))
+        """Record that the commands up to ``offset`` are applied (changelogged with them).
+
+        The local database gets the mark only once the broker acknowledged its changelog
+        record, which follows the commands' own records: a worker killed before that keeps its
+        old mark, even with its data directory kept, so it applies those commands again when
+        Faust delivers them again, and the changelog gets them then. A mark written locally
+        first would make it skip them as applied, while the changelog (so a standby, or a
+        restore from it) never got their changes. Until then this process goes by its own
+        record of the mark.
+        """
+        self._state(partition).applied = offset
+        self.store.put_once_acked(partition, APPLIED_KEY, encode_due_ms(offset))
 
     def schedule(self, partition: int, job: Job) -> None:
         """Store ``job``, replacing any pending job with the same id."""

@@ -21,7 +21,9 @@ Durability order of a command (Faust commits the ingest offset only after step 3
 2. :meth:`PartitionStore.flush_changelog` hands the due-key change to the producer;
 3. before committing, Faust flushes the producer, so the changelog holds the change;
 4. the producer's ack records the changelog offset in the database (Faust's persisted offset),
-   so a restart with this data directory replays only what came after.
+   so a restart with this data directory replays only what came after; values the database
+   must not hold ahead of the changelog (:meth:`PartitionStore.put_once_acked`) are written
+   then too.
 
 If the producer gives up on a changelog record instead, step 3 must not commit: see
 tables/rebuild.py (no more commits, and the next start rebuilds the table from the changelog).
@@ -87,7 +89,8 @@ class PartitionStore:
         self._persisted = persisted
         self._failed = failed
         self._offset_entry = offset_entry
-        self._pending: list[tuple[int, bytes, bytes | None]] = []
+        #: (partition, key, value, write locally once acknowledged) in write order.
+        self._pending: list[tuple[int, bytes, bytes | None, bool]] = []
 
     @classmethod
     def for_faust_table(cls, table: Any, app: Any) -> PartitionStore:
@@ -149,12 +152,20 @@ class PartitionStore:
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Write locally now; the changelog record goes out with :meth:`flush_changelog`."""
         self._open_db(partition).put(key, value)
-        self._pending.append((partition, key, value))
+        self._pending.append((partition, key, value, False))
+
+    def put_once_acked(self, partition: int, key: bytes, value: bytes) -> None:
+        """Changelog ``key`` with :meth:`flush_changelog`; write it locally once acknowledged.
+
+        For a value the local database must not hold before the changelog does (the replay
+        mark: app/engine.py). Not written if the partition's database was dropped meanwhile.
+        """
+        self._pending.append((partition, key, value, True))
 
     def delete(self, partition: int, key: bytes) -> None:
         """Delete locally now; the tombstone goes out with :meth:`flush_changelog`."""
         self._open_db(partition).delete(key)
-        self._pending.append((partition, key, None))
+        self._pending.append((partition, key, None, False))
 
     def put_local(self, partition: int, key: bytes, value: bytes) -> None:
         """Write a derived key (the id index): never changelogged."""
@@ -172,21 +183,26 @@ class PartitionStore:
         local database already holds them all). Records not handed over when the producer
         raises stay pending for the next flush.
         """
-        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        for partition, key, value in self._pending:
-            by_partition.setdefault(partition, []).append((key, value))
+        by_partition: dict[int, list[tuple[bytes, bytes | None, bool]]] = {}
+        for partition, key, value, once_acked in self._pending:
+            by_partition.setdefault(partition, []).append((key, value, once_acked))
         self._pending = []
         partitions = list(by_partition.items())
-        for sent, (partition, records) in enumerate(partitions):
+        for sent, (partition, entries) in enumerate(partitions):
             try:
+                records = [(key, value) for key, value, _once_acked in entries]
                 placed = await self._send_changelog(partition, records)
             except BaseException:
                 # Writing a record twice is harmless (same key, same value, same order).
-                unsent = [(p, key, value) for p, batch in partitions[sent:] for key, value in batch]
+                unsent = [(p, *entry) for p, batch in partitions[sent:] for entry in batch]
                 self._pending = unsent + self._pending
                 raise
             for ack in {asyncio.ensure_future(ack) for ack, _index in placed}:
                 ack.add_done_callback(self._check)
+            for (key, value, once_acked), (record_ack, _i) in zip(entries, placed, strict=True):
+                if once_acked and value is not None:
+                    write = functools.partial(self._write_acked, partition, key, value)
+                    asyncio.ensure_future(record_ack).add_done_callback(write)
             last, index = placed[-1]
             callback = functools.partial(self._acked, partition, index)
             asyncio.ensure_future(last).add_done_callback(callback)
@@ -199,6 +215,15 @@ class PartitionStore:
         log.critical("changelog write failed: %r", exc)
         if self._failed is not None:
             self._failed(exc)
+
+    def _write_acked(
+        self, partition: int, key: bytes, value: bytes, fut: asyncio.Future[Any]
+    ) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # reported by _check
+        db = self._dbs().get(partition)
+        if db is not None:  # not revoked meanwhile (would reopen it)
+            db.put(key, value)
 
     def _acked(self, partition: int, index: int, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:

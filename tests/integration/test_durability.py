@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -13,7 +14,7 @@ from rocksdict import Options, Rdict
 
 from app.jobs import Job, encode_job
 from app.times import now_ms
-from tables.keys import due_key, index_entry
+from tables.keys import due_key, index_entry, split_due_key
 from tables.rebuild import mark_for_rebuild
 from tests.conftest import WorkerFactory
 from tests.support import (
@@ -210,3 +211,40 @@ async def test_a_wiped_worker_restored_in_bulk_finds_replaces_and_cancels_by_id(
     wait_for(lambda: restarted.get_json("/stats").get("pending") == 0, "nothing left pending")
     forwarded = by_job_id(await kafka.collect([ns.target()], lambda rs: True, timeout=1))
     assert not set(cancelled) & set(forwarded)
+
+
+def _scheduled_in_changelog(records: list[Any]) -> set[bytes]:
+    """Job ids with a schedule (a due-key put) in the jobs changelog."""
+    return {split_due_key(r.key)[1] for r in records if r.key.startswith(b"D") and r.value}
+
+
+async def test_commands_applied_just_before_a_sigkill_reach_the_changelog_after_a_restart(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+) -> None:
+    # Given a worker applying a steady stream of schedules (due in an hour: none fires)
+    worker = start_worker()
+    due = now_ms() + 3_600_000
+    ids = [f"stream-{i:05}".encode() for i in range(6_000)]
+
+    async def send_stream() -> None:
+        for start in range(0, len(ids), 100):
+            chunk = ids[start : start + 100]
+            await kafka.send_many(
+                ns.ingest, [(j, j, schedule_headers(ns.target(), due_ms=due)) for j in chunk]
+            )
+            await asyncio.sleep(0.02)  # the load's pace, not a wait for a condition
+
+    stream = asyncio.create_task(send_stream())
+    # When it is SIGKILLed while it applies them, and started again with its data directory
+    await changelog_holds(kafka, ns, 1_500)
+    worker.kill()
+    start_worker(data_dir=worker.data_dir)
+    await stream
+    await ingest_committed(kafka, ns, len(ids))
+    # Then the changelog holds every schedule: a standby or a restore from it misses none
+    changelog = f"{ns.app_id}-jobs-changelog"
+    records = await kafka.collect(
+        [changelog], lambda rs: _scheduled_in_changelog(rs) >= set(ids), timeout=30
+    )
+    missing = set(ids) - _scheduled_in_changelog(records)
+    assert not missing, f"{len(missing)} schedules applied but never changelogged"

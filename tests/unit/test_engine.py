@@ -79,6 +79,8 @@ class Harness:
         self.changelog: list[tuple[int, bytes, bytes | None]] = []
         #: The next this many changelog hand-offs raise.
         self.changelog_refusals = 0
+        #: Not None: changelog acks wait here until :meth:`ack_changelog` (the broker is slow).
+        self.held_acks: list[asyncio.Future[Any]] | None = None
         self.store = PartitionStore(lambda: self.dbs, self.open_db, self._log)
         self.producer = RecordingProducer()
         self.engine = Engine(
@@ -97,8 +99,17 @@ class Harness:
             raise RuntimeError("the producer refuses the changelog records")
         self.changelog.extend((partition, key, value) for key, value in records)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        if self.held_acks is None:
+            done.set_result(None)
+        else:
+            self.held_acks.append(done)
         return [(done, index) for index in range(len(records))]
+
+    def ack_changelog(self) -> None:
+        """The broker acknowledges the changelog records held so far."""
+        for ack in self.held_acks or ():
+            ack.set_result(None)
+        self.held_acks = []
 
     def open_db(self, partition: int) -> PartitionDB:
         if partition not in self.dbs:
@@ -692,3 +703,27 @@ async def test_changelog_records_the_producer_refused_go_out_with_the_next_flush
         (0, due_key(NOW + 3, b"c")),
     ]
     assert [(p, key) for p, key, _v in h.changelog if p == 1] == [(1, due_key(NOW + 2, b"b"))]
+
+
+async def test_the_replay_mark_reaches_the_database_only_once_the_changelog_has_it(
+    h: Harness,
+) -> None:
+    # Given a schedule applied from ingest offset 7, and a broker slow to acknowledge
+    h.held_acks = []
+    h.engine.schedule(0, Job(b"a", NOW, "out", None, b"v", (), 7))
+    # When the agent marks offset 7 applied and hands the batch's changelog over
+    h.engine.mark_applied(0, 7)
+    await h.engine.flush()
+    # Then the changelog gets the job, then the mark; this process knows offset 7 is applied
+    assert [key for _p, key, _v in h.changelog] == [due_key(NOW, b"a"), b"A"]
+    assert h.engine.applied_offset(0) == 7
+    # But until the broker acknowledges, a worker restarted on this database (killed now)
+    # does not see the mark, so it applies offset 7 again when Faust delivers it again
+    restarted = Engine(
+        h.store, h.producer, EngineConfig(fired_topic="fired", dead_letter_topic="dlq")
+    )
+    assert restarted.applied_offset(0) == -1
+    # And once acknowledged, the database has it
+    h.ack_changelog()
+    await asyncio.sleep(0)  # the ack's callbacks run
+    assert restarted.applied_offset(0) == 7
