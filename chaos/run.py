@@ -534,8 +534,9 @@ class Run:
         """Read the target topics once more for the jobs still missing; how many it found.
 
         Tells a forward the following reader never got (it is in the topic) from one that is
-        not there at all. Only the missing jobs' records are handed on, so nothing is counted
-        twice.
+        not there at all. The follower reads a skipped range again only once a later record of
+        the partition shows the gap, so a skip at the end of a partition shows only here. Only
+        the missing jobs' records are handed on, so nothing is counted twice.
         """
         book = self.book
         if not book.missing:

@@ -189,8 +189,8 @@ class PartitionStore:
         self._pending = []
         partitions = list(by_partition.items())
         for sent, (partition, entries) in enumerate(partitions):
+            records = [(key, value) for key, value, _once_acked in entries]
             try:
-                records = [(key, value) for key, value, _once_acked in entries]
                 placed = await self._send_changelog(partition, records)
             except BaseException:
                 # Writing a record twice is harmless (same key, same value, same order).
