@@ -39,7 +39,6 @@ class JobStatus(StrEnum):
 
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
-    NOT_FOUND = "not_found"
 
 
 @dataclass(frozen=True, slots=True)
