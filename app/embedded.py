@@ -285,7 +285,8 @@ Press Ctrl-C to stop the worker and the broker.
 def joined_banner(bootstrap: str, web: WebAddress, data_dir: str) -> str:
     """What ``python -m app.embedded worker`` prints once its worker is ready."""
     return f"""
-delayq worker joined the broker {bootstrap}: dashboard {web.url}/ (readiness: {web.url}/health)
+delayq worker joined the broker {bootstrap}:
+dashboard {web.url}/ (readiness: {web.url}/health)
 Its data directory {data_dir} is removed when it stops.
 Every worker's partitions: .venv/bin/delayq stats --cluster --url {web.url}
 Press Ctrl-C to stop this worker (the others take its partitions over).
