@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 from collections.abc import Awaitable
 from typing import Any
 
@@ -168,6 +169,7 @@ class health(View):
             "active_partitions": active_partitions() if ready else [],
             "standby_partitions": _standby_partitions() if ready else [],
             "next_wake_ms": engine.next_wake_ms,
+            "pid": os.getpid(),  # which process answers: `make run` waits for its own worker
         }
         if ready:
             # {partition: changelog records not yet read by the standby copy}; null if unknown.

@@ -585,6 +585,7 @@ class HealthOut(BaseModel):
     active_partitions: list[int]
     standby_partitions: list[int]
     next_wake_ms: int | None
+    pid: int = Field(description="The worker's process id (on its host).")
     standby_lag: dict[str, int] | None = Field(
         None,
         description="Per standby partition: changelog records its standby copy has not read "
