@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from app.api import compat, handlers
+from app.api import compat, handlers, middleware
 from app.api.models import ApiError, Reply
 from app.api.openapi import document
 from app.api.routing import ROUTED_HEADER
@@ -41,6 +41,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _metrics_registry = registry_for(handlers.metrics_snapshot)
+# aiohttp's own errors (no route, wrong method, body too large) as JSON like the views' errors.
+middleware.install(app.web)
 
 
 def _respond(view: View, reply: Reply) -> Response:
@@ -55,7 +57,7 @@ async def _answer(view: View, request: Request, call: Awaitable[Reply]) -> Respo
         reply = await call
     except ApiError as exc:
         reply = exc.reply()
-    except web.HTTPException:  # aiohttp's own answers (413 body too large, ...)
+    except web.HTTPException:  # aiohttp's own (413 body too large, ...): JSON by the middleware
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.rel_url.path)
