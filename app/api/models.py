@@ -543,10 +543,18 @@ class Counters(BaseModel):
     replays_skipped: int
     gaps_read_back: int
     not_owned_skipped: int
+    arrived_past_due: int = Field(
+        description="Jobs whose due time had passed when delayq received them; their "
+        "lateness counts from the receipt (the ingest record's timestamp)."
+    )
 
 
 class Lateness(BaseModel):
-    """Forward time minus due time over the most recent forwards (ms; null with no samples)."""
+    """Forward time minus due time over the most recent forwards (ms; null with no samples).
+
+    For a job already past due when delayq received it, from the receipt instead: lateness is
+    delayq's own delay, never the age of a job scheduled in the past.
+    """
 
     samples: int
     p50: int | None
