@@ -599,6 +599,12 @@ class HealthOut(BaseModel):
         "yet (0: a fail-over has nothing to replay); null if the broker did not answer. Only "
         "when ready.",
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What is degraded without making the worker unready (the status stays "
+        "200): partitions with fewer standby copies than DELAYQ_STANDBY_REPLICAS, whose "
+        "fail-over restores them from the changelog. Empty when not ready.",
+    )
 
 
 # --- go-delayqueue compatibility ----------------------------------------------------------------
