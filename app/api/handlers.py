@@ -198,9 +198,14 @@ def _counters() -> dict[str, int]:
 
 def _oldest_overdue_ms(active: list[int], now: int) -> int:
     due = engine.earliest(active, _OVERDUE_WINDOW, before_ms=now + 1)
-    for job in due:
-        if engine.status(partition_of(job.job_id, settings.partitions), job) is JobStatus.PENDING:
-            return now - job.due_ms
+    # Overdue since the later of due and receipt: a job scheduled in the past is not years late.
+    waiting = [
+        now - job.late_from_ms
+        for job in due
+        if engine.status(partition_of(job.job_id, settings.partitions), job) is JobStatus.PENDING
+    ]
+    if waiting:
+        return max(max(waiting), 0)
     # Nothing due, or every job looked at is in flight: the next one is at most this old.
     return now - due[-1].due_ms if len(due) == _OVERDUE_WINDOW else 0
 

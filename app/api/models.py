@@ -678,10 +678,18 @@ class Counters(BaseModel):
     replays_skipped: int
     gaps_read_back: int
     not_owned_skipped: int
+    arrived_past_due: int = Field(
+        description="Jobs whose due time had passed when delayq received them; their "
+        "lateness counts from the receipt (the ingest record's timestamp)."
+    )
 
 
 class Lateness(BaseModel):
-    """Forward time minus due time over the most recent forwards (ms; null with no samples)."""
+    """Forward time minus due time over the most recent forwards (ms; null with no samples).
+
+    For a job already past due when delayq received it, from the receipt instead: lateness is
+    delayq's own delay, never the age of a job scheduled in the past.
+    """
 
     samples: int
     p50: int | None
@@ -726,6 +734,12 @@ class HealthOut(BaseModel):
         description="Per standby partition: changelog records its standby copy has not read "
         "yet (0: a fail-over has nothing to replay); null if the broker did not answer. Only "
         "when ready.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What is degraded without making the worker unready (the status stays "
+        "200): partitions with fewer standby copies than DELAYQ_STANDBY_REPLICAS, whose "
+        "fail-over restores them from the changelog. Empty when not ready.",
     )
 
 
