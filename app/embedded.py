@@ -277,7 +277,8 @@ or from any Kafka client: a record to delayq-ingest with key = job id and header
 Watch what reaches demo-out: {delayq} tail --bootstrap {bootstrap} demo-out
 Pending jobs: {delayq} list --url {web.url}
 Cancel one: {delayq} cancel --bootstrap {bootstrap} JOB_ID
-Add a worker: {_with_embedded_port("make worker", broker_port)}
+Add a worker: {_with_embedded_port("make worker", broker_port)} (one worker has no standby
+  replica: the dashboard and /health say so until a second worker joins)
 Press Ctrl-C to stop the worker and the broker.
 """
 
