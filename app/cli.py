@@ -54,6 +54,7 @@ from app.client import (
 from app.durations import format_duration_ms, format_time_ms, parse_duration_ms, parse_time_ms
 from app.endpoints import DEFAULT_WEB_PORT, bootstrap_list, default_bootstrap, default_web_url
 from app.errors import BrokerUnavailable, DelayqError, IngestTopicError, SettingsError
+from app.ranges import ranges_text
 from app.times import now_ms
 
 __all__ = [
@@ -594,13 +595,7 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 def _ranges(partitions: Sequence[int]) -> str:
     """``[0, 1, 2, 3, 6]`` as ``0-3, 6``."""
-    spans: list[list[int]] = []
-    for partition in sorted(partitions):
-        if spans and partition == spans[-1][1] + 1:
-            spans[-1][1] = partition
-        else:
-            spans.append([partition, partition])
-    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans) or "none"
+    return ranges_text(partitions) or "none"
 
 
 def _ms(value: Any) -> str:

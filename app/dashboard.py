@@ -6,7 +6,8 @@ request leaves the worker) polls the API every worker already serves (``GET /sta
 ``/dashboard/api/``:
 
 - ``cluster``: every worker with its active and standby partitions and its recovery state (the
-  assignor knows only the active owners, so each worker is asked; answers even mid-rebalance);
+  assignor knows only the active owners, so each worker is asked; answers even mid-rebalance),
+  and a warning when partitions have fewer standby copies than configured (``app.standbys``);
 - ``timeline``: pending jobs per minute over the next hour and per hour over the next 72 hours,
   plus those overdue and those later (bounded scans, see :meth:`Engine.timeline`);
 - ``jobs``: the earliest pending jobs, a page at a time after an opaque cursor;
@@ -39,8 +40,8 @@ from app.durations import format_time_ms
 from app.jobs import Job, decode_job
 from app.runtime import active_partitions, engine
 from app.service import app, settings
+from app.standbys import standby_counts, standby_partitions, standby_warning
 from app.times import MAX_DUE_MS, now_ms
-from tables.jobs import jobs_table
 from tables.keys import DUE_END, due_key
 
 __all__ = [
@@ -126,12 +127,6 @@ def _asset_response(view: View, request: Request, name: str) -> Response:
 # --- cluster -----------------------------------------------------------------------------------
 
 
-def standby_partitions() -> list[int]:
-    """Partitions of the jobs table this worker keeps as a standby replica, sorted."""
-    changelog = jobs_table.changelog_topic.get_topic_name()
-    return sorted(tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == changelog)
-
-
 def _recovery() -> dict[str, Any]:
     tables: Any = app.tables  # its recovery service is not in Faust's TableManagerT
     state: dict[str, Any] = {
@@ -202,10 +197,15 @@ async def cluster(path_qs: str) -> dict[str, Any]:
     if not any(same_worker(url, router.self_url) for url in urls):
         urls.append(router.self_url)
     nodes = await asyncio.gather(*(_node(url, path_qs) for url in urls))
+    # A worker that does not answer keeps no standby anyone can count on.
+    copies = standby_counts((n["standby_partitions"] for n in nodes), settings.partitions)
+    warning = standby_warning(settings.standby_replicas, copies, len(nodes))
     return {
         "now_ms": now_ms(),
         "partitions": settings.partitions,
         "standby_replicas": settings.standby_replicas,
+        "without_standby": sorted(p for p, n in copies.items() if n < settings.standby_replicas),
+        "warnings": [] if warning is None else [warning],
         "self": router.self_url,
         "owners": {str(p): url for p, url in sorted(owners.items())},
         "unowned": [p for p in range(settings.partitions) if p not in owners],

@@ -15,11 +15,13 @@ Usage::
 
     python -m app.embedded run      # broker on 127.0.0.1:$DELAYQ_EMBEDDED_PORT (9092) + a worker
     python -m app.embedded broker   # only the broker, in the foreground until Ctrl-C
+    python -m app.embedded worker   # one more worker for the running broker (make worker)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import IO
 
@@ -171,31 +174,134 @@ class EmbeddedBroker:
 
 # --- CLI -------------------------------------------------------------------------------------
 
+DEFAULT_WEB_PORT = 6066
+WEB_PORT_ENV = "DELAYQ_WEB_PORT"
+WEB_HOST_ENV = "DELAYQ_WEB_HOST"
+#: ``python -m app.embedded worker`` takes the first free web port from here on.
+FIRST_EXTRA_WEB_PORT = DEFAULT_WEB_PORT + 1
+_EXTRA_WEB_PORTS = 100
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
-def usage_banner(broker_url: str, web_port: int) -> str:
-    """How to schedule a job against the running demo, printed once the worker is ready."""
+
+class CommandError(Exception):
+    """A one-line message for the user, and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def port_free(host: str, port: int) -> bool:
+    """True if a server could listen on ``host:port`` now. Bound as aiohttp binds (reuse-addr):
+    a closed connection lingering in TIME_WAIT does not count, a listener does."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen()
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class WebAddress:
+    """Where a worker's web server listens (``DELAYQ_WEB_HOST``), and how to reach it here."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        local = "127.0.0.1" if self.host in _WILDCARD_HOSTS else self.host
+        return f"http://{local}:{self.port}"
+
+
+def _web_host() -> str:
+    return os.environ.get(WEB_HOST_ENV, "127.0.0.1")
+
+
+def env_port(name: str, default: int) -> int:
+    """The port number in the environment variable ``name`` (``default`` when unset)."""
+    value = os.environ.get(name, str(default))
+    port = int(value) if value.strip().isdigit() else 0
+    if not 0 < port < 65_536:
+        raise CommandError(f"{name} must be a port number, got {value!r}")
+    return port
+
+
+def _checked_web_address(port: int) -> WebAddress:
+    """``port`` on ``DELAYQ_WEB_HOST``, checked before anything starts: a taken port would crash
+    the worker with a traceback after the broker started."""
+    web = WebAddress(_web_host(), port)
+    if not port_free(web.host, web.port):
+        raise CommandError(
+            f"web port {port} is already in use (another worker?); "
+            f"set {WEB_PORT_ENV} to use another port"
+        )
+    return web
+
+
+def _next_free_web_address(first: int) -> WebAddress:
+    host = _web_host()
+    for port in range(first, first + _EXTRA_WEB_PORTS):
+        if port_free(host, port):
+            return WebAddress(host, port)
+    last = first + _EXTRA_WEB_PORTS - 1
+    raise CommandError(f"no free web port in {first}-{last}; set {WEB_PORT_ENV} to a free one")
+
+
+def _with_embedded_port(command: str, port: int) -> str:
+    return command if port == DEFAULT_PORT else f"{PORT_ENV}={port} {command}"
+
+
+def usage_banner(broker_url: str, web: WebAddress) -> str:
+    """How to use the running demo, printed once its worker is ready: every command works as
+    printed with the ports in force."""
     bootstrap = broker_url.split("://", 1)[-1]
+    broker_port = int(bootstrap.rsplit(":", 1)[1])
+    delayq = ".venv/bin/delayq"
     return f"""
 delayq is ready: embedded broker {bootstrap} (in memory: stopping it loses everything),
-worker health at http://127.0.0.1:{web_port}/health
+dashboard {web.url}/ (readiness: {web.url}/health)
 
 Schedule a job due in 5 seconds, from another terminal:
-  .venv/bin/delayq schedule --bootstrap {bootstrap} --target demo-out --delay 5s 'hello later'
+  {delayq} schedule --bootstrap {bootstrap} --target demo-out --delay 5s 'hello later'
 or from any Kafka client: a record to delayq-ingest with key = job id and headers
   delayq-target: demo-out   delayq-delay-ms: 5000
   .venv/bin/python examples/schedule_confluent.py --bootstrap {bootstrap} --target demo-out \\
       --delay-ms 5000 hello
-Cancel it: .venv/bin/delayq cancel --bootstrap {bootstrap} JOB_ID
+Watch what reaches demo-out: {delayq} tail --bootstrap {bootstrap} demo-out
+Pending jobs: {delayq} list --url {web.url}
+Cancel one: {delayq} cancel --bootstrap {bootstrap} JOB_ID
+Add a worker: {_with_embedded_port("make worker", broker_port)}
 Press Ctrl-C to stop the worker and the broker.
 """
 
 
-def _worker_ready(web_port: int) -> bool:
+def joined_banner(bootstrap: str, web: WebAddress, data_dir: str) -> str:
+    """What ``python -m app.embedded worker`` prints once its worker is ready."""
+    return f"""
+delayq worker joined the broker {bootstrap}:
+dashboard {web.url}/ (readiness: {web.url}/health)
+Its data directory {data_dir} is removed when it stops.
+Every worker's partitions: .venv/bin/delayq stats --cluster --url {web.url}
+Press Ctrl-C to stop this worker (the others take its partitions over).
+"""
+
+
+def answers_as(url: str, pid: int) -> bool:
+    """True if ``url/health`` says ready and comes from process ``pid``: another server on the
+    port (or an older worker) does not count."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=0.5) as resp:
-            return bool(resp.status == 200)
-    except OSError:
+        with urllib.request.urlopen(f"{url}/health", timeout=0.5) as resp:
+            body = json.load(resp)
+    except (OSError, ValueError):  # HTTPError (503 recovering) is an OSError
         return False
+    return isinstance(body, dict) and body.get("pid") == pid
 
 
 def _exit_code(returncode: int) -> int:
@@ -214,6 +320,18 @@ def _stop_requested() -> threading.Event:
     return event
 
 
+def _start_worker(broker_url: str, data_dir: str, web: WebAddress) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DELAYQ_BROKER_URL": broker_url,
+        "DELAYQ_DATA_DIR": data_dir,
+        WEB_PORT_ENV: str(web.port),
+    }
+    cmd = [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"]
+    # Own session: a terminal Ctrl-C reaches only us, and we stop the worker before the broker.
+    return subprocess.Popen(cmd, env=env, start_new_session=True)
+
+
 def _stop_worker(worker: subprocess.Popen[bytes]) -> int:
     if worker.poll() is None:
         worker.terminate()
@@ -225,58 +343,86 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> int:
     return worker.wait()
 
 
-def _start_broker(port: int) -> EmbeddedBroker | int:
-    """The started broker, or the exit code after a one-line message (2: port taken)."""
-    broker = EmbeddedBroker(port)
-    if port_open(broker.host, port):
+def _supervise(
+    worker: subprocess.Popen[bytes],
+    web: WebAddress,
+    banner: str,
+    stop: threading.Event,
+    broker: EmbeddedBroker | None = None,
+) -> int:
+    """Print ``banner`` once the worker answers, until Ctrl-C/SIGTERM or until the worker (or
+    ``broker``) exits; the exit code."""
+    announced = False
+    try:
+        while not stop.wait(0.2):
+            if worker.poll() is not None:
+                print(f"delayq: worker exited with code {worker.returncode}", file=sys.stderr)
+                return _exit_code(worker.returncode)
+            if broker is not None and not broker.running():
+                print(f"delayq: embedded broker died: {broker.output()}", file=sys.stderr)
+                return 1
+            if not announced and answers_as(web.url, worker.pid):
+                print(banner, flush=True)
+                announced = True
         print(
-            f"delayq: port {port} is already in use (another broker?); "
-            f"set {PORT_ENV} to use another port",
+            f"delayq: stopping the worker{', then the broker' if broker is not None else ''}",
             file=sys.stderr,
         )
-        return 2
+        return 0 if _stop_worker(worker) in (0, -signal.SIGTERM) else 1
+    finally:
+        _stop_worker(worker)
+
+
+def _start_broker(port: int) -> EmbeddedBroker:
+    """The started broker (else :class:`CommandError`; code 2: the port is taken)."""
+    broker = EmbeddedBroker(port)
+    if port_open(broker.host, port):
+        raise CommandError(
+            f"port {port} is already in use (another broker?); set {PORT_ENV} to use another port"
+        )
     try:
         broker.start()
     except EmbeddedBrokerError as exc:
-        print(f"delayq: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc), 1) from None
     return broker
 
 
 def run(port: int) -> int:
     """Broker plus one worker until Ctrl-C/SIGTERM or until the worker exits."""
     stop = _stop_requested()
+    web = _checked_web_address(env_port(WEB_PORT_ENV, DEFAULT_WEB_PORT))
     broker = _start_broker(port)
-    if isinstance(broker, int):
-        return broker
     # The broker keeps nothing across runs, so neither may the worker: stale table state with
     # offsets beyond the new, empty changelog stops recovery (ConsistencyError).
     data_dir = tempfile.mkdtemp(prefix="delayq-run-")
     try:
-        env = {**os.environ, "DELAYQ_BROKER_URL": broker.url, "DELAYQ_DATA_DIR": data_dir}
-        cmd = [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"]
-        # Own session: a terminal Ctrl-C reaches only us, and we stop the worker before the broker.
-        worker = subprocess.Popen(cmd, env=env, start_new_session=True)
-        web_port = int(os.environ.get("DELAYQ_WEB_PORT", "6066"))
-        announced = False
-        try:
-            while not stop.wait(0.2):
-                if not announced and _worker_ready(web_port):
-                    print(usage_banner(broker.url, web_port), flush=True)
-                    announced = True
-                if worker.poll() is not None:
-                    print(f"delayq: worker exited with code {worker.returncode}", file=sys.stderr)
-                    return _exit_code(worker.returncode)
-                if not broker.running():
-                    print(f"delayq: embedded broker died: {broker.output()}", file=sys.stderr)
-                    _stop_worker(worker)
-                    return 1
-            print("delayq: stopping worker, then broker", file=sys.stderr)
-            return 0 if _stop_worker(worker) in (0, -signal.SIGTERM) else 1
-        finally:
-            _stop_worker(worker)
+        worker = _start_worker(broker.url, data_dir, web)
+        return _supervise(worker, web, usage_banner(broker.url, web), stop, broker)
     finally:
         broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def join(port: int) -> int:
+    """One more worker for the broker on 127.0.0.1:``port`` (``make run``'s), with its own web
+    port and a temporary data directory, until Ctrl-C/SIGTERM or until it exits."""
+    stop = _stop_requested()
+    bootstrap = f"127.0.0.1:{port}"
+    if not port_open("127.0.0.1", port):
+        raise CommandError(
+            f"no broker on {bootstrap}: start one with `make run` first "
+            f"(or set {PORT_ENV} to the port of the running one)",
+            1,
+        )
+    if WEB_PORT_ENV in os.environ:
+        web = _checked_web_address(env_port(WEB_PORT_ENV, DEFAULT_WEB_PORT))
+    else:
+        web = _next_free_web_address(FIRST_EXTRA_WEB_PORT)
+    data_dir = tempfile.mkdtemp(prefix="delayq-worker-")
+    try:
+        worker = _start_worker(f"kafka://{bootstrap}", data_dir, web)
+        return _supervise(worker, web, joined_banner(bootstrap, web, data_dir), stop)
+    finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -284,8 +430,6 @@ def broker_only(port: int) -> int:
     """Only the broker, in the foreground until Ctrl-C/SIGTERM."""
     stop = _stop_requested()
     broker = _start_broker(port)
-    if isinstance(broker, int):
-        return broker
     try:
         print(f"delayq: embedded broker at {broker.url} (pid {broker.pid}); Ctrl-C stops it")
         while not stop.wait(0.2):
@@ -297,21 +441,32 @@ def broker_only(port: int) -> int:
         broker.stop()
 
 
+_COMMANDS = {"run": run, "broker": broker_only, "worker": join}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app.embedded", description="The embedded Tansu broker for development."
     )
     parser.add_argument(
-        "command", choices=["run", "broker"], help="broker + worker, or broker only"
+        "command",
+        choices=list(_COMMANDS),
+        help="run: broker + worker; broker: broker only; worker: one more worker for the "
+        "running broker (own web port and data directory)",
     )
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get(PORT_ENV, DEFAULT_PORT)),
+        default=None,
         help=f"broker port on 127.0.0.1 (default: ${PORT_ENV} or {DEFAULT_PORT})",
     )
     args = parser.parse_args(argv)
-    return run(args.port) if args.command == "run" else broker_only(args.port)
+    try:
+        port = env_port(PORT_ENV, DEFAULT_PORT) if args.port is None else args.port
+        return _COMMANDS[args.command](port)
+    except CommandError as exc:
+        print(f"delayq: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -148,7 +149,11 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class Stats:
-    """Counters since the worker started; lateness of the most recent forwards."""
+    """Counters since the worker started; lateness of the most recent forwards.
+
+    Lateness is forward time minus the later of the due time and the receipt of the schedule
+    command (:attr:`app.jobs.Job.late_from_ms`): delayq's own delay, not a job's age.
+    """
 
     scheduled: int = 0
     replaced: int = 0
@@ -166,6 +171,8 @@ class Stats:
     gaps_read_back: int = 0
     #: Records of partitions this worker no longer owned when it got to them (not applied).
     not_owned_skipped: int = 0
+    #: Schedules whose due time had passed when delayq received them (late from receipt).
+    arrived_past_due: int = 0
     lateness_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     recent_dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=100))
 
@@ -273,8 +280,15 @@ class Engine:
         self._state(partition).applied = offset
         self.store.put_once_acked(partition, APPLIED_KEY, encode_due_ms(offset))
 
-    def schedule(self, partition: int, job: Job) -> None:
-        """Store ``job``, replacing any pending job with the same id."""
+    def schedule(self, partition: int, job: Job, received_ms: int) -> None:
+        """Store ``job``, replacing any pending job with the same id.
+
+        ``received_ms`` is when delayq received the command: a job already past due then keeps
+        it, so that its lateness counts from there (and across a restart: it is stored).
+        """
+        if job.due_ms < received_ms:
+            job = dataclasses.replace(job, received_ms=received_ms)
+            self.stats.arrived_past_due += 1
         old_index = self.store.read(partition, id_key(job.job_id))
         new_key = due_key(job.due_ms, job.job_id)
         state = self._state(partition)
@@ -649,7 +663,7 @@ class Engine:
             for fwd in forwards:
                 if fwd.error is None:
                     self.stats.fired += 1
-                    self.stats.lateness_ms.append(now - fwd.job.due_ms)
+                    self.stats.lateness_ms.append(now - fwd.job.late_from_ms)
                 elif await self._give_up(fwd, now) is not None:
                     retrying = True
                     continue

@@ -1,7 +1,9 @@
 """A pending job, its status, and its compact binary form in the jobs table.
 
 The table stores raw bytes (no JSON, no pickles): a schedule costs one small struct pack, and a
-value of any bytes survives unchanged.
+value of any bytes survives unchanged. A job that was already past due when delayq received it
+carries its receipt time in an 8-byte trailer (absent on every other job, so they cost nothing
+more; a decoder that predates the trailer stops before it and reads the job without it).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ class JobStatus(StrEnum):
 
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
-    NOT_FOUND = "not_found"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,16 @@ class Job:
     headers: tuple[Header, ...]
     #: Ingest offset of the schedule command: tells a replaced job from its successor.
     version: int
+    #: When delayq received the schedule command, kept only if the job was past due by then.
+    received_ms: int | None = None
+
+    @property
+    def late_from_ms(self) -> int:
+        """What lateness counts from: the due time, or the receipt of a job past due on arrival.
+
+        A job scheduled in the past is late only by what delayq took after it got the command.
+        """
+        return self.due_ms if self.received_ms is None else max(self.due_ms, self.received_ms)
 
     @property
     def forward_key(self) -> bytes:
@@ -116,6 +127,8 @@ def encode_job(job: Job) -> bytes:
         out.append(_U16.pack(len(encoded)))
         out.append(encoded)
         _pack_bytes(out, value)
+    if job.received_ms is not None:
+        out.append(_I64.pack(job.received_ms))
     return b"".join(out)
 
 
@@ -140,7 +153,8 @@ def decode_job(raw: bytes) -> Job:
         pos += name_len
         header_value, pos = _unpack_bytes(raw, pos)
         headers.append((name, header_value))
-    return Job(job_id or b"", due_ms, target, key, value, tuple(headers), version)
+    received_ms = _I64.unpack_from(raw, pos)[0] if len(raw) > pos else None
+    return Job(job_id or b"", due_ms, target, key, value, tuple(headers), version, received_ms)
 
 
 def job_version(raw: bytes) -> int:

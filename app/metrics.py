@@ -7,7 +7,9 @@ when Prometheus asks, through a custom collector on a private registry.
   forward_failures, dead_lettered (since the worker started);
 - ``delayq_pending_jobs``, ``delayq_oldest_overdue_seconds``: of this worker's active partitions
   (absent while it rebalances or recovers; ``delayq_ready`` says which);
-- ``delayq_forward_lateness_seconds``: a summary of forward time minus due time. Quantiles are
+- ``delayq_forward_lateness_seconds``: a summary of forward time minus due time (minus the
+  receipt time for a job that was past due when delayq received it: those are counted by
+  ``delayq_arrived_past_due_total``, and only delayq's own delay is lateness). Quantiles are
   over the engine's window of recent forwards; ``_count`` is every forward, ``_sum`` is added up
   scrape by scrape from that window (estimated from the window's mean for forwards that left the
   window unseen, i.e. more than its size between two scrapes).
@@ -47,6 +49,7 @@ COUNTERS: Mapping[str, str] = {
     "replays_skipped": "Ingest commands delivered again after a crash and not applied twice.",
     "gaps_read_back": "Ingest commands the stream skipped, read back and applied.",
     "not_owned_skipped": "Records left to the new owner: read before a rebalance took them away.",
+    "arrived_past_due": "Jobs already past due when delayq received them (late from receipt).",
 }
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -123,7 +126,8 @@ class EngineCollector(Collector):
         fired = snap.counters.get("fired", 0)
         self._add_new_lateness(fired, snap.lateness_ms)
         name = "delayq_forward_lateness_seconds"
-        metric = Metric(name, "Forward time minus due time of forwarded jobs.", "summary")
+        doc = "Forward time minus due time (or receipt, if later) of forwarded jobs."
+        metric = Metric(name, doc, "summary")
         ordered = sorted(snap.lateness_ms)
         for q in QUANTILES:
             value = quantile(ordered, q)

@@ -24,6 +24,9 @@ __all__ = ["app", "embedded", "settings"]
 
 log = logging.getLogger(__name__)
 
+#: The sensors' rebalance state when there are none (see DelayqApp.on_rebalance_start).
+_NO_SENSOR_STATE: dict[Any, Any] = {"sensors": "none"}
+
 
 def _settings() -> Settings:
     try:
@@ -89,6 +92,14 @@ class DelayqApp(faust.App):
         dependencies = super().on_init_dependencies()
         self.sensors.remove(self.monitor)
         return dependencies
+
+    def on_rebalance_start(self) -> None:
+        super().on_rebalance_start()
+        # With no sensors, the sensors' rebalance state is {}: Faust takes that for a lost
+        # state and warns "Missing sensor state for rebalance" twice per rebalance. A state
+        # without sensors in it is the true one, and what each sensor (none) reads from it.
+        if not self._rebalancing_sensor_state:
+            self._rebalancing_sensor_state = _NO_SENSOR_STATE
 
     async def on_first_start(self) -> None:
         # Before any table partition opens: a table marked as ahead of its changelog is

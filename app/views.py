@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from app.api import compat, handlers
+from app.api import compat, handlers, middleware
 from app.api.models import ApiError, Reply
 from app.api.openapi import document
 from app.api.routing import ROUTED_HEADER
 from app.metrics import CONTENT_TYPE_LATEST, registry_for, render
 from app.runtime import active_partitions, engine
 from app.service import app, settings
+from app.standbys import assignment_standbys, standby_partitions, standby_warning
 from tables.jobs import jobs_table
 from tables.restore import standby_lag
 
@@ -40,6 +42,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _metrics_registry = registry_for(handlers.metrics_snapshot)
+# aiohttp's own errors (no route, wrong method, body too large) as JSON like the views' errors.
+middleware.install(app.web)
 
 
 def _respond(view: View, reply: Reply) -> Response:
@@ -54,7 +58,7 @@ async def _answer(view: View, request: Request, call: Awaitable[Reply]) -> Respo
         reply = await call
     except ApiError as exc:
         reply = exc.reply()
-    except web.HTTPException:  # aiohttp's own answers (413 body too large, ...)
+    except web.HTTPException:  # aiohttp's own (413 body too large, ...): JSON by the middleware
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.rel_url.path)
@@ -152,22 +156,29 @@ class openapi(View):
         return self.json(document())
 
 
-def _standby_partitions() -> list[int]:
-    changelog = jobs_table.changelog_topic.get_topic_name()
-    return sorted(tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == changelog)
+def _warnings() -> list[str]:
+    """What is degraded without making the worker unready (a 200 all the same)."""
+    copies, workers = assignment_standbys()
+    warning = standby_warning(settings.standby_replicas, copies, workers)
+    return [] if warning is None else [warning]
 
 
 @app.page("/health")
 class health(View):
-    """200 once this worker's tables are recovered and it is firing; 503 before."""
+    """200 once this worker's tables are recovered and it is firing; 503 before.
+
+    ``warnings`` names what is degraded but not down (partitions short of standby copies).
+    """
 
     async def get(self, request: Request) -> Response:
         ready = bool(app.tables.actives_ready) and not app.rebalancing
         body: dict[str, Any] = {
             "status": "ok" if ready else "recovering",
             "active_partitions": active_partitions() if ready else [],
-            "standby_partitions": _standby_partitions() if ready else [],
+            "standby_partitions": standby_partitions() if ready else [],
             "next_wake_ms": engine.next_wake_ms,
+            "pid": os.getpid(),  # which process answers: `make run` waits for its own worker
+            "warnings": _warnings() if ready else [],
         }
         if ready:
             # {partition: changelog records not yet read by the standby copy}; null if unknown.

@@ -20,8 +20,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app.times import now_ms
 from bench.contenders import Delayq
-from bench.load import Job, Record, now_ms
+from bench.load import Job, Record
 from bench.measure import Collector
 from bench.scenarios import WARM_JOBS, Runner, wait_ingested
 from bench.workers import DelayqWorker, rss_bytes

@@ -19,22 +19,19 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
+from app.times import now_ms
+
 __all__ = [
     "Generator",
     "Job",
     "LoadStats",
     "Record",
     "burst_plan",
-    "now_ms",
     "spread_plan",
 ]
 
 SLICE_S = 0.010
 VALUE = b"v" * 100  # the payload of every job: 100 bytes
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-__all__ = ["Arrival", "Collector", "percentile", "summarize"]
+from app.metrics import quantile
+
+__all__ = ["Arrival", "Collector", "summarize"]
 
 DUE_HEADER = "delayq-due-ms"
 #: Quantiles kept for the CDF picture: even steps, then more of the tail.
@@ -133,14 +134,6 @@ class Collector:
         ]
 
 
-def percentile(sorted_values: Sequence[int], q: float) -> int | None:
-    """Nearest-rank percentile (``q`` in 0..1) of already sorted values."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 def summarize(
     lateness: Sequence[int], expected: int, duplicates: int = 0, with_cdf: bool = False
 ) -> dict[str, Any]:
@@ -153,12 +146,12 @@ def summarize(
         "duplicates": duplicates,
         "early": sum(1 for v in values if v < 0),
         "min_ms": values[0] if values else None,
-        "p50_ms": percentile(values, 0.50),
-        "p99_ms": percentile(values, 0.99),
-        "p999_ms": percentile(values, 0.999),
+        "p50_ms": quantile(values, 0.50),
+        "p99_ms": quantile(values, 0.99),
+        "p999_ms": quantile(values, 0.999),
         "max_ms": values[-1] if values else None,
         "mean_ms": round(sum(values) / len(values), 1) if values else None,
     }
     if with_cdf and values:
-        out["cdf"] = [[q, percentile(values, q)] for q in CDF_QUANTILES]
+        out["cdf"] = [[q, quantile(values, q)] for q in CDF_QUANTILES]
     return out

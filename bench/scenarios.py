@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.times import now_ms
 from bench.broker import CommittedOffsets
 from bench.contenders import Contender, Delayq, Env, Limit, make
-from bench.load import Generator, Job, LoadStats, burst_plan, now_ms, spread_plan
+from bench.load import Generator, Job, LoadStats, burst_plan, spread_plan
 from bench.measure import Collector, summarize
 from bench.workers import Proc, cpu_seconds
 

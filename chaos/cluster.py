@@ -21,13 +21,10 @@ from pathlib import Path
 from typing import Any, Self
 
 from app.embedded import EmbeddedBroker, free_port
+from app.times import now_ms
 from app.workerproc import DeploymentNames, WorkerProcess
 
 __all__ = ["Broker", "Cluster", "Names", "Worker"]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)

@@ -28,16 +28,14 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
+from app.times import now_ms
+
 __all__ = ["LoadConfig", "LoadGenerator", "LoadStats", "job_value"]
 
 SLICE_S = 0.010
 VALUE_BYTES = 100
 #: Jobs remembered as candidates for replace and cancel.
 _RECENT = 50_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def job_value(job_id: bytes, revision: int) -> bytes:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +48,6 @@ __all__ = [
     "Forward",
     "changelog_history",
     "parse_ingest",
-    "percentile",
     "read_to_end",
 ]
 
@@ -475,14 +473,6 @@ class Follower:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-
-def percentile(sorted_values: list[int], q: float) -> int | None:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return None
-    rank = max(1, min(len(sorted_values), math.ceil(q * len(sorted_values))))
-    return sorted_values[rank - 1]
 
 
 async def changelog_history(

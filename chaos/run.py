@@ -38,7 +38,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app import tansu_compat
-from chaos.cluster import Cluster, Names, Worker, now_ms
+from app.metrics import quantile
+from app.times import now_ms
+from chaos.cluster import Cluster, Names, Worker
 from chaos.forensics import duplicate_cause, format_events, superseded_cause
 from chaos.load import LoadConfig, LoadGenerator, LoadStats
 from chaos.reconcile import (
@@ -50,7 +52,6 @@ from chaos.reconcile import (
     Follower,
     Forward,
     changelog_history,
-    percentile,
     read_to_end,
 )
 from chaos.report import table
@@ -785,12 +786,12 @@ class Run:
                 }
             )
         return {
-            "p50_ms": percentile(every, 0.50),
-            "p99_ms": percentile(every, 0.99),
+            "p50_ms": quantile(every, 0.50),
+            "p99_ms": quantile(every, 0.99),
             "max_ms": every[-1] if every else None,
             "outside_windows_jobs": len(outside),
-            "outside_windows_p50_ms": percentile(outside, 0.50),
-            "outside_windows_p99_ms": percentile(outside, 0.99),
+            "outside_windows_p50_ms": quantile(outside, 0.50),
+            "outside_windows_p99_ms": quantile(outside, 0.99),
             "outside_windows_max_ms": outside[-1] if outside else None,
             "windows": per_window,
         }

@@ -131,10 +131,6 @@ class PartitionStore:
             offset_entry,
         )
 
-    def has_partition(self, partition: int) -> bool:
-        """Whether this worker holds the partition's database."""
-        return partition in self._dbs()
-
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The value at ``key`` in ``partition``, or None (also if its database is not open)."""
         db = self._dbs().get(partition)

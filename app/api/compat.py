@@ -8,8 +8,11 @@ Three endpoints under ``/delay-queue/api/jobs``, POST with a JSON body as its RE
 - 400 bad parameters (bad JSON, missing or mistyped fields, ``delay`` 0, a bad topic);
 - 10001 ``delay`` out of 1 .. 2^31 seconds; 10002 add failed (the broker did not acknowledge);
 - 10003 remove failed (the job was already forwarded, or its owner is unavailable);
-- 10004 job not found (``get``; ``remove`` of an unknown job is 0, as there: idempotent).
+- 10004 the job could not be looked up (``get``: its owner answered an error);
 - 10005 (delayq's own) the job's worker is not known right now (rebalance): try again.
+
+An absent job is no error, as go-delayqueue's README documents: ``get`` answers code 0 with
+``data`` null, and ``remove`` of an unknown job is code 0 (idempotent).
 
 ``topic`` is the target topic, ``body`` the forwarded value (UTF-8), ``delay`` whole seconds.
 ``remove`` and ``get`` run the native routed ``DELETE``/``GET /jobs/{id}``, so they work on any
@@ -46,7 +49,7 @@ BAD_PARAMS = 400
 BAD_DELAY = 10001
 ADD_FAILED = 10002
 REMOVE_FAILED = 10003
-NOT_FOUND = 10004
+GET_FAILED = 10004
 #: Not in the seed: the job's owner is not known right now (rebalance); retry.
 UNAVAILABLE = 10005
 MAX_DELAY_S = 1 << 31
@@ -78,7 +81,7 @@ def _parse(model: type[_M], body: bytes, query: Mapping[str, str]) -> _M:
     except ApiError as exc:
         raise _bad([FieldError(field="body", message=exc.message)]) from None
     except ValidationError as exc:
-        raise _bad(field_errors(exc)) from None
+        raise _bad(field_errors(exc, model)) from None
 
 
 async def _add(body: bytes) -> Reply:
@@ -98,7 +101,7 @@ async def _add(body: bytes) -> Reply:
             now_ms(), handlers.FORBIDDEN_TARGETS, handlers.settings.max_forward_bytes
         )
     except ValidationError as exc:
-        raise _bad(field_errors(exc)) from None
+        raise _bad(field_errors(exc, ScheduleIn)) from None
     except ApiError as exc:
         raise _bad(exc.errors) from None
     try:
@@ -165,8 +168,10 @@ async def get(body: bytes, query: Mapping[str, str]) -> Reply:
         return _reply(BAD_PARAMS, f"invalid parameters: {_message(native)}")
     if native.status == 503:  # not "not found": the owner is moving (rebalance)
         return _reply(UNAVAILABLE, f"try again: {_message(native)}")
+    if native.status == 404:  # go-delayqueue's README: an absent job is code 0, data null
+        return _reply(OK, f"job not found ({_message(native)})")
     if native.status != 200:
-        return _reply(NOT_FOUND, f"job not found ({_message(native)})")
+        return _reply(GET_FAILED, f"looking up the job failed: {_message(native)}")
     return _reply(OK, "ok", compat_job(_json(native), now_ms()))
 
 

@@ -24,6 +24,7 @@ from app.api.models import (
     Reply,
     Schedule,
     ScheduleIn,
+    echo,
     job_out,
     parse_model,
 )
@@ -135,7 +136,7 @@ async def get_job(job_id: str, *, routed: bool, path_qs: str) -> Reply:
         return await router.forward(where.url, "GET", path_qs)
     job = engine.get(where.partition, encoded)
     if job is None:
-        raise ApiError(404, f"no pending job {job_id!r}")
+        raise ApiError(404, f"no pending job {echo(job_id)}")
     return Reply(200, job_out(job, engine.status(where.partition, job), where.partition))
 
 
@@ -147,9 +148,9 @@ async def cancel_job(job_id: str, *, routed: bool, path_qs: str) -> Reply:
         return await router.forward(where.url, "DELETE", path_qs)
     job = engine.get(where.partition, encoded)
     if job is None:
-        raise ApiError(404, f"no pending job {job_id!r}")
+        raise ApiError(404, f"no pending job {echo(job_id)}")
     if engine.status(where.partition, job) is JobStatus.IN_FLIGHT:
-        raise ApiError(409, f"job {job_id!r} was already forwarded to {job.target!r}")
+        raise ApiError(409, f"job {echo(job_id)} was already forwarded to {job.target!r}")
     await _produce(encoded, None, [])
     return Reply(202, {"id": job_id, "status": "cancelling"})
 
@@ -197,9 +198,14 @@ def _counters() -> dict[str, int]:
 
 def _oldest_overdue_ms(active: list[int], now: int) -> int:
     due = engine.earliest(active, _OVERDUE_WINDOW, before_ms=now + 1)
-    for job in due:
-        if engine.status(partition_of(job.job_id, settings.partitions), job) is JobStatus.PENDING:
-            return now - job.due_ms
+    # Overdue since the later of due and receipt: a job scheduled in the past is not years late.
+    waiting = [
+        now - job.late_from_ms
+        for job in due
+        if engine.status(partition_of(job.job_id, settings.partitions), job) is JobStatus.PENDING
+    ]
+    if waiting:
+        return max(max(waiting), 0)
     # Nothing due, or every job looked at is in flight: the next one is at most this old.
     return now - due[-1].due_ms if len(due) == _OVERDUE_WINDOW else 0
 

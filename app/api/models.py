@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -34,7 +35,9 @@ from app.settings import valid_topic_name
 from app.times import MAX_DUE_MS
 
 __all__ = [
+    "COMPAT_PREFIX",
     "DEFAULT_LIST_LIMIT",
+    "ECHO_CHARS",
     "MAX_LIST_LIMIT",
     "ApiError",
     "CancelOut",
@@ -58,8 +61,11 @@ __all__ = [
     "ScheduledOut",
     "StatsOut",
     "TotalStats",
+    "compat_http_error",
+    "echo",
     "field_errors",
     "job_out",
+    "json_type",
     "parse_model",
 ]
 
@@ -126,12 +132,17 @@ class ApiError(Exception):
         return cls(422, f"invalid request: {summary}", errors)
 
 
-def field_errors(exc: ValidationError) -> list[FieldError]:
-    """Pydantic's errors as ``FieldError``s, with messages a person can act on."""
+def field_errors(exc: ValidationError, model: type[BaseModel] | None = None) -> list[FieldError]:
+    """Pydantic's errors as ``FieldError``s a person can act on (``model``: the one validated).
+
+    The one place pydantic's wording is turned into the API's: no class names or pydantic terms,
+    JSON type names, and long input echoed only in part (:func:`echo`).
+    """
     out: list[FieldError] = []
-    for error in exc.errors(include_url=False, include_input=False):
-        path = ".".join(str(part) for part in error["loc"]) or "body"
-        message = str(error["msg"]).removeprefix("Value error, ")
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        path = ".".join(str(part) for part in loc) or "body"
+        message = _shorten_echo(_message(error, model, loc), error.get("input"))
         out.append(FieldError(field=path, message=message))
     return out
 
@@ -141,7 +152,126 @@ def parse_model(model: type[_M], data: Any) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError.invalid(field_errors(exc)) from None
+        raise ApiError.invalid(field_errors(exc, model)) from None
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+#: Input quoted in a message is cut to this many characters.
+ECHO_CHARS = 40
+
+#: Pydantic error types -> the API's message (``{got}``: the input's JSON type; the rest: ctx).
+_MESSAGES = {
+    "missing": "is required",
+    "list_type": "must be an array, got {got}",
+    "string_type": "must be a string, got {got}",
+    "int_type": "must be an integer, got {got}",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "int_parsing_size": "is too large a number",
+    "string_too_long": "must have at most {max_length} characters",
+    "greater_than": "must be more than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "literal_error": "must be {expected}",
+}
+#: A JSON type name with its article, for "must be ...".
+_A_TYPE = {"integer": "an integer", "number": "a number", "string": "a string"}
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (type(None), "null"),
+    (bool, "boolean"),  # before int: a bool is an int in Python
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+)
+
+
+def json_type(value: object) -> str:
+    """The JSON name of ``value``'s type (``array``, not ``list``)."""
+    return _json_type_name(type(value))
+
+
+def _json_type_name(python_type: type) -> str:
+    for known, name in _JSON_TYPES:
+        if issubclass(python_type, known):
+            return name
+    return python_type.__name__
+
+
+def echo(value: object) -> str:
+    """``value`` quoted for a message: whole when short, else its start, "…" and its length."""
+    text = repr(value)
+    if len(text) <= ECHO_CHARS + 2:  # the quotes do not count
+        return text
+    if isinstance(value, str):
+        return f"{value[:ECHO_CHARS] + '…'!r} ({len(value)} characters)"
+    return f"{text[:ECHO_CHARS]}… ({len(text)} characters)"
+
+
+def _shorten_echo(message: str, value: object) -> str:
+    """``message`` with a long ``value`` it quotes in full cut by :func:`echo`."""
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        return message
+    quoted = repr(value)
+    return message.replace(quoted, echo(value)) if len(quoted) > ECHO_CHARS + 2 else message
+
+
+def _message(error: Any, model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
+    kind: str = error["type"]
+    ctx: dict[str, Any] = error.get("ctx") or {}
+    got = json_type(error.get("input"))
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        fields = _fields(_model_at(model, loc))
+        shape = f" (fields: {fields})" if fields else ""
+        if not loc:
+            return f"the request body must be a JSON object{shape}, got {got}"
+        return f"must be a JSON object{shape}, got {got}"
+    if kind == "extra_forbidden":
+        fields = _fields(_model_at(model, loc[:-1]))
+        return f"unknown field (fields: {fields})" if fields else "unknown field"
+    if kind == "string_too_short":
+        minimum = ctx.get("min_length", 1)
+        return "must not be empty" if minimum == 1 else f"must have at least {minimum} characters"
+    template = _MESSAGES.get(kind)
+    if template is not None:
+        return template.format(got=got, **ctx)
+    return _plain(str(error["msg"]))
+
+
+def _plain(message: str) -> str:
+    """Pydantic's own message with its jargon out (for error types not in ``_MESSAGES``)."""
+    message = re.sub(r" or instance of \w+", "", message)
+    return message.replace("Input should be", "must be").replace("Input", "the value")
+
+
+def _fields(model: type[BaseModel] | None) -> str:
+    return ", ".join(model.model_fields) if model is not None else ""
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model validating the value at ``loc`` under ``model`` (list indexes pass through)."""
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, str):
+            info = model.model_fields.get(part)
+            model = _model_in(info.annotation) if info is not None else None
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 # --- field helpers ------------------------------------------------------------------------------
@@ -174,13 +304,14 @@ def _text_or_b64(data: bytes | None, name: str, out: dict[str, Any]) -> None:
 
 
 def _only_types(*types: type) -> Any:
-    names_ = " or ".join(
-        t.__name__.replace("str", "string").replace("int", "integer") for t in types
-    )
+    names_ = {_json_type_name(t) for t in types}
+    if "number" in names_:  # JSON's numbers include its integers
+        names_.discard("integer")
+    expected = " or ".join(_A_TYPE[name] for name in sorted(names_))
 
     def check(value: Any) -> Any:
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
-            raise ValueError(f"expected {names_}, got {type(value).__name__}")
+            raise ValueError(f"must be {expected}, got {json_type(value)}")
         return value
 
     return BeforeValidator(check)
@@ -190,6 +321,11 @@ def _headers_before(value: Any) -> Any:
     """Accept ``{"name": "text"}`` as well as ``[{"name", "value" | "value_base64"}]``."""
     if isinstance(value, dict):
         return [{"name": k, "value": v} for k, v in value.items()]
+    if value is not None and not isinstance(value, list):
+        raise ValueError(
+            'must be an object of names to text values, or an array of {"name", "value" | '
+            f'"value_base64"}} objects, got {json_type(value)}'
+        )
     return value
 
 
@@ -346,7 +482,7 @@ class ScheduleIn(BaseModel):
     def _target(cls, value: str) -> str:
         if not valid_topic_name(value):
             raise ValueError(
-                f"{value!r} is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
+                f"{echo(value)} is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
             )
         return value
 
@@ -385,9 +521,8 @@ class ScheduleIn(BaseModel):
                 FieldError(field="delay", message=f"give exactly one of delay or at ({both})")
             )
         if self.target in forbidden_targets:
-            errors.append(
-                FieldError(field="target", message=f"{self.target!r} is an internal delayq topic")
-            )
+            internal = f"{echo(self.target)} is an internal delayq topic"
+            errors.append(FieldError(field="target", message=internal))
         for name in ("key", "value"):
             if getattr(self, name) is not None and getattr(self, f"{name}_base64") is not None:
                 errors.append(
@@ -543,10 +678,18 @@ class Counters(BaseModel):
     replays_skipped: int
     gaps_read_back: int
     not_owned_skipped: int
+    arrived_past_due: int = Field(
+        description="Jobs whose due time had passed when delayq received them; their "
+        "lateness counts from the receipt (the ingest record's timestamp)."
+    )
 
 
 class Lateness(BaseModel):
-    """Forward time minus due time over the most recent forwards (ms; null with no samples)."""
+    """Forward time minus due time over the most recent forwards (ms; null with no samples).
+
+    For a job already past due when delayq received it, from the receipt instead: lateness is
+    delayq's own delay, never the age of a job scheduled in the past.
+    """
 
     samples: int
     p50: int | None
@@ -585,11 +728,18 @@ class HealthOut(BaseModel):
     active_partitions: list[int]
     standby_partitions: list[int]
     next_wake_ms: int | None
+    pid: int = Field(description="The worker's process id (on its host).")
     standby_lag: dict[str, int] | None = Field(
         None,
         description="Per standby partition: changelog records its standby copy has not read "
         "yet (0: a fail-over has nothing to replay); null if the broker did not answer. Only "
         "when ready.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What is degraded without making the worker unready (the status stays "
+        "200): partitions with fewer standby copies than DELAYQ_STANDBY_REPLICAS, whose "
+        "fail-over restores them from the changelog. Empty when not ready.",
     )
 
 
@@ -638,3 +788,12 @@ class CompatReply(BaseModel):
     code: int
     message: str
     data: dict[str, Any] | None
+
+
+#: The go-delayqueue endpoints are under it; the web server's errors there take its envelope.
+COMPAT_PREFIX = "/delay-queue/"
+
+
+def compat_http_error(status: int, message: str) -> Reply:
+    """An HTTP error (401, 404, 405, 413) in go-delayqueue's envelope, the status as its code."""
+    return Reply(status, {"code": status, "message": message, "data": None})

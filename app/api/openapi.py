@@ -56,6 +56,7 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref(ErrorOut), description)
 
 
+_TOO_LARGE = "The body is larger than a worker accepts (2 x DELAYQ_MAX_FORWARD_BYTES + 64 KiB)"
 _UNAVAILABLE = {
     "description": "Temporarily unavailable (rebalance, recovery, broker or owner unreachable): "
     "retry after Retry-After seconds.",
@@ -76,13 +77,14 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _compat(summary: str, model: type[BaseModel], with_query: bool) -> dict[str, Any]:
-    reply = _json(_ref(CompatReply), "Always 200: code 0 on success, else the error code.")
+    reply = _json(_ref(CompatReply), "code 0 on success, else the error code.")
+    too_large = _json(_ref(CompatReply), _TOO_LARGE + " (go-delayqueue's envelope, code 413).")
     ops: dict[str, Any] = {
         "post": {
             "tags": ["go-delayqueue"],
             "summary": summary,
             "requestBody": _body(model),
-            "responses": {"200": reply},
+            "responses": {"200": reply, "413": too_large},
         }
     }
     if with_query:
@@ -107,6 +109,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "201": _json(_ref(ScheduledOut), "The ingest record is acknowledged."),
                     "400": _error("The body is not JSON."),
+                    "413": _error(_TOO_LARGE + "."),
                     "422": _error("Invalid fields; nothing was written."),
                     "503": _UNAVAILABLE,
                 },
@@ -230,7 +233,10 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
             "title": "delayq",
             "version": version,
             "description": "A durable delay queue for Apache Kafka. Every worker answers every "
-            "endpoint; reads of one job are routed to the worker owning its partition.",
+            "endpoint; reads of one job are routed to the worker owning its partition. Every "
+            "error is JSON: ErrorOut, or CompatReply under /delay-queue/ (code: the HTTP "
+            "status). Besides the answers listed per operation: 404 for a path that is no "
+            "endpoint, 405 with Allow for a method an endpoint does not take.",
         },
         "paths": _with_auth(_paths()),
         "components": {

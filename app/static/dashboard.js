@@ -42,6 +42,10 @@
 
   const serverNow = () => Date.now() + state.skewMs;
 
+  const DAY_MS = 86400000;
+  const YEAR_MS = 365.25 * DAY_MS;
+
+  // Compact: at most two units, one from ten days on ("3d 4h", "12d", "1.5y", "57y").
   function fmtDuration(ms) {
     if (ms === null || ms === undefined) return "–";
     const neg = ms < 0;
@@ -49,6 +53,8 @@
     let out;
     if (rest < 1000) out = `${rest}ms`;
     else if (rest < 10000) out = `${nf1.format(rest / 1000)}s`;
+    else if (rest >= YEAR_MS) out = `${rest < 10 * YEAR_MS ? nf1.format(rest / YEAR_MS) : nf.format(Math.round(rest / YEAR_MS))}y`;
+    else if (rest >= 10 * DAY_MS) out = `${nf.format(Math.round(rest / DAY_MS))}d`;
     else {
       const units = [["d", 86400000], ["h", 3600000], ["m", 60000], ["s", 1000]];
       const parts = [];
@@ -98,7 +104,7 @@
   function unitized(text) {
     const parts = [];
     let last = 0;
-    for (const m of text.matchAll(/([\d.,]+)\s?(ms|[dhms])\b/g)) {
+    for (const m of text.matchAll(/([\d.,]+)\s?(ms|[ydhms])\b/g)) {
       parts.push(text.slice(last, m.index), m[1], h("small", { class: "u", text: m[2] }));
       last = m.index + m[0].length;
     }
@@ -106,10 +112,12 @@
     return parts.filter((p) => p !== "");
   }
 
-  function setValue(id, raw, text, cls) {
+  // The tooltip gives the figure in full (the card may cut it short): ``tip``, else the text.
+  function setValue(id, raw, text, cls, tip) {
     const el = $(id);
     el.dataset.value = raw === null || raw === undefined ? "" : String(raw);
     el.replaceChildren(...unitized(text));
+    el.title = tip || text;
     if (cls !== undefined) {
       el.classList.remove("good", "warn", "bad");
       if (cls) el.classList.add(cls);
@@ -258,18 +266,24 @@
       const samples = sampled.reduce((n, w) => n + w.lateness_ms.samples, 0);
       lateness.dataset.p50 = String(p50);
       lateness.dataset.p99 = String(p99);
-      lateness.replaceChildren(...unitized(`${fmtDuration(p50)} / ${fmtDuration(p99)}`));
+      const part = (ms) => h("span", { class: "part" }, ...unitized(fmtDuration(ms)));
+      lateness.replaceChildren(part(p50), " / ", part(p99));
+      lateness.classList.add("parts");
+      lateness.title = `p50 ${nf.format(p50)} ms · p99 ${nf.format(p99)} ms`;
       lateness.classList.toggle("warn", p99 >= 1000);
       const who = workers.length > 1 ? `worst of ${workers.length} workers, ` : "";
       $("lateness-sub").textContent = `${who}last ${nf.format(samples)} forwards`;
     } else {
       lateness.dataset.p50 = lateness.dataset.p99 = "";
       lateness.textContent = "–";
+      lateness.title = "";
       $("lateness-sub").textContent = "no forwards yet";
     }
+    const pastDue = total.counters.arrived_past_due;
+    setValue("past-due", pastDue, pastDue === undefined ? "–" : nf.format(pastDue));
 
     const overdue = total.oldest_overdue_ms;
-    setValue("overdue", overdue, overdue > 0 ? fmtDuration(overdue) : "none", overdue >= 60000 ? "bad" : overdue >= 1000 ? "warn" : "good");
+    setValue("overdue", overdue, overdue > 0 ? fmtDuration(overdue) : "none", overdue >= 60000 ? "bad" : overdue >= 1000 ? "warn" : "good", overdue > 0 ? `${nf.format(overdue)} ms` : "");
     $("overdue-sub").textContent = overdue > 0 ? "due, not yet forwarded" : "nothing waiting past its time";
   }
 
@@ -282,6 +296,7 @@
     if (statuses.includes("rebalancing")) return ["warn", `rebalancing · ${count}`];
     if (statuses.includes("recovering")) return ["warn", `recovering · ${count}`];
     if (unowned.length) return ["warn", `${unowned.length} partition(s) unowned`];
+    if ((res.body.warnings || []).length) return ["warn", `standby missing · ${count}`];
     return ["ok", `healthy · ${count}`];
   }
 
@@ -336,6 +351,12 @@
     }
     const replicas = cl.standby_replicas;
     $("workers-hint").textContent = `${cl.partitions} partitions · ${replicas} standby replica${replicas === 1 ? "" : "s"}`;
+    // Partitions short of standby copies: degraded, not down (fail-over restores them first).
+    const warning = $("standby-warning");
+    const warnings = cl.warnings || [];
+    warning.hidden = warnings.length === 0;
+    warning.textContent = warnings.join(" · ");
+    warning.dataset.partitions = (cl.without_standby || []).join(",");
 
     const body = $("workers-table").tBodies[0];
     body.replaceChildren();

@@ -262,8 +262,15 @@ def test_the_dashboard_in_a_browser(
         stale.unlink()
     with screenshot_on_failure(page, worker):
         page.get(base + "/")
-        # Given an empty queue, the page shows one healthy worker owning every partition
-        until(page, lambda: data(page, "#cluster-state", "state") == "ok", "a healthy cluster")
+        # Given an empty queue, the page shows one worker owning every partition, and warns
+        # that none has the standby copy configured (DELAYQ_STANDBY_REPLICAS=1 by default)
+        until(page, lambda: css(page, "#standby-warning").is_displayed(), "a standby warning")
+        warning = css(page, "#standby-warning")
+        assert "standby replicas configured: 1" in warning.text
+        assert "partitions without a standby: 0-3" in warning.text
+        assert warning.get_attribute("data-partitions") == "0,1,2,3"
+        assert data(page, "#cluster-state", "state") == "warn"
+        assert css(page, "#cluster-state").text == "standby missing · 1 worker"
         until(page, lambda: data(page, "#pending", "value") == "0", "0 pending")
         until(page, lambda: data(page, "#chart-hours", "total") == "0", "an empty timeline")
         worker_row = css(page, "#workers-table tbody tr")
@@ -283,14 +290,20 @@ def test_the_dashboard_in_a_browser(
         for i in range(30):
             schedule(port, f"page-{i:02d}", ns.target(), at=now + 48 * HOUR_MS + 1000 * i)
         schedule(port, "fire-now", ns.target(), delay="1s")
+        # and one due at the epoch (late only from when delayq received it)
+        schedule(port, "long-past", ns.target(), at=0)
         # and a record the worker cannot take is sent to the ingest topic
         send_bad_records(broker.bootstrap, ns.ingest, [b"bad-record"])
 
-        # Then the figures follow: one fired, 40 pending, one dead letter with its reason
-        until(page, lambda: data(page, "#fired-total", "value") == "1", "1 fired")
+        # Then the figures follow: two fired, 40 pending, one dead letter with its reason
+        until(page, lambda: data(page, "#fired-total", "value") == "2", "2 fired")
         until(page, lambda: data(page, "#pending", "value") == "40", "40 pending")
         until(page, lambda: data(page, "#dead-total", "value") == "1", "1 dead-lettered")
         until(page, lambda: data(page, "#lateness", "p99") not in ("", None), "a lateness")
+        # the job due at the epoch is counted apart, not as 56 years of lateness
+        until(page, lambda: data(page, "#past-due", "value") == "1", "1 arrived past due")
+        assert int(data(page, "#lateness", "p99") or 0) < 15_000
+        assert "p99" in (css(page, "#lateness").get_attribute("title") or "")
         until(page, lambda: "bad-record" in css(page, "#dead-letters tbody").text, "the letter")
         assert "not a valid topic name" in css(page, "#dead-letters tbody").text
 
@@ -458,3 +471,41 @@ def test_the_dashboard_api_speaks_for_the_whole_cluster(
     assert len({d["worker"] for d in merged}) == 2
     assert [d["at_ms"] for d in merged] == sorted((d["at_ms"] for d in merged), reverse=True)
     assert all("not a valid topic name" in d["reason"] for d in merged)
+
+
+def test_a_stopped_worker_leaves_partitions_without_standby_and_health_warns(
+    broker: EmbeddedBroker, ns: Namespace, start_worker: Callable[..., Worker]
+) -> None:
+    asyncio.run(create_topics(broker.bootstrap, [ns.ingest, ns.fired], ns.partitions))
+    # Given two workers with one standby replica each partition (configured explicitly)
+    a = start_worker("a", DELAYQ_STANDBY_REPLICAS="1")
+    b = start_worker("b", DELAYQ_STANDBY_REPLICAS="1")
+    wait_for(lambda: cluster_settled(a.web_port, ns.partitions) is not None, "two workers")
+    # Every partition has its standby: neither view warns
+    cluster = cluster_settled(a.web_port, ns.partitions)
+    assert cluster is not None
+    assert (cluster["warnings"], cluster["without_standby"]) == ([], [])
+    assert a.health()["warnings"] == []
+
+    # When one worker stops
+    b.stop()
+
+    # Then the one left says, with its status still ok (degraded, not down), that no
+    # partition has a standby any more
+    def warned() -> dict[str, Any] | None:
+        health = a.health()
+        ok = health.get("status") == "ok" and "http_status" not in health
+        return health if ok and health.get("warnings") else None
+
+    wait_for(lambda: warned() is not None, "a standby warning in /health")
+    health = warned()
+    assert health is not None
+    assert health["active_partitions"] == list(range(ns.partitions))
+    (warning,) = health["warnings"]
+    assert warning.startswith("standby replicas configured: 1, partitions without a standby: 0-3")
+    assert "fail-over will restore them from the changelog" in warning
+    # and so does its dashboard, from every worker's own account of its standbys
+    status, _, cluster = http(a.web_port, "GET", "/dashboard/api/cluster")
+    assert status == 200, cluster
+    assert cluster["without_standby"] == list(range(ns.partitions))
+    assert cluster["warnings"] == health["warnings"]

@@ -47,7 +47,7 @@ def test_the_seed_add_get_remove_cycle(setup: Setup) -> None:
     assert added.data is not None
     job_id = added.data["job_id"]
     # When it is read with the seed's get body
-    wait_for(lambda: reply(api, GET, {"job_id": job_id}).code == 0, "the job to be pending")
+    wait_for(lambda: reply(api, GET, {"job_id": job_id}).data is not None, "the job to be pending")
     got = reply(api, GET, {"job_id": job_id})
     # Then it is the seed's job shape: topic, id, due time in epoch seconds, delay, body
     assert got.data is not None
@@ -60,10 +60,12 @@ def test_the_seed_add_get_remove_cycle(setup: Setup) -> None:
     assert query.data == got.data
     # When it is removed
     removed = reply(api, REMOVE, {"job_id": job_id})
-    # Then removal succeeds and get then says "not found" with null data (the seed's 10004)
+    # Then removal succeeds and get then answers the seed's README form of an absent job
     assert (removed.code, removed.data) == (0, None)
-    wait_for(lambda: reply(api, GET, {"job_id": job_id}).code == 10004, "the job to be gone")
-    assert reply(api, GET, {"job_id": job_id}).data is None
+    wait_for(lambda: reply(api, GET, {"job_id": job_id}).data is None, "the job to be gone")
+    gone = reply(api, GET, {"job_id": job_id})
+    assert (gone.code, gone.data) == (0, None)
+    assert "not found" in gone.message
     # And removing an unknown job (the seed's README example) is a success, as there
     assert reply(api, REMOVE, SEED_REMOVE).code == 0
 
@@ -80,6 +82,20 @@ def test_a_compat_job_is_forwarded_with_its_body_after_its_delay(setup: Setup) -
     record = next(r for r in records if r.key == b"c-1")
     assert record.value == b"hi"
     assert record.timestamp >= before + 1_000
+
+
+def test_an_absent_job_is_code_0_with_null_data_as_the_seed_documents(setup: Setup) -> None:
+    # go-delayqueue's README: "Job不存在返回值" {"code": 0, "message": ..., "data": null}
+    for answer in (
+        setup.api.post(GET, {"job_id": "never-added"}),
+        setup.api.get(f"{GET}?job_id=never-added"),
+    ):
+        assert answer.status == 200, answer.text
+        assert answer.json == {
+            "code": 0,
+            "message": "job not found (no pending job 'never-added')",
+            "data": None,
+        }
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ import pytest
 from app.embedded import EmbeddedBroker
 from tests.integration.test_http_api import Answer, Api, Setup, start_module_worker
 from tests.support import Kafka, create_topics
+from tests.unit.test_api_models import JARGON
 
 pytestmark = pytest.mark.integration
 
@@ -103,9 +104,28 @@ def raw_request(port: int, path: str, body: bytes, *, chunked: bool) -> Answer:
 def assert_error(answer: Answer, status: int) -> dict[str, Any]:
     """A native error answer: ``status``, JSON ``{"code": status, "message": ...}``."""
     assert answer.status == status, (answer.status, answer.text[:300])
+    assert answer.headers["Content-Type"].startswith("application/json"), answer.headers
     body: dict[str, Any] = answer.json
     assert body["code"] == status and body["message"].strip(), body
+    assert set(body) <= {"code", "message", "errors"}, body
     return body
+
+
+def assert_compat_error(answer: Answer, status: int) -> dict[str, Any]:
+    """A go-delayqueue error answer: ``status``, ``{"code": status, "message", "data": null}``."""
+    assert answer.status == status, (answer.status, answer.text[:300])
+    assert answer.headers["Content-Type"].startswith("application/json"), answer.headers
+    body: dict[str, Any] = answer.json
+    assert set(body) == {"code", "message", "data"}, body
+    assert (body["code"], body["data"]) == (status, None) and body["message"].strip(), body
+    return body
+
+
+def assert_family_error(path: str, answer: Answer, status: int) -> dict[str, Any]:
+    """The error envelope of ``path``'s family: go-delayqueue's under /delay-queue/."""
+    if path.startswith("/delay-queue/"):
+        return assert_compat_error(answer, status)
+    return assert_error(answer, status)
 
 
 # --- malformed and mistyped requests ------------------------------------------------------------
@@ -181,13 +201,45 @@ def test_mistyped_fields_get_422_naming_the_field_and_write_nothing(setup: Setup
     ]
     raw += [(json.dumps(body).encode(), field) for body, field in cases]
     answers = [(api.post("/jobs", raw=body), field) for body, field in raw]
-    # Then each is refused with 422, naming the field
+    # Then each is refused with 422, naming the field in the API's words, input echoed in part
     for answer, field in answers:
         body = assert_error(answer, 422)
         fields = [error["field"] for error in body["errors"]]
         assert any(f == field or f.startswith(f"{field}.") for f in fields), (field, body)
+        for error in body["errors"]:
+            assert not JARGON.search(error["message"]), (field, error)
+            assert len(error["message"]) < 200, (field, error)
     # And nothing reached the ingest topic
     assert ingest_commands(setup) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ([], "body", "the request body must be a JSON object (fields: id, target, "),
+        (None, "body", "the request body must be a JSON object (fields: id, target, "),
+        (
+            {"target": "t", "delay": 1, "headers": "abc"},
+            "headers",
+            "must be an object of names to text values, or an array of {",
+        ),
+        (
+            {"target": "t" * 300, "delay": 1},
+            "target",
+            "'tttttttttttttttttttttttttttttttttttttttt…' (300 characters) is not a valid",
+        ),
+    ],
+)
+def test_messages_say_what_is_wrong_without_internal_names(
+    setup: Setup, body: Any, field: str, says: str
+) -> None:
+    # When the newcomer's mistakes are posted
+    error = assert_error(setup.api.post("/jobs", raw=json.dumps(body).encode()), 422)
+    # Then the field's message says what is expected, and the summary carries it too
+    found = {e["field"]: e["message"] for e in error["errors"]}
+    assert found[field].startswith(says), found
+    assert f"{field}: {found[field]}" in error["message"]
+    assert not JARGON.search(error["message"]), error
 
 
 def test_bad_queries_and_ids_of_the_other_endpoints_get_4xx(setup: Setup) -> None:
@@ -244,7 +296,9 @@ def test_a_body_larger_than_the_server_takes_gets_413(
     if path != "/jobs":
         body = json.dumps({"topic": setup.ns.target(), "delay": 1, "body": value}).encode()
     answer = raw_request(setup.worker.web_port, path, body, chunked=chunked)
-    assert answer.status == 413, (answer.status, answer.text[:300])
+    # Then 413 in the route's own JSON envelope, naming the limit
+    error = assert_family_error(path, answer, 413)
+    assert "larger than the 2065536 bytes" in error["message"], error
     # And the worker is fine, and wrote nothing
     assert setup.api.get("/health").status == 200
     assert ingest_commands(setup) == before
@@ -259,6 +313,7 @@ def test_a_body_larger_than_the_server_takes_gets_413(
         ("GET", "/nope"),
         ("POST", "/nope"),
         ("GET", "/jobs/"),
+        ("DELETE", "/jobs/"),
         ("GET", "/job"),
         ("GET", "/delay-queue/api/jobs/nope"),
         ("POST", "/delay-queue/api/jobs"),
@@ -271,22 +326,44 @@ def test_a_body_larger_than_the_server_takes_gets_413(
         ("GET", "/router/delayq-ingest/"),
     ],
 )
-def test_unknown_routes_get_404(setup: Setup, method: str, path: str) -> None:
+def test_unknown_routes_get_404_in_json(setup: Setup, method: str, path: str) -> None:
     answer = setup.api.call(method, path)
-    assert answer.status == 404, (answer.status, answer.text[:200])
+    # Then 404 in the family's JSON envelope, saying which path has no endpoint
+    error = assert_family_error(path, answer, 404)
+    assert "no endpoint at" in error["message"], error
+    assert len(error["message"]) < 200, error  # a long path is echoed in part only
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
-    [("PUT", "/jobs"), ("PATCH", "/jobs/x"), ("DELETE", "/jobs"), ("POST", "/health")],
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/jobs", "GET, HEAD, POST"),
+        ("PATCH", "/jobs/x", "DELETE, GET, HEAD"),
+        ("DELETE", "/jobs", "GET, HEAD, POST"),
+        ("POST", "/health", "GET, HEAD"),
+        ("PUT", "/delay-queue/api/jobs/add", "POST"),
+        ("DELETE", "/delay-queue/api/jobs/get", "GET, HEAD, POST"),
+    ],
 )
-def test_known_routes_with_another_method_get_405_not_5xx(
-    setup: Setup, method: str, path: str
+def test_known_routes_with_another_method_get_405_in_json_with_allow(
+    setup: Setup, method: str, path: str, allowed: str
 ) -> None:
     before = ingest_commands(setup)
     answer = setup.api.call(method, path, {"target": setup.ns.target(), "delay": 1})
-    assert answer.status == 405, (answer.status, answer.text[:200])
+    # Then 405 in the family's JSON envelope, with the methods the route takes
+    error = assert_family_error(path, answer, 405)
+    assert answer.headers["Allow"] == allowed, answer.headers
+    assert error["message"] == f"{method} is not allowed on {path!r}; allowed: {allowed}"
     assert ingest_commands(setup) == before
+
+
+def test_head_of_a_route_without_get_is_405(setup: Setup) -> None:
+    # go-delayqueue's add takes only POST; a HEAD must not be answered as a GET
+    answer = setup.api.call("HEAD", "/delay-queue/api/jobs/add")
+    assert answer.status == 405, answer
+    assert answer.headers["Allow"] == "POST", answer.headers
+    # And a HEAD of a route with a GET is answered
+    assert setup.api.call("HEAD", "/health").status == 200
 
 
 # --- slow clients -------------------------------------------------------------------------------

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from app.api.models import (
+    ECHO_CHARS,
     ApiError,
     CompatAddIn,
+    CompatJobIdIn,
     JobOut,
     ListQuery,
     ScheduleIn,
+    echo,
     job_out,
     parse_model,
 )
@@ -197,3 +202,114 @@ def test_compat_add_takes_go_delayqueue_types_only() -> None:
     ):
         with pytest.raises(ValueError):
             CompatAddIn.model_validate(bad)
+
+
+# --- messages: the API's words, not pydantic's ----------------------------------------------
+
+#: Words of pydantic and Python a client should never read: class names, jargon, type names.
+JARGON = re.compile(
+    r"ScheduleIn|HeaderIn|Compat\w+In|ListQuery|instance of|Input should|dictionary|model_type"
+    r"|Value error|Extra inputs|Field required|\b(str|int|dict|list|NoneType|float|bool)\b"
+)
+
+
+def messages(model: type[BaseModel], body: Any) -> dict[str, str]:
+    with pytest.raises(ApiError) as caught:
+        parse_model(model, body)
+    return {e.field: e.message for e in caught.value.errors}
+
+
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        (ScheduleIn, []),
+        (ScheduleIn, None),
+        (ScheduleIn, "text"),
+        (ScheduleIn, {"target": 5, "delay": 1}),
+        (ScheduleIn, {"target": "t", "delay": [1]}),
+        (ScheduleIn, {"target": "t", "delay": None, "at": {"x": 1}}),
+        (ScheduleIn, {"target": "t", "delay": 1, "value": True}),
+        (ScheduleIn, {"target": "t", "delay": 1, "headers": "abc"}),
+        (ScheduleIn, {"target": "t", "delay": 1, "headers": [5, ["a", "b"], None]}),
+        (ScheduleIn, {"target": "t", "delay": 1, "headers": [{"name": 1, "value": 2}]}),
+        (ScheduleIn, {"target": "t", "delay": 1, "headers": [{"value": "v", "x": 1}]}),
+        (ScheduleIn, {"target": "t", "delay": 1, "headers": [{"name": ""}]}),
+        (ScheduleIn, {"delay": 1, "surprise": 1}),
+        (CompatAddIn, [1]),
+        (CompatAddIn, {"topic": "", "delay": "1", "body": None}),
+        (CompatJobIdIn, {}),
+        (CompatJobIdIn, {"job_id": 7}),
+        (ListQuery, {"limit": "abc"}),
+        (ListQuery, {"limit": "0"}),
+        (ListQuery, {"limit": "1001"}),
+        (ListQuery, {"limit": "9" * 5_000}),
+    ],
+)
+def test_no_message_names_a_class_or_pydantic_terms(model: type[BaseModel], body: Any) -> None:
+    found = messages(model, body)
+    assert found
+    for field, message in found.items():
+        assert message and not JARGON.search(message), (field, message)
+
+
+@pytest.mark.parametrize("body", [[], None, [{"target": "t"}], 42])
+def test_a_body_that_is_not_an_object_says_so(body: Any) -> None:
+    message = messages(ScheduleIn, body)["body"]
+    assert message.startswith("the request body must be a JSON object (fields: id, target, ")
+    kind = {list: "array", type(None): "null", int: "integer"}[type(body)]
+    assert message.endswith(f", got {kind}")
+
+
+def test_headers_of_another_type_name_both_accepted_forms() -> None:
+    assert messages(ScheduleIn, {"target": "t", "at": 1, "headers": "abc"})["headers"] == (
+        'must be an object of names to text values, or an array of {"name", "value" | '
+        '"value_base64"} objects, got string'
+    )
+    found = messages(ScheduleIn, {"target": "t", "at": 1, "headers": [["a", "b"]]})
+    assert found["headers.0"] == (
+        "must be a JSON object (fields: name, value, value_base64), got array"
+    )
+
+
+def test_an_unknown_field_lists_the_known_ones() -> None:
+    found = messages(ScheduleIn, {"target": "t", "at": 1, "valeu": "x"})
+    assert found["valeu"] == (
+        "unknown field (fields: id, target, delay, at, key, key_base64, value, value_base64, "
+        "headers)"
+    )
+    found = messages(ScheduleIn, {"target": "t", "at": 1, "headers": [{"name": "a", "vlaue": 1}]})
+    assert found["headers.0.vlaue"] == "unknown field (fields: name, value, value_base64)"
+
+
+def test_types_are_named_as_in_json() -> None:
+    assert messages(ScheduleIn, {"target": "t", "delay": [1]})["delay"] == (
+        "must be a number or a string, got array"
+    )
+    assert messages(ScheduleIn, {"target": "t", "at": 1.5})["at"] == (
+        "must be an integer or a string, got number"
+    )
+    assert messages(CompatAddIn, {"topic": "t", "delay": "1"})["delay"] == (
+        "must be an integer, got string"
+    )
+    assert messages(ScheduleIn, {"target": None, "at": 1})["target"] == "must be a string, got null"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"target": "t" * 300, "at": 1}, "target"),
+        ({"target": "t", "delay": "x" * 300}, "delay"),
+        ({"target": "t", "at": "y" * 300}, "at"),
+    ],
+)
+def test_long_input_is_echoed_in_part(body: dict[str, Any], field: str) -> None:
+    message = messages(ScheduleIn, body)[field]
+    assert "…' (300 characters)" in message, message
+    assert len(message) < 160, message
+
+
+def test_echo_quotes_short_values_whole_and_long_ones_in_part() -> None:
+    assert echo("short") == "'short'"
+    assert echo("a" * ECHO_CHARS) == repr("a" * ECHO_CHARS)
+    assert echo("a" * 300) == f"'{'a' * ECHO_CHARS}…' (300 characters)"
+    assert echo(10**60) == f"{'1' + '0' * (ECHO_CHARS - 1)}… (61 characters)"

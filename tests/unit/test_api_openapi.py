@@ -55,3 +55,13 @@ def test_schemathesis_loads_the_document() -> None:
     schema = schemathesis.openapi.from_dict(document())
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 13
+
+
+def test_every_operation_with_a_body_documents_its_413_in_its_envelope() -> None:
+    for path, ops in document()["paths"].items():
+        for method, op in ops.items():
+            if "requestBody" not in op:
+                continue
+            schema = op["responses"]["413"]["content"]["application/json"]["schema"]
+            envelope = "CompatReply" if path.startswith("/delay-queue/") else "ErrorOut"
+            assert schema == {"$ref": f"#/components/schemas/{envelope}"}, (path, method)

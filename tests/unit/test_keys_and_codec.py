@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from app.jobs import Job, decode_fired, decode_job, encode_fired, encode_job, job_version
 from app.times import MAX_DUE_MS
@@ -56,6 +57,18 @@ def test_job_round_trips_with_nulls_binary_and_headers() -> None:
     assert job_version(raw) == 42
     big = Job(b"j", 1, "t", b"k", b"v" * 100_000, (), 0)
     assert decode_job(encode_job(big)) == big
+
+
+def test_the_receipt_of_a_job_past_due_on_arrival_is_an_optional_trailer() -> None:
+    # Given a job that arrived past due (its receipt kept) and the same job without it
+    late = Job(b"j", 0, "t", None, b"v", (("h", b"1"),), 7, received_ms=1_700_000_000_000)
+    plain = replace(late, received_ms=None)
+    # Then the receipt round-trips, and lateness counts from it
+    assert decode_job(encode_job(late)) == late
+    assert (late.late_from_ms, plain.late_from_ms) == (1_700_000_000_000, 0)
+    # and it is 8 bytes after the rest: a job without it is encoded as before
+    assert encode_job(late)[:-8] == encode_job(plain)
+    assert job_version(encode_job(late)) == 7
 
 
 def test_forward_headers_carry_stable_dedup_pair_after_user_headers() -> None:

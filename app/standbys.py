@@ -1,0 +1,72 @@
+"""Standby copies of the jobs table: which this worker keeps, and which partitions lack some.
+
+A partition without its configured standby copies still works; only its fail-over is slow (the
+worker taking it over restores it from the changelog first). So a shortfall is a warning in
+``GET /health`` and on the dashboard, never a reason to answer 503.
+
+Two views of the shortfall, each from what its caller has at hand:
+
+- :func:`assignment_standbys`: this worker's view, from the last assignment (no request to any
+  other worker): Faust gives each partition ``min(configured, workers - 1)`` standby copies, the
+  same number for every partition, so the member count of the assignment says it;
+- the dashboard counts the standby partitions every worker reports (``app.dashboard.cluster``),
+  which also sees a worker that stopped answering before the group noticed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from app.ranges import ranges_text
+from app.service import app, settings
+from tables.jobs import jobs_table
+
+__all__ = [
+    "assignment_standbys",
+    "standby_counts",
+    "standby_partitions",
+    "standby_warning",
+]
+
+
+def standby_partitions() -> list[int]:
+    """Partitions of the jobs table this worker keeps as a standby replica, sorted."""
+    changelog = jobs_table.changelog_topic.get_topic_name()
+    return sorted(tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == changelog)
+
+
+def assignment_standbys() -> tuple[dict[int, int], int]:
+    """``({partition: standby copies}, workers)`` as the last assignment has them."""
+    workers = len(app.assignor.tables_metadata())
+    copies = max(min(settings.standby_replicas, workers - 1), 0)
+    return dict.fromkeys(range(settings.partitions), copies), workers
+
+
+def standby_counts(reported: Iterable[Sequence[int]], partitions: int) -> dict[int, int]:
+    """``{partition: standby copies}`` from each worker's list of standby partitions."""
+    counts = dict.fromkeys(range(partitions), 0)
+    for standbys in reported:
+        for partition in standbys:
+            if partition in counts:
+                counts[partition] += 1
+    return counts
+
+
+def standby_warning(replicas: int, copies: Mapping[int, int], workers: int) -> str | None:
+    """The warning for partitions with fewer standby copies than ``replicas``; None if none.
+
+    ``copies`` maps each partition to its standby copies; ``workers`` is how many there are.
+    """
+    without = [p for p, n in copies.items() if n == 0]
+    fewer = [p for p, n in copies.items() if 0 < n < replicas]
+    if replicas == 0 or not (without or fewer):
+        return None
+    parts = [f"standby replicas configured: {replicas}"]
+    if without:
+        parts.append(f"partitions without a standby: {ranges_text(without)}")
+    if fewer:
+        parts.append(f"partitions with fewer standbys: {ranges_text(fewer)}")
+    text = ", ".join(parts) + " — fail-over will restore them from the changelog"
+    if workers <= 1:
+        text += " (one worker: start another, or set DELAYQ_STANDBY_REPLICAS=0)"
+    return text
