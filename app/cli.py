@@ -6,6 +6,7 @@
     delayq get 3f2a9c...            # these three ask a worker's HTTP API (--url)
     delayq list --before 2030-05-01T00:00:00Z --limit 20
     delayq stats --cluster
+    delayq tail reminders           # print the records of a topic as they arrive
 
 Output is one sentence per command (a line per job for ``get`` and ``list``, a table for
 ``stats``), or one JSON object with ``--json``. Errors are one line on stderr,
@@ -14,7 +15,8 @@ settings (and any 4xx answer of the API), :data:`EXIT_UNAVAILABLE` when the brok
 cannot be reached (or the API answers 503), :data:`EXIT_FAILURE` for anything else refused, and
 for ``get`` of a job that is not pending.
 
-Commands talking to Kafka take :func:`kafka_options`, those asking the HTTP API
+Commands writing to the ingest topic take :func:`kafka_options` (``tail``: only
+:func:`bootstrap_option`), those asking the HTTP API
 :func:`api_options`; every command takes :func:`json_option` and prints with :func:`emit`, and
 reports failures by raising :class:`CommandError` (or a click ``UsageError``): a new command only
 has to follow that.
@@ -22,6 +24,7 @@ has to follow that.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import http.client
@@ -36,10 +39,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
 import click
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
 
-from app.client import DEFAULT_REQUEST_TIMEOUT_S, DelayQueue, ScheduledJob
+from app import names, tansu_compat
+from app.client import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    DelayQueue,
+    ScheduledJob,
+    checked_topic,
+    partition_counts,
+)
 from app.durations import format_duration_ms, format_time_ms, parse_duration_ms, parse_time_ms
-from app.errors import BrokerUnavailable, DelayqError, SettingsError
+from app.endpoints import DEFAULT_WEB_PORT, bootstrap_list, default_bootstrap, default_web_url
+from app.errors import BrokerUnavailable, DelayqError, IngestTopicError, SettingsError
 from app.ranges import ranges_text
 from app.times import now_ms
 
@@ -51,6 +65,7 @@ __all__ = [
     "EXIT_USAGE",
     "CommandError",
     "api_options",
+    "bootstrap_option",
     "cli",
     "emit",
     "json_option",
@@ -80,6 +95,7 @@ _OPTION_OF = {
     "headers": "--header",
     "ingest_topic": "--ingest-topic",
     "bootstrap_servers": "--bootstrap",
+    "app_id": "--app-id",
     "delay": "--delay",
     "at": "--at",
 }
@@ -140,6 +156,8 @@ def _client_errors(**renamed: str) -> Iterator[None]:
         raise CommandError(f"invalid settings: {exc}", EXIT_USAGE) from exc
     except BrokerUnavailable as exc:
         raise CommandError(str(exc), EXIT_UNAVAILABLE) from exc
+    except IngestTopicError as exc:  # a mistyped --ingest-topic, or settings of another cluster
+        raise CommandError(str(exc), EXIT_USAGE) from exc
     except DelayqError as exc:
         raise CommandError(str(exc), EXIT_FAILURE) from exc
     except ValueError as exc:  # the client validates its arguments with ValueError
@@ -161,8 +179,19 @@ def json_option(func: _F) -> _F:
     )(func)
 
 
+def bootstrap_option(func: _F) -> _F:
+    """``--bootstrap``, for commands that talk to Kafka."""
+    return click.option(
+        "--bootstrap",
+        metavar="HOST:PORT[,...]",
+        help="Kafka bootstrap servers [default: $DELAYQ_BROKER_URL, else "
+        "127.0.0.1:$DELAYQ_EMBEDDED_PORT, else 127.0.0.1:9092].",
+    )(func)
+
+
 def kafka_options(func: _F) -> _F:
-    """``--bootstrap``, ``--ingest-topic`` and ``--timeout``, for commands that write to Kafka."""
+    """``--bootstrap``, ``--ingest-topic``, ``--app-id`` and ``--timeout``, for commands that
+    write to the ingest topic."""
     func = click.option(
         "--timeout",
         type=click.FloatRange(min=0, min_open=True),
@@ -172,26 +201,40 @@ def kafka_options(func: _F) -> _F:
         help="How long to wait for the broker.",
     )(func)
     func = click.option(
+        "--app-id",
+        metavar="ID",
+        help="The workers' app id: the ingest topic must have the partitions of their jobs "
+        "changelog topic [default: $DELAYQ_APP_ID or delayq].",
+    )(func)
+    func = click.option(
         "--ingest-topic",
         metavar="TOPIC",
         help="delayq's ingest topic [default: $DELAYQ_INGEST_TOPIC or delayq-ingest].",
     )(func)
-    return click.option(
-        "--bootstrap",
-        metavar="HOST:PORT[,...]",
-        help="Kafka bootstrap servers [default: $DELAYQ_BROKER_URL or 127.0.0.1:9092].",
-    )(func)
+    return bootstrap_option(func)
 
 
-def _queue(bootstrap: str | None, ingest_topic: str | None, timeout: float) -> DelayQueue:
-    options = None
+def _security_options() -> dict[str, Any]:
+    """aiokafka's security arguments from ``DELAYQ_SECURITY_*``/``SASL_*``/``SSL_*``, if set."""
     if any(
         name.startswith(("DELAYQ_SECURITY", "DELAYQ_SASL", "DELAYQ_SSL")) for name in os.environ
     ):
         from app.settings import load_settings  # only then: it needs pydantic
 
-        options = load_settings().kafka_client_options()
-    return DelayQueue(bootstrap, ingest_topic, request_timeout=timeout, producer_options=options)
+        return load_settings().kafka_client_options()
+    return {}
+
+
+def _queue(
+    bootstrap: str | None, ingest_topic: str | None, app_id: str | None, timeout: float
+) -> DelayQueue:
+    return DelayQueue(
+        bootstrap,
+        ingest_topic,
+        request_timeout=timeout,
+        producer_options=_security_options(),
+        app_id=app_id,
+    )
 
 
 # --- parameter types ----------------------------------------------------------------------------
@@ -246,8 +289,8 @@ def _headers(
 def cli(verbose: bool) -> None:
     """Schedule and cancel delayed Kafka records through delayq; look at pending jobs and stats.
 
-    schedule and cancel write to Kafka (--bootstrap); get, list and stats ask a worker's HTTP
-    API (--url).
+    schedule and cancel write to Kafka, tail reads a topic (--bootstrap); get, list and stats
+    ask a worker's HTTP API (--url).
 
     Exit codes: 0 done, 1 refused or not pending, 2 bad input, 3 broker or worker unreachable.
     """
@@ -321,6 +364,7 @@ def schedule(
     headers: list[tuple[str, bytes]],
     bootstrap: str | None,
     ingest_topic: str | None,
+    app_id: str | None,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -332,7 +376,7 @@ def schedule(
         raise click.UsageError("give exactly one of --delay or --at")
     record = _read_value(value, file, tombstone)
     with _client_errors():
-        queue = _queue(bootstrap, ingest_topic, timeout)
+        queue = _queue(bootstrap, ingest_topic, app_id, timeout)
         try:
             job = queue.schedule(
                 record,
@@ -359,11 +403,16 @@ def schedule(
 @kafka_options
 @json_option
 def cancel(
-    job_id: str, bootstrap: str | None, ingest_topic: str | None, timeout: float, as_json: bool
+    job_id: str,
+    bootstrap: str | None,
+    ingest_topic: str | None,
+    app_id: str | None,
+    timeout: float,
+    as_json: bool,
 ) -> None:
     """Cancel the pending job ID (a job that is not pending is left alone)."""
     with _client_errors(job_id="ID"):
-        queue = _queue(bootstrap, ingest_topic, timeout)
+        queue = _queue(bootstrap, ingest_topic, app_id, timeout)
         try:
             queue.cancel(job_id)
         finally:
@@ -373,8 +422,6 @@ def cancel(
 
 # --- commands asking a worker's HTTP API ----------------------------------------------------------
 
-#: Where a worker's web server listens when ``DELAYQ_WEB_PORT`` is not set (``app.settings``).
-DEFAULT_WEB_PORT = 6066
 #: How long the HTTP commands wait for a worker's answer by default.
 DEFAULT_HTTP_TIMEOUT_S = 10.0
 #: Longest text of a value, key or header shown in a job's line (``--json`` shows all of it).
@@ -383,12 +430,10 @@ _SHOWN_HEADERS = 3
 
 
 def _default_url() -> str:
-    port = os.environ.get("DELAYQ_WEB_PORT", "").strip() or str(DEFAULT_WEB_PORT)
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65_535):
-        raise CommandError(
-            f"invalid settings: DELAYQ_WEB_PORT: {port!r} is not a port (1-65535)", EXIT_USAGE
-        )
-    return f"http://127.0.0.1:{int(port)}"
+    try:
+        return default_web_url()
+    except SettingsError as exc:
+        raise CommandError(f"invalid settings: {exc}", EXIT_USAGE) from exc
 
 
 def _base_url(url: str | None) -> str:
@@ -652,6 +697,233 @@ def stats(cluster: bool, url: str | None, timeout: float, as_json: bool) -> None
     api = _Api(url, timeout)
     data = api.get("/stats?cluster=1" if cluster else "/stats")
     emit(as_json, data, _stats_table(data))
+
+
+# --- following a topic ----------------------------------------------------------------------------
+
+#: Longest value shown in ``tail``'s line (keys and header values: ``_SHOWN_CHARS``).
+_TAIL_VALUE_CHARS = 120
+#: Headers shown in ``tail``'s line (``--json`` has them all).
+_TAIL_HEADERS = 8
+#: How long one wait for records may last: Ctrl-C, --timeout and --max are seen this often.
+_TAIL_POLL_S = 1.0
+
+
+def _text_or_base64(name: str, data: bytes | None) -> dict[str, Any]:
+    """``{name: text}``, ``{name: None, name_base64: ...}`` when not UTF-8, as the HTTP API."""
+    if data is None:
+        return {name: None}
+    try:
+        return {name: data.decode()}
+    except UnicodeDecodeError:
+        return {name: None, f"{name}_base64": base64.b64encode(data).decode()}
+
+
+def _shown_bytes(data: bytes | None, limit: int = _SHOWN_CHARS) -> str:
+    """``data`` for one line: the repr of its text (of its bytes if not UTF-8), cut at ``limit``."""
+    if data is None:
+        return "null"
+    try:
+        shown: str | bytes = data.decode()
+    except UnicodeDecodeError:
+        shown = data
+    if len(shown) > limit:
+        return f"{shown[:limit]!r}... ({len(data)} bytes)"
+    return repr(shown)
+
+
+def _lateness_ms(record: ConsumerRecord[bytes, bytes]) -> int | None:
+    """A delayq forward's record time minus its ``delayq-due-ms``; None for other records."""
+    for name, value in record.headers:
+        if name == names.HEADER_DUE_MS:
+            with contextlib.suppress(ValueError):
+                return int(record.timestamp) - int(value)
+    return None
+
+
+def _record_data(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    """One record as ``tail --json`` prints it."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp_ms": record.timestamp,
+        "timestamp": format_time_ms(record.timestamp),
+        **_text_or_base64("key", record.key),
+        **_text_or_base64("value", record.value),
+        "headers": [{"name": name, **_text_or_base64("value", v)} for name, v in record.headers],
+        "lateness_ms": _lateness_ms(record),
+    }
+
+
+def _record_line(record: ConsumerRecord[bytes, bytes]) -> str:
+    """One record as ``tail`` prints it: where, when, key, value, headers, lateness."""
+    cells = [
+        f"{record.partition}@{record.offset}",
+        format_time_ms(record.timestamp),
+        f"key {_shown_bytes(record.key)}",
+        f"value {_shown_bytes(record.value, _TAIL_VALUE_CHARS)}",
+    ]
+    if record.headers:
+        shown = [f"{name}={_shown_bytes(value)}" for name, value in record.headers]
+        more = len(shown) - _TAIL_HEADERS
+        cells.append(
+            "headers " + ", ".join(shown[:_TAIL_HEADERS] + ([f"+{more} more"] * (more > 0)))
+        )
+    lateness = _lateness_ms(record)
+    if lateness is not None:
+        early = f"{format_duration_ms(-lateness)} early" if lateness < 0 else ""
+        cells.append(f"lateness {early or format_duration_ms(lateness)}")
+    return "  ".join(cells)
+
+
+@contextlib.contextmanager
+def _reaching(servers: str) -> Iterator[None]:
+    """Connection failures and silence of the broker as a :class:`CommandError` (exit 3)."""
+    try:
+        yield
+    except TimeoutError as exc:
+        why = f"no answer within {DEFAULT_REQUEST_TIMEOUT_S:g}s"
+        raise CommandError(
+            f"cannot reach the Kafka broker at {servers} ({why})", EXIT_UNAVAILABLE
+        ) from exc
+    except KafkaError as exc:
+        if not exc.retriable:  # an answer: no access to the topic, ...
+            raise CommandError(f"the Kafka broker at {servers} refused: {exc}") from exc
+        why = "connection failed: is it running, is the address right?"
+        raise CommandError(
+            f"cannot reach the Kafka broker at {servers} ({why})", EXIT_UNAVAILABLE
+        ) from exc
+    except OSError as exc:
+        raise CommandError(
+            f"cannot reach the Kafka broker at {servers} ({exc.strerror or exc})", EXIT_UNAVAILABLE
+        ) from exc
+
+
+async def _partition_count(servers: str, topic: str, options: Mapping[str, Any]) -> int:
+    """The partitions of ``topic``, looked up without creating it; exit 2 if it does not exist."""
+    client = AIOKafkaClient(
+        bootstrap_servers=servers,
+        request_timeout_ms=int(DEFAULT_REQUEST_TIMEOUT_S * 1000),
+        **options,
+    )
+    try:
+        with _reaching(servers):
+            await asyncio.wait_for(client.bootstrap(), DEFAULT_REQUEST_TIMEOUT_S)
+            counts = await asyncio.wait_for(
+                partition_counts(client, [topic]), DEFAULT_REQUEST_TIMEOUT_S
+            )
+    finally:
+        await client.close()
+    count = counts[topic]
+    if not count:
+        raise CommandError(f"topic {topic!r} does not exist on {servers}", EXIT_USAGE)
+    return count
+
+
+async def _follow(
+    servers: str,
+    topic: str,
+    from_beginning: bool,
+    max_records: int | None,
+    timeout: float | None,
+    as_json: bool,
+) -> int:
+    """Print ``topic``'s records until ``max_records`` or ``timeout``; how many were printed."""
+    # On the embedded broker: true end offsets, and records as they come (app.tansu_compat).
+    await asyncio.to_thread(tansu_compat.maybe_install, servers, DEFAULT_REQUEST_TIMEOUT_S)
+    options = _security_options()
+    count = await _partition_count(servers, topic, options)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers,
+        group_id=None,  # assigned partitions, no group: nothing is committed
+        enable_auto_commit=False,
+        request_timeout_ms=int(DEFAULT_REQUEST_TIMEOUT_S * 1000),
+        **options,
+    )
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    printed = 0
+    try:
+        with _reaching(servers):
+            await asyncio.wait_for(consumer.start(), DEFAULT_REQUEST_TIMEOUT_S)
+            partitions = [TopicPartition(topic, p) for p in range(count)]
+            consumer.assign(partitions)
+            if from_beginning:
+                await consumer.seek_to_beginning(*partitions)
+            else:
+                await consumer.seek_to_end(*partitions)
+            start = "the oldest record" if from_beginning else "the end"
+            plural = "" if count == 1 else "s"
+            click.echo(
+                f"following {topic} ({count} partition{plural}) from {start}; Ctrl-C stops",
+                err=True,
+            )
+            while max_records is None or printed < max_records:
+                wait = (
+                    _TAIL_POLL_S if deadline is None else min(_TAIL_POLL_S, deadline - loop.time())
+                )
+                if wait <= 0:
+                    break
+                batch = await consumer.getmany(timeout_ms=int(wait * 1000))
+                for records in batch.values():
+                    for record in records[: None if max_records is None else max_records - printed]:
+                        click.echo(
+                            json.dumps(_record_data(record)) if as_json else _record_line(record)
+                        )
+                        printed += 1
+    finally:
+        await consumer.stop()
+    return printed
+
+
+@cli.command()
+@click.argument("topic")
+@click.option(
+    "--from-beginning", is_flag=True, help="Start at the oldest record [default: new records only]."
+)
+@click.option(
+    "-n",
+    "--max",
+    "max_records",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Stop after N records.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop after this long (exit 1 if --max records did not all come) [default: never].",
+)
+@bootstrap_option
+@json_option
+def tail(
+    topic: str,
+    from_beginning: bool,
+    max_records: int | None,
+    timeout: float | None,
+    bootstrap: str | None,
+    as_json: bool,
+) -> None:
+    """Print the records of TOPIC as they arrive, until Ctrl-C.
+
+    One line per record: partition@offset, record time, key, value, headers and, for delayq's
+    forwards, their lateness (record time minus delayq-due-ms). --json: one object per record.
+    """
+    with _client_errors(topic="TOPIC"):
+        checked_topic(topic, "topic")
+        servers = ",".join(bootstrap_list(default_bootstrap() if bootstrap is None else bootstrap))
+    try:
+        printed = asyncio.run(
+            _follow(servers, topic, from_beginning, max_records, timeout, as_json)
+        )
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a tail ends
+    if max_records is not None and printed < max_records:
+        raise CommandError(
+            f"{printed} of {max_records} records from {topic} within {timeout:g}s", EXIT_FAILURE
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

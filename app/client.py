@@ -1,8 +1,9 @@
 """The Python client: schedule and cancel delayed Kafka records from any Python service.
 
 It only writes ingest records (README, "Wire contract") with aiokafka; it needs no worker code,
-and imports nothing of delayq but ``app.names``, ``app.durations``, ``app.times``, ``app.errors``
-(and ``app.settings``, lazily, for the ``DELAYQ_*`` defaults when an argument is omitted)::
+and imports nothing of delayq but ``app.names``, ``app.durations``, ``app.times``, ``app.errors``,
+``app.endpoints`` (and ``app.settings``, lazily, for the ``DELAYQ_*`` defaults when an argument is
+omitted)::
 
     async with AsyncDelayQueue(bootstrap_servers="k1:9092") as queue:
         job = await queue.schedule(b"remind", target="reminders", delay="30m", key=b"user-7")
@@ -11,6 +12,12 @@ and imports nothing of delayq but ``app.names``, ``app.durations``, ``app.times`
     with DelayQueue() as queue:  # plain scripts: an event loop runs in a background thread
         queue.delay(b"ping", "90s", target="pings")  # go-zero's Delay(body, d)
         queue.at(b"report", "2030-05-01T12:00:00Z", target="reports")  # go-zero's At(body, t)
+
+Before its first command a client checks, without creating anything, that the ingest topic
+exists and is delayq's: it has the partition count of the jobs table's changelog topic, which only
+delayq's workers create. Otherwise it raises :class:`~app.errors.IngestTopicError` and writes
+nothing (a broker that auto-creates topics would create a mistyped ingest topic that no worker
+reads, and every job sent there would be lost).
 
 Every call returns once the broker has acknowledged the record (acks=all): the command is then
 durable. Arguments are validated before anything is sent (``ValueError`` naming the argument). A
@@ -45,11 +52,14 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     UnknownTopicOrPartitionError,
+    for_code,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 from app import names
 from app.durations import Duration, Moment, parse_duration_ms, parse_time_ms
-from app.errors import BrokerUnavailable, DelayqError
+from app.endpoints import bootstrap_list, default_bootstrap
+from app.errors import BrokerUnavailable, DelayqError, IngestTopicError
 from app.times import MAX_DUE_MS, now_ms
 
 __all__ = [
@@ -60,6 +70,9 @@ __all__ = [
     "DelayQueue",
     "Headers",
     "ScheduledJob",
+    "checked_topic",
+    "jobs_changelog_topic",
+    "partition_counts",
 ]
 
 #: How long connecting, and each command, may wait for the broker.
@@ -103,7 +116,8 @@ def _valid_topic_name(name: str) -> bool:
     return bool(_TOPIC_NAME.fullmatch(name)) and name not in {".", ".."}
 
 
-def _topic(name: object, argument: str) -> str:
+def checked_topic(name: object, argument: str) -> str:
+    """``name`` if it is a valid Kafka topic name, else ``ValueError`` naming ``argument``."""
     if not isinstance(name, str) or not _valid_topic_name(name):
         raise ValueError(
             f"{argument}: {name!r} is not a valid Kafka topic name "
@@ -196,7 +210,7 @@ def _schedule(
     job_id: str | None,
     headers: Headers | None,
 ) -> _Schedule:
-    if _topic(target, "target") == ingest_topic:
+    if checked_topic(target, "target") == ingest_topic:
         raise ValueError(f"target: {target!r} is the ingest topic of delayq itself")
     job = uuid.uuid4().hex if job_id is None else job_id
     _job_id(job)
@@ -213,13 +227,35 @@ def _schedule(
     return _Schedule(job, encoded, out, delay_ms, due_ms)
 
 
-def _bootstrap_list(servers: str | Iterable[str]) -> list[str]:
-    """``k1:9092,k2:9092``, ``kafka://k1:9092;k2:9092`` or a list, as ``["k1:9092", ...]``."""
-    items = re.split(r"[;,\s]+", servers) if isinstance(servers, str) else list(servers)
-    hosts = [item.strip().split("://", 1)[-1] for item in items if item and item.strip()]
-    if not hosts or not all(hosts):
-        raise ValueError(f"bootstrap_servers: no broker address in {servers!r}")
-    return hosts
+# --- topics, looked at without creating them -----------------------------------------------
+
+
+def jobs_changelog_topic(app_id: str) -> str:
+    """The changelog topic of the workers' jobs table (``Settings.changelog_topic``)."""
+    return f"{app_id}-{names.JOBS_TABLE}-changelog"
+
+
+async def partition_counts(client: Any, topics: Iterable[str]) -> dict[str, int | None]:
+    """The partition count of each topic, None for a topic that does not exist.
+
+    ``client`` is a started ``aiokafka.AIOKafkaClient`` (``AIOKafkaProducer.client``). aiokafka's
+    own metadata requests (a producer's first send, ``AIOKafkaAdminClient.describe_topics``)
+    allow auto-creation: a broker that auto-creates topics, as Tansu and Kafka's defaults do,
+    would create every topic asked about. This one forbids it (Metadata v4+, Kafka 0.11+).
+    A broker error other than "unknown topic" is raised as the matching ``KafkaError``.
+    """
+    wanted = list(topics)
+    request = MetadataRequest(wanted, allow_auto_topic_creation=False)
+    response = await client.send(client.get_random_node(), request)
+    counts: dict[str, int | None] = dict.fromkeys(wanted)
+    for topic in response.to_object()["topics"]:
+        code = topic["error_code"]
+        if code == UnknownTopicOrPartitionError.errno:
+            continue
+        if code and not topic["partitions"]:
+            raise for_code(code)(f"topic {topic['topic']!r}")
+        counts[topic["topic"]] = len(topic["partitions"])
+    return counts
 
 
 # --- the asyncio client ---------------------------------------------------------------------
@@ -228,10 +264,13 @@ def _bootstrap_list(servers: str | Iterable[str]) -> list[str]:
 class AsyncDelayQueue:
     """Schedules and cancels jobs by writing to delayq's ingest topic (asyncio).
 
-    ``bootstrap_servers`` and ``ingest_topic`` default to ``DELAYQ_BROKER_URL`` and
-    ``DELAYQ_INGEST_TOPIC`` (``app.settings``). ``producer_options`` go to ``AIOKafkaProducer``
-    (e.g. ``security_protocol``, ``sasl_mechanism``, ``ssl_context``). Connects on ``start()``,
-    ``async with`` or the first command; ``close()`` flushes and disconnects.
+    ``bootstrap_servers`` defaults to ``DELAYQ_BROKER_URL``, else the embedded broker of
+    ``make run`` (127.0.0.1, port ``DELAYQ_EMBEDDED_PORT`` or 9092); ``ingest_topic`` and
+    ``app_id`` (the workers' ``DELAYQ_APP_ID``, which names their jobs changelog topic) default to
+    ``DELAYQ_INGEST_TOPIC`` and ``DELAYQ_APP_ID`` (``app.settings``). ``producer_options`` go to
+    ``AIOKafkaProducer`` (e.g. ``security_protocol``, ``sasl_mechanism``, ``ssl_context``).
+    Connects, and checks the ingest topic, on ``start()``, ``async with`` or the first command;
+    ``close()`` flushes and disconnects.
     """
 
     def __init__(
@@ -242,19 +281,25 @@ class AsyncDelayQueue:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         client_id: str = "delayq-client",
         producer_options: Mapping[str, Any] | None = None,
+        app_id: str | None = None,
     ) -> None:
-        if bootstrap_servers is None or ingest_topic is None:
+        if ingest_topic is None or app_id is None:
             from app.settings import load_settings  # only now: it needs pydantic
 
             settings = load_settings()
-            if bootstrap_servers is None:
-                bootstrap_servers = settings.bootstrap_servers
             if ingest_topic is None:
                 ingest_topic = settings.ingest_topic
+            if app_id is None:
+                app_id = settings.app_id
+        if bootstrap_servers is None:
+            bootstrap_servers = default_bootstrap()
         if not request_timeout > 0:
             raise ValueError(f"request_timeout: must be positive, got {request_timeout!r}")
-        self.bootstrap_servers = _bootstrap_list(bootstrap_servers)
-        self.ingest_topic = _topic(ingest_topic, "ingest_topic")
+        self.bootstrap_servers = bootstrap_list(bootstrap_servers)
+        self.ingest_topic = checked_topic(ingest_topic, "ingest_topic")
+        if not isinstance(app_id, str) or not app_id:
+            raise ValueError(f"app_id: expected a non-empty str, got {app_id!r}")
+        self.app_id = app_id
         self.request_timeout = float(request_timeout)
         self._client_id = client_id
         self._options = dict(producer_options or {})
@@ -304,9 +349,15 @@ class AsyncDelayQueue:
                 )
                 try:
                     await asyncio.wait_for(producer.start(), self.request_timeout)
+                    # Before the producer ever names the topic: its metadata request would
+                    # create it on a broker that auto-creates topics.
+                    check = self._check_ingest(producer.client)
+                    await asyncio.wait_for(check, self.request_timeout)
                 except BaseException as exc:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(producer.stop(), self.request_timeout)
+                    if isinstance(exc, IngestTopicError):
+                        raise
                     if isinstance(exc, TimeoutError):
                         why = f"no answer within {self.request_timeout:g}s"
                     elif isinstance(exc, KafkaError | OSError):
@@ -316,6 +367,39 @@ class AsyncDelayQueue:
                     raise BrokerUnavailable(f"cannot reach {self._where} ({why})") from exc
                 self._producer = producer
         return self._producer
+
+    async def _check_ingest(self, client: Any) -> None:
+        """:class:`IngestTopicError` unless the ingest topic exists and is delayq's."""
+        changelog = jobs_changelog_topic(self.app_id)
+        if self.ingest_topic == changelog:
+            raise IngestTopicError(
+                f"{changelog!r} is delayq's jobs changelog, not its ingest topic"
+            )
+        try:
+            counts = await partition_counts(client, [self.ingest_topic, changelog])
+        except KafkaError as exc:
+            if exc.retriable:
+                raise  # cannot reach the broker: BrokerUnavailable
+            raise IngestTopicError(
+                f"cannot look up the ingest topic {self.ingest_topic!r} on {self._where}: {exc}"
+            ) from exc
+        ingest, jobs = counts[self.ingest_topic], counts[changelog]
+        if ingest is None:
+            raise IngestTopicError(
+                f"the ingest topic {self.ingest_topic!r} does not exist on {self._where}: "
+                "is the name right (DELAYQ_INGEST_TOPIC)? delayq's workers create it at start"
+            )
+        if jobs is None:
+            raise IngestTopicError(
+                f"no delayq worker of app id {self.app_id!r} has run on {self._where} (no topic "
+                f"{changelog!r}): start one first, or give the app id the workers have "
+                "(DELAYQ_APP_ID)"
+            )
+        if ingest != jobs:
+            raise IngestTopicError(
+                f"topic {self.ingest_topic!r} has {ingest} partitions, the workers of app id "
+                f"{self.app_id!r} have {jobs}: it is not their ingest topic (DELAYQ_INGEST_TOPIC)"
+            )
 
     async def close(self) -> None:
         """Flush and disconnect (waits at most ``request_timeout`` seconds). Idempotent."""
@@ -339,8 +423,8 @@ class AsyncDelayQueue:
         )
         try:
             return await asyncio.wait_for(send, self.request_timeout)
-        except UnknownTopicOrPartitionError as exc:
-            raise DelayqError(
+        except UnknownTopicOrPartitionError as exc:  # deleted since the client started
+            raise IngestTopicError(
                 f"{what}: the ingest topic {self.ingest_topic!r} does not exist on {self._where}"
             ) from exc
         except (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError) as exc:
@@ -537,6 +621,7 @@ class DelayQueue:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         client_id: str = "delayq-client",
         producer_options: Mapping[str, Any] | None = None,
+        app_id: str | None = None,
     ) -> None:
         self._queue = AsyncDelayQueue(
             bootstrap_servers,
@@ -544,9 +629,11 @@ class DelayQueue:
             request_timeout=request_timeout,
             client_id=client_id,
             producer_options=producer_options,
+            app_id=app_id,
         )
-        # Connecting and one command are each bounded by request_timeout.
-        self._timeout = 2 * self._queue.request_timeout + _SYNC_GRACE_S
+        # Connecting, checking the ingest topic and one command are each bounded by
+        # request_timeout.
+        self._timeout = 3 * self._queue.request_timeout + _SYNC_GRACE_S
         self._runner: _LoopThread | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._lock = threading.Lock()
@@ -559,6 +646,10 @@ class DelayQueue:
     @property
     def ingest_topic(self) -> str:
         return self._queue.ingest_topic
+
+    @property
+    def app_id(self) -> str:
+        return self._queue.app_id
 
     @property
     def request_timeout(self) -> float:

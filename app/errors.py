@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BrokerUnavailable", "DelayqError", "ForwardFailed", "InvalidRecord", "SettingsError"]
+__all__ = [
+    "BrokerUnavailable",
+    "DelayqError",
+    "ForwardFailed",
+    "IngestTopicError",
+    "InvalidRecord",
+    "SettingsError",
+]
 
 
 class DelayqError(Exception):
@@ -27,3 +34,10 @@ class ForwardFailed(DelayqError):
 
 class BrokerUnavailable(DelayqError):
     """The Kafka broker could not be reached, or did not acknowledge in time."""
+
+
+class IngestTopicError(DelayqError):
+    """The ingest topic a client was given is missing, or is not read by delayq's workers.
+
+    Nothing was written: a client never creates the ingest topic.
+    """

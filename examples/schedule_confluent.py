@@ -8,6 +8,9 @@ one command; the headers carry the contract (see the README, "Wire contract").
     python examples/schedule_confluent.py --bootstrap 127.0.0.1:9092 \\
         --target orders-reminders --delay-ms 5000 --header trace-id=42 --wait 'hello'
 
+Without --bootstrap it uses $DELAYQ_BROKER_URL, else the embedded broker of `make run` on
+127.0.0.1:$DELAYQ_EMBEDDED_PORT, else 127.0.0.1:9092 (as delayq's own client and CLI do).
+
 --wait reads the target topic until the forwarded record of this job arrives and prints it with
 its headers (the target topic must exist; --create-target creates it first).
 Exit codes: 0 done, 1 delivery failed or --wait timed out, 2 bad usage or missing topic.
@@ -16,6 +19,8 @@ Exit codes: 0 done, 1 delivery failed or --wait timed out, 2 bad usage or missin
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 import uuid
@@ -38,12 +43,30 @@ HEADER_KEY = "delayq-key"
 HEADER_JOB_ID = "delayq-job-id"
 
 
+def default_bootstrap() -> str:
+    """$DELAYQ_BROKER_URL, else 127.0.0.1:$DELAYQ_EMBEDDED_PORT, else 127.0.0.1:9092.
+
+    delayq's own rule (app/endpoints.py), copied so that this file imports nothing of delayq.
+    """
+    url = os.environ.get("DELAYQ_BROKER_URL")
+    if url is not None:  # kafka://k1:9092;k2:9092 as the workers read it
+        return ",".join(s.strip().split("://", 1)[-1] for s in re.split(r"[;,\s]+", url) if s)
+    return f"127.0.0.1:{os.environ.get('DELAYQ_EMBEDDED_PORT', '').strip() or 9092}"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--bootstrap", default="127.0.0.1:9092", help="bootstrap servers (host:port,...)"
+        "--bootstrap",
+        default=default_bootstrap(),
+        help="bootstrap servers host:port,... (default: %(default)s, from $DELAYQ_BROKER_URL, "
+        "else 127.0.0.1:$DELAYQ_EMBEDDED_PORT, else 127.0.0.1:9092)",
     )
-    p.add_argument("--ingest-topic", default="delayq-ingest", help="DELAYQ_INGEST_TOPIC")
+    p.add_argument(
+        "--ingest-topic",
+        default=os.environ.get("DELAYQ_INGEST_TOPIC") or "delayq-ingest",
+        help="delayq's ingest topic (default: %(default)s, from $DELAYQ_INGEST_TOPIC)",
+    )
     p.add_argument("--job-id", default=None, help="the record key (default: a random UUID)")
     p.add_argument("--target", help="topic the job is forwarded to (required unless --cancel)")
     when = p.add_mutually_exclusive_group()

@@ -18,6 +18,7 @@ from typing import Any, Self
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from app.client import jobs_changelog_topic
 from app.workerproc import ROOT, DeploymentNames, WorkerProcess
 
 __all__ = [
@@ -28,9 +29,11 @@ __all__ = [
     "Namespace",
     "Worker",
     "by_job_id",
+    "create_deployment_topics",
     "create_topics",
     "headers_of",
     "schedule_headers",
+    "topic_names",
     "wait_for",
 ]
 
@@ -99,6 +102,23 @@ async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -
             await admin.create_topics(new)
     finally:
         await admin.close()
+
+
+async def topic_names(bootstrap: str) -> set[str]:
+    """The topics on the broker (a Metadata request for all topics creates none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def create_deployment_topics(bootstrap: str, ns: Namespace) -> None:
+    """The topics a worker of ``ns`` leaves behind (ingest, fired, jobs changelog), without one:
+    what the client checks before it writes to the ingest topic."""
+    changelog = jobs_changelog_topic(ns.app_id)
+    await create_topics(bootstrap, [ns.ingest, ns.fired, changelog], ns.partitions)
 
 
 class Kafka:

@@ -18,7 +18,15 @@ from app.cli import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, cli
 from app.embedded import EmbeddedBroker, free_port
 from app.times import now_ms
 from tests.conftest import WorkerFactory
-from tests.support import ROOT, Kafka, Namespace, create_topics, headers_of
+from tests.support import (
+    ROOT,
+    Kafka,
+    Namespace,
+    create_deployment_topics,
+    create_topics,
+    headers_of,
+    topic_names,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +61,7 @@ async def target(broker: EmbeddedBroker, ns: Namespace) -> str:
 
 @pytest.fixture
 def connect(broker: EmbeddedBroker, ns: Namespace) -> list[str]:
-    return ["--bootstrap", broker.bootstrap, "--ingest-topic", ns.ingest]
+    return ["--bootstrap", broker.bootstrap, "--ingest-topic", ns.ingest, "--app-id", ns.app_id]
 
 
 # --- with a worker ----------------------------------------------------------------------------
@@ -150,6 +158,7 @@ async def test_a_real_subprocess_reads_stdin_and_settings_from_the_environment(
         **os.environ,
         "DELAYQ_BROKER_URL": f"kafka://{broker.bootstrap}",
         "DELAYQ_INGEST_TOPIC": ns.ingest,
+        "DELAYQ_APP_ID": ns.app_id,
     }
     # When `python -m app.cli schedule ... -` runs with a value on stdin
     args = ["schedule", "--target", target, "--delay", "1s", "--id", "sub-1", "--json", "-"]
@@ -167,6 +176,70 @@ async def test_a_real_subprocess_reads_stdin_and_settings_from_the_environment(
     assert json.loads(done.stdout)["job_id"] == "sub-1"
     [record] = await kafka.collect([target], has_jobs("sub-1"))
     assert record.value == b"from stdin\n\x00"
+
+
+# --- the ingest topic, and where the broker is ------------------------------------------------
+
+
+async def test_a_missing_ingest_topic_exits_2_and_is_not_created(
+    broker: EmbeddedBroker, ns: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment's topics on a broker that auto-creates topics
+    await create_deployment_topics(broker.bootstrap, ns)
+    monkeypatch.setenv("DELAYQ_APP_ID", ns.app_id)
+    typo = f"{ns.prefix}-no-such-ingest"
+    # When a job is scheduled, and one cancelled, through a mistyped --ingest-topic
+    args = ["--bootstrap", broker.bootstrap, "--ingest-topic", typo]
+    scheduled = await invoke(["schedule", *args, "-t", "reminders", "--delay", "1m", "hello"])
+    cancelled = await invoke(["cancel", *args, "some-job"])
+    # Then both exit 2 with one line saying so, and the topic still does not exist
+    for result in (scheduled, cancelled):
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert_one_error_line(result.stderr, f"delayq: error: the ingest topic {typo!r} does not")
+        assert result.stdout == ""
+    assert typo not in await topic_names(broker.bootstrap)
+
+
+async def test_an_ingest_topic_of_another_partition_count_exits_2(
+    broker: EmbeddedBroker, ns: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment of 4 partitions and a topic of 2
+    await create_deployment_topics(broker.bootstrap, ns)
+    await create_topics(broker.bootstrap, [ns.target("two")], 2)
+    monkeypatch.setenv("DELAYQ_APP_ID", ns.app_id)
+    # When it is given as the ingest topic / Then exit 2, naming both counts
+    schedule = ["schedule", "-t", "out", "--delay", "1s", "v", "--bootstrap", broker.bootstrap]
+    result = await invoke([*schedule, "--ingest-topic", ns.target("two")])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert_one_error_line(result.stderr, f"delayq: error: topic '{ns.target('two')}' has 2 ")
+    assert f"of app id '{ns.app_id}' have 4" in result.stderr
+
+
+async def test_the_broker_defaults_to_the_embedded_port_unless_delayq_broker_url_is_set(
+    broker: EmbeddedBroker, ns: Namespace, kafka: Kafka, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment, the broker's port in DELAYQ_EMBEDDED_PORT (as `make run` is given it)
+    # and no DELAYQ_BROKER_URL nor --bootstrap
+    await create_deployment_topics(broker.bootstrap, ns)
+    for name, value in ns.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DELAYQ_BROKER_URL", raising=False)
+    monkeypatch.setenv("DELAYQ_EMBEDDED_PORT", str(broker.port))
+    # When a job is scheduled / Then it reaches that broker
+    embedded = await invoke(["schedule", "-t", "out", "--delay", "1h", "--id", "by-port", "v"])
+    assert embedded.exit_code == EXIT_OK, embedded.output
+    # And DELAYQ_BROKER_URL still wins over it
+    monkeypatch.setenv("DELAYQ_EMBEDDED_PORT", str(free_port()))
+    monkeypatch.setenv("DELAYQ_BROKER_URL", f"kafka://{broker.bootstrap}")
+    by_url = await invoke(["schedule", "-t", "out", "--delay", "1h", "--id", "by-url", "v"])
+    assert by_url.exit_code == EXIT_OK, by_url.output
+    records = await kafka.collect([ns.ingest], lambda rs: len(rs) >= 2)
+    assert sorted(r.key for r in records) == [b"by-port", b"by-url"]
+    # And the help says so
+    shown = await invoke(["schedule", "--help"])
+    assert "$DELAYQ_BROKER_URL, else 127.0.0.1:$DELAYQ_EMBEDDED_PORT" in " ".join(
+        shown.stdout.split()
+    )
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ async def test_get_list_stats_then_cancel_through_the_http_api(
     worker = start_worker()
     url = ["--url", f"http://127.0.0.1:{worker.web_port}"]
     schedule = ["schedule", "-t", target, "--bootstrap", broker.bootstrap]
-    schedule += ["--ingest-topic", ns.ingest]
+    schedule += ["--ingest-topic", ns.ingest, "--app-id", ns.app_id]
     options = ["--id", "cli-http-1", "--key", "k-1", "-H", "trace=t-1", "--json"]
     first = await invoke([*schedule, "--delay", "1h", *options, "first value"])
     second = await invoke([*schedule, "--delay", "2h", "--id", "cli-http-2", "v2"])
@@ -145,6 +145,7 @@ async def test_get_list_stats_then_cancel_through_the_http_api(
 
     # When the first job is cancelled
     cancel = ["cancel", "cli-http-1", "--bootstrap", broker.bootstrap, "--ingest-topic", ns.ingest]
+    cancel += ["--app-id", ns.app_id]
     cancelled = await invoke(cancel)
     assert cancelled.exit_code == EXIT_OK, cancelled.output
     # Then `get` exits 1 once the worker has applied the cancel, and the other job stays

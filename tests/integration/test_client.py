@@ -22,12 +22,20 @@ from app import client as client_module
 from app.client import AsyncDelayQueue, DelayQueue, ScheduledJob
 from app.commands import MAX_JOB_ID_BYTES, Cancel, parse_command
 from app.embedded import EmbeddedBroker, free_port
-from app.errors import BrokerUnavailable
+from app.errors import BrokerUnavailable, IngestTopicError
 from app.jobs import Job
 from app.settings import valid_topic_name
 from app.times import now_ms
 from tests.conftest import WorkerFactory
-from tests.support import ROOT, Kafka, Namespace, create_topics, headers_of
+from tests.support import (
+    ROOT,
+    Kafka,
+    Namespace,
+    create_deployment_topics,
+    create_topics,
+    headers_of,
+    topic_names,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +104,7 @@ async def test_async_client_schedules_a_job_that_the_worker_forwards(
     # Given a worker
     start_worker()
     # When the async client schedules a job by delay, with a key and a header
-    async with AsyncDelayQueue(broker.bootstrap, ns.ingest) as queue:
+    async with AsyncDelayQueue(broker.bootstrap, ns.ingest, app_id=ns.app_id) as queue:
         before = now_ms()
         job = await queue.schedule(
             b"\x00close order 1\xff",
@@ -131,7 +139,7 @@ async def test_sync_client_schedules_from_a_thread_without_an_event_loop(
 
     # When the blocking client is used from a plain thread (no running loop there)
     def use_blocking_client() -> list[ScheduledJob]:
-        with DelayQueue(broker.bootstrap, ns.ingest) as queue:
+        with DelayQueue(broker.bootstrap, ns.ingest, app_id=ns.app_id) as queue:
             return [
                 queue.schedule(
                     "text é",
@@ -171,7 +179,7 @@ async def test_async_shorthands_delay_and_at(
 ) -> None:
     # Given a worker
     start_worker()
-    async with AsyncDelayQueue(broker.bootstrap, ns.ingest) as queue:
+    async with AsyncDelayQueue(broker.bootstrap, ns.ingest, app_id=ns.app_id) as queue:
         # When jobs are scheduled with go-zero's Delay(body, d) and At(body, t)
         delayed = await queue.delay(b"d", 500, target=target, job_id="delay-ms")
         delayed_td = await queue.delay(b"td", timedelta(seconds=1), target=target)
@@ -193,7 +201,7 @@ async def test_a_cancelled_job_is_not_forwarded(
 ) -> None:
     # Given a worker and a job due in a few seconds
     start_worker()
-    async with AsyncDelayQueue(broker.bootstrap, ns.ingest) as queue:
+    async with AsyncDelayQueue(broker.bootstrap, ns.ingest, app_id=ns.app_id) as queue:
         doomed = await queue.schedule(b"doomed", target=target, delay="4s", job_id="doomed")
         # When it is cancelled, and a second job is scheduled to fire after it
         await queue.cancel("doomed")
@@ -214,11 +222,14 @@ async def test_a_cancelled_job_is_not_forwarded(
 async def test_records_follow_the_wire_contract_and_defaults_come_from_settings(
     broker: EmbeddedBroker, ns: Namespace, kafka: Kafka, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given DELAYQ_* settings in the environment and no arguments
+    # Given the topics of a deployment, DELAYQ_* settings in the environment and no arguments
+    await create_deployment_topics(broker.bootstrap, ns)
     monkeypatch.setenv("DELAYQ_BROKER_URL", f"kafka://{broker.bootstrap}")
     monkeypatch.setenv("DELAYQ_INGEST_TOPIC", ns.ingest)
+    monkeypatch.setenv("DELAYQ_APP_ID", ns.app_id)
     async with AsyncDelayQueue() as queue:
         assert (queue.bootstrap_servers, queue.ingest_topic) == ([broker.bootstrap], ns.ingest)
+        assert queue.app_id == ns.app_id
         # When a job is scheduled by delay, one by time, and one cancelled
         by_delay = await queue.schedule(
             b"v", target="out", delay="90s", key=b"k", job_id="j1", headers={"a": b"1"}
@@ -249,7 +260,8 @@ async def test_records_follow_the_wire_contract_and_defaults_come_from_settings(
 async def test_bad_arguments_raise_before_anything_is_produced(
     broker: EmbeddedBroker, ns: Namespace, kafka: Kafka
 ) -> None:
-    async with AsyncDelayQueue(broker.bootstrap, ns.ingest) as queue:
+    await create_deployment_topics(broker.bootstrap, ns)
+    async with AsyncDelayQueue(broker.bootstrap, ns.ingest, app_id=ns.app_id) as queue:
         # Given a connected client / When every kind of bad argument is given
         for kwargs, message in BAD_SCHEDULES:
             with pytest.raises(ValueError, match=message):
@@ -291,6 +303,58 @@ BAD_SCHEDULES: list[tuple[dict[str, Any], str]] = [
     ({**TARGET, "delay": "1s", "headers": "h=1"}, "^headers: expected"),
 ]
 BAD_JOB_IDS: list[tuple[Any, str]] = [("", "^job_id: must not be empty"), ("y" * 1025, "longer")]
+
+
+# --- the ingest topic: looked at before the first record, never created --------------------------
+
+
+async def test_a_missing_ingest_topic_is_refused_and_not_created(
+    broker: EmbeddedBroker, ns: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment's topics on a broker that auto-creates topics, and a mistyped ingest topic
+    await create_deployment_topics(broker.bootstrap, ns)
+    monkeypatch.setenv("DELAYQ_APP_ID", ns.app_id)
+    typo = f"{ns.prefix}-typo-ingest"
+    # When the blocking client schedules, and the async client cancels
+    queue, async_queue = DelayQueue(broker.bootstrap, typo), AsyncDelayQueue(broker.bootstrap, typo)
+    try:
+        with pytest.raises(IngestTopicError) as blocking:
+            await asyncio.to_thread(queue.delay, b"v", "1m", target=ns.target())
+        with pytest.raises(IngestTopicError) as async_:
+            await async_queue.cancel("j")
+    finally:
+        queue.close()
+        await async_queue.close()
+    # Then both refuse, saying why, and the topic was not created by asking
+    for raised in (blocking.value, async_.value):
+        assert str(raised).startswith(f"the ingest topic {typo!r} does not exist on the Kafka ")
+    assert typo not in await topic_names(broker.bootstrap)
+
+
+async def test_an_ingest_topic_that_is_not_the_workers_is_refused(
+    broker: EmbeddedBroker, ns: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment of 4 partitions (its app id in DELAYQ_APP_ID), and a topic of 1
+    await create_deployment_topics(broker.bootstrap, ns)
+    monkeypatch.setenv("DELAYQ_APP_ID", ns.app_id)
+    foreign = ns.target("foreign")
+    await create_topics(broker.bootstrap, [foreign], 1)
+    queue = AsyncDelayQueue(broker.bootstrap, foreign)
+    # When it is given as the ingest topic / Then the client refuses it
+    with pytest.raises(
+        IngestTopicError, match=rf"^topic '{foreign}' has 1 partitions, the workers"
+    ):
+        await queue.delay(b"v", "1m", target=ns.target())
+    await queue.close()
+    # And an ingest topic where no worker of the app id ever ran, and the changelog, likewise
+    lonely = AsyncDelayQueue(broker.bootstrap, ns.ingest, app_id=f"{ns.app_id}-other")
+    with pytest.raises(IngestTopicError, match=r"^no delayq worker of app id '.*-other' has run"):
+        await lonely.start()
+    await lonely.close()
+    changelog = AsyncDelayQueue(broker.bootstrap, f"{ns.app_id}-jobs-changelog", app_id=ns.app_id)
+    with pytest.raises(IngestTopicError, match=r"is delayq's jobs changelog, not its ingest"):
+        await changelog.start()
+    await changelog.close()
 
 
 def test_the_ingest_topic_is_not_a_target(closed_port: str) -> None:
@@ -375,18 +439,26 @@ def test_sync_context_manager_connects_on_enter(closed_port: str) -> None:
 # --- usable from any Python service -----------------------------------------------------------
 
 
-def test_a_plain_script_can_use_the_blocking_client(broker: EmbeddedBroker, ns: Namespace) -> None:
-    # Given a plain script (no asyncio) using DelayQueue
+async def test_a_plain_script_can_use_the_blocking_client(
+    broker: EmbeddedBroker, ns: Namespace
+) -> None:
+    # Given a deployment's topics, and a plain script (no asyncio) using DelayQueue
+    await create_deployment_topics(broker.bootstrap, ns)
     script = (
         "import json, sys\n"
         "from app.client import DelayQueue\n"
-        f"with DelayQueue({broker.bootstrap!r}, {ns.ingest!r}) as queue:\n"
+        f"with DelayQueue({broker.bootstrap!r}, {ns.ingest!r}, app_id={ns.app_id!r}) as queue:\n"
         f"    job = queue.delay(b'from a script', '1h', target={ns.target()!r}, job_id='s1')\n"
         "print(json.dumps({'job_id': job.job_id, 'due_ms': job.due_ms}))\n"
     )
     # When it runs / Then it exits cleanly (the loop thread does not hold it) with the job
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, timeout=120, check=False
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
     assert json.loads(done.stdout)["job_id"] == "s1"
@@ -408,10 +480,14 @@ def test_the_client_imports_only_aiokafka_and_light_delayq_modules() -> None:
     client = _imports(ROOT / "app" / "client.py")
     durations = _imports(ROOT / "app" / "durations.py")
     allowed = {"app", "app.names", "app.durations", "app.times", "app.errors", "app.settings"}
+    allowed |= {"app.endpoints"}
     assert {m for m in client if m.split(".")[0] not in stdlib} - {
         "aiokafka",
         "aiokafka.errors",
+        "aiokafka.protocol.metadata",
     } <= (allowed)
+    endpoints = _imports(ROOT / "app" / "endpoints.py")
+    assert {m for m in endpoints if m.split(".")[0] not in stdlib} <= {"app.errors"}
     assert {m for m in durations if m.split(".")[0] not in stdlib} <= {"app.times"}
 
 
