@@ -28,6 +28,7 @@ import asyncio
 import base64
 import contextlib
 import http.client
+import itertools
 import json
 import logging
 import os
@@ -707,6 +708,8 @@ _TAIL_VALUE_CHARS = 120
 _TAIL_HEADERS = 8
 #: How long one wait for records may last: Ctrl-C, --timeout and --max are seen this often.
 _TAIL_POLL_S = 1.0
+#: How often a tail looks again for a topic that does not exist yet.
+_TOPIC_POLL_S = 0.5
 
 
 def _text_or_base64(name: str, data: bytes | None) -> dict[str, Any]:
@@ -800,8 +803,16 @@ def _reaching(servers: str) -> Iterator[None]:
         ) from exc
 
 
-async def _partition_count(servers: str, topic: str, options: Mapping[str, Any]) -> int:
-    """The partitions of ``topic``, looked up without creating it; exit 2 if it does not exist."""
+async def _partition_count(
+    servers: str, topic: str, options: Mapping[str, Any], deadline: float | None
+) -> tuple[int, bool]:
+    """The partitions of ``topic``, looked up without creating it, and whether it was waited for.
+
+    A topic that is not there yet is waited for (a target topic appears with its first
+    forward, and a newcomer starts the tail first); exit 2 if it is still missing at
+    ``deadline`` (the event loop's clock; None: wait until Ctrl-C).
+    """
+    loop = asyncio.get_running_loop()
     client = AIOKafkaClient(
         bootstrap_servers=servers,
         request_timeout_ms=int(DEFAULT_REQUEST_TIMEOUT_S * 1000),
@@ -810,15 +821,26 @@ async def _partition_count(servers: str, topic: str, options: Mapping[str, Any])
     try:
         with _reaching(servers):
             await asyncio.wait_for(client.bootstrap(), DEFAULT_REQUEST_TIMEOUT_S)
-            counts = await asyncio.wait_for(
-                partition_counts(client, [topic]), DEFAULT_REQUEST_TIMEOUT_S
-            )
+            for attempt in itertools.count():
+                counts = await asyncio.wait_for(
+                    partition_counts(client, [topic]), DEFAULT_REQUEST_TIMEOUT_S
+                )
+                count = counts[topic]
+                if count:
+                    return count, attempt > 0
+                if deadline is not None and loop.time() >= deadline:
+                    break
+                if attempt == 0:
+                    click.echo(
+                        f"topic {topic} does not exist yet on {servers}: waiting for it; "
+                        "Ctrl-C stops",
+                        err=True,
+                    )
+                wait = _TOPIC_POLL_S if deadline is None else deadline - loop.time()
+                await asyncio.sleep(max(0.0, min(_TOPIC_POLL_S, wait)))
     finally:
         await client.close()
-    count = counts[topic]
-    if not count:
-        raise CommandError(f"topic {topic!r} does not exist on {servers}", EXIT_USAGE)
-    return count
+    raise CommandError(f"topic {topic!r} does not exist on {servers}", EXIT_USAGE)
 
 
 async def _follow(
@@ -833,7 +855,11 @@ async def _follow(
     # On the embedded broker: true end offsets, and records as they come (app.tansu_compat).
     await asyncio.to_thread(tansu_compat.maybe_install, servers, DEFAULT_REQUEST_TIMEOUT_S)
     options = _security_options()
-    count = await _partition_count(servers, topic, options)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    count, created_since = await _partition_count(servers, topic, options, deadline)
+    # A topic created since the tail started holds only records newer than the tail.
+    from_beginning = from_beginning or created_since
     consumer = AIOKafkaConsumer(
         bootstrap_servers=servers,
         group_id=None,  # assigned partitions, no group: nothing is committed
@@ -841,8 +867,6 @@ async def _follow(
         request_timeout_ms=int(DEFAULT_REQUEST_TIMEOUT_S * 1000),
         **options,
     )
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
     printed = 0
     try:
         with _reaching(servers):

@@ -93,16 +93,46 @@ async def test_tail_prints_each_record_with_its_headers_and_a_forwards_lateness(
     assert objects[0, 1]["value"] == LONG
 
 
-async def test_tail_of_a_missing_topic_exits_2_without_creating_it(
+async def test_tail_of_a_topic_that_never_comes_exits_2_without_creating_it(
     broker: EmbeddedBroker, ns: Namespace
 ) -> None:
-    # Given a broker that auto-creates topics / When a topic that is not there is tailed
+    # Given a broker that auto-creates topics / When a topic that is not there is tailed for 1 s
     missing = ns.target("missing")
-    code, out, err = await delayq("tail", missing, "--bootstrap", broker.bootstrap)
-    # Then exit 2 with one line, and the topic still is not there
+    code, out, err = await delayq(
+        "tail", missing, "--bootstrap", broker.bootstrap, "--timeout", "1"
+    )
+    # Then it said it waits, then exit 2 with one line, and the topic still is not there
     assert (code, out) == (EXIT_USAGE, "")
-    assert err == f"delayq: error: topic {missing!r} does not exist on {broker.bootstrap}\n"
+    assert err.splitlines() == [
+        f"topic {missing} does not exist yet on {broker.bootstrap}: waiting for it; Ctrl-C stops",
+        f"delayq: error: topic {missing!r} does not exist on {broker.bootstrap}",
+    ]
     assert missing not in await topic_names(broker.bootstrap)
+
+
+async def test_tail_started_before_its_topic_exists_prints_its_first_record(
+    broker: EmbeddedBroker, ns: Namespace, kafka: Kafka
+) -> None:
+    # Given a tail started before its topic exists (as a newcomer does after make run)
+    later = ns.target("later")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *["-m", "app.cli", "tail", later, "--bootstrap", broker.bootstrap, "--max", "1"],
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    waiting = await asyncio.wait_for(proc.stderr.readline(), WAIT_S)
+    assert waiting.decode().startswith(f"topic {later} does not exist yet")
+    # When the topic is created and its first record written
+    await create_topics(broker.bootstrap, [later], 1)
+    await kafka.send(later, b"k", b"first", partition=0)
+    # Then the tail prints that record, whenever it saw the topic appear, and exits 0
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == EXIT_OK, err
+    assert out.decode().endswith("  key 'k'  value 'first'\n")
 
 
 async def test_tail_follows_from_the_end_until_ctrl_c(
