@@ -7,6 +7,8 @@ name or host port that stops ``--scale``, or a lost health check fails here.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
 import re
@@ -25,6 +27,7 @@ import yaml
 from faust.transport.drivers.aiokafka import Transport
 
 from app import names
+from app.embedded import WebAddress, usage_banner
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -403,3 +406,34 @@ def test_make_run_installs_the_service_and_the_embedded_broker_make_test_the_dev
     extras = pyproject["project"]["optional-dependencies"]
     assert set(extras["embedded"]) < set(extras["dev"])
     assert [r for r in extras["embedded"] if r.startswith(("pytest", "mypy", "ruff"))] == []
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    """Top-level names of the modules ``path`` imports that are not in the standard library."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return {name for name in found if name not in sys.stdlib_module_names}
+
+
+def test_what_make_runs_banner_runs_is_installed_by_make_run(pyproject: dict[str, Any]) -> None:
+    # Given what make run installs: the dependencies and the embedded extra
+    project = pyproject["project"]
+    installed = {
+        re.split(r"[<>=\[; ]", requirement, maxsplit=1)[0].lower()
+        for requirement in [*project["dependencies"], *project["optional-dependencies"]["embedded"]]
+    }
+    distributions = importlib.metadata.packages_distributions()
+    # When the banner names a script of examples/ (app.embedded.usage_banner)
+    banner = usage_banner("kafka://127.0.0.1:9092", WebAddress("127.0.0.1", 6066))
+    scripts = re.findall(r"(examples/\w+\.py)", banner)
+    assert scripts, banner
+    # Then every third-party module that script imports comes with that install
+    for script in scripts:
+        for module in _third_party_imports(ROOT / script) - {"app", "tables"}:
+            dists = {d.lower() for d in distributions.get(module, [module])}
+            assert dists & installed, f"{script} imports {module}: not installed by make run"
