@@ -4,61 +4,32 @@ Everything here exists only because of Tansu and must stay inert against a real 
 call :func:`maybe_install` (or ``is_tansu`` then ``install``) with the broker address at start-up.
 ``tests/integration/test_tansu_quirks.py`` shows each quirk against a live Tansu; when a Tansu
 upgrade makes those tests fail, delete the matching workaround (and this module when empty).
-See /work/shared/notes/embedded-broker.md for the measurements.
+docs/embedded-broker.md describes every quirk with its measurements.
 
-Quirk 1 - JoinGroup replies are held for session_timeout / 2, so with Faust's default 60 s
-session timeout every start and rebalance waits 30 s. Use the fast-join timings below for
-``broker_session_timeout`` / ``broker_heartbeat_interval`` (joins take ~1 s). No code needed.
+Quirk 1 - JoinGroup replies are held for session_timeout / 2 (Faust's default 60 s: every join
+waits 30 s). Workaround: the fast-join timings :data:`SESSION_TIMEOUT_S` and
+:data:`HEARTBEAT_INTERVAL_S`, used by app/service.py on Tansu. No code here.
 
-Quirk 2 - ListOffsets(LATEST) answers "base offset of the newest record batch + 1" instead of
-the high watermark. Faust's table recovery reads the changelog end offsets through
-``Consumer.highwaters()`` -> ``AIOKafkaConsumerThread._highwaters()`` ->
-``AIOKafkaConsumer.end_offsets()`` -> ``Fetcher.end_offsets()`` -> ``_retrieve_offsets()`` ->
-``_proc_offset_requests()`` -> ``Fetcher._proc_offset_request()`` (one ListOffsets request to one
-node), so recovery stops short of the last records of a multi-record batch (lost keys) or fails
-with ``ConsistencyError``. A Fetch response's high watermark is correct.
+Quirks 2 and 6 - ListOffsets(LATEST) answers "base offset of the newest record batch + 1", not the
+high watermark, so Faust's table recovery (which reads end offsets through aiokafka's
+``Fetcher._proc_offset_request``) missed the last records of a batch or failed with
+``ConsistencyError``; and ListOffsets walks every record batch of the partition (slow on a long
+changelog). A Fetch past the end answers at once with the correct high watermark and log start
+offset. Workaround: :func:`install` patches ``Fetcher._proc_offset_request`` so that EARLIEST and
+LATEST lookups are answered from one such Fetch; lookups by timestamp still go to ListOffsets.
+Patching there keeps aiokafka's leader routing, retries and ``request_timeout_ms``, and corrects
+``seek_to_end()`` and ``auto_offset_reset=latest`` too.
 
-Quirk 6 - ListOffsets, and a Fetch at a stored offset, walk the partition's record batches: on a
-changelog partition of 50k batches each took ~30 ms (/tmp script, 250k records in batches of 5),
-and at 1M pending jobs Faust's two lookups at every start cost ~0.6 and ~0.8 s. A Fetch at an
-offset past the end is answered at once (~2 ms), with no error, the high watermark and the log
-start offset.
+Quirk 5 - a pending Fetch is answered no sooner than half its ``max_wait_ms``, even when records
+arrive at once; Faust hard-codes 1500 ms, so a command or removal record waited up to 0.75 s.
+Workaround: :func:`install` caps ``fetch_max_wait_ms`` of every aiokafka consumer created
+afterwards at :data:`CONSUMER_FETCH_MAX_WAIT_MS` (a lower cap costs the broker more CPU while
+idle).
 
-:func:`install` patches ``Fetcher._proc_offset_request`` so that EARLIEST and LATEST lookups are
-answered from one such Fetch (log start offset, high watermark); lookups by timestamp still go
-to ListOffsets. Patching there keeps aiokafka's leader routing, retries (retriable errors raised
-here are retried by ``_retrieve_offsets``) and ``request_timeout_ms``. Also corrected as a side
-effect: ``seek_to_end()`` and ``auto_offset_reset=latest``.
-
-Quirk 5 - a pending Fetch is answered no sooner than half its ``max_wait_ms`` even when records
-arrive at once (Kafka answers as soon as ``fetch_min_bytes`` are there; measured: max_wait 2000 ms,
-a record produced after 100 ms, answer after 1.0 s). Faust hard-codes ``fetch_max_wait_ms=1500``
-for its consumer, so an ingest command or a removal record waited up to 0.75 s before the worker
-saw it (a job with a 1 s delay fired late). :func:`install` caps ``fetch_max_wait_ms`` of every
-aiokafka consumer created afterwards at :data:`CONSUMER_FETCH_MAX_WAIT_MS` (records then wait at
-most ~50 ms). Measured with three idle workers of 12 partitions (/tmp script, 10 s of CPU time):
-a 10 ms cap cost the broker 40% of a core and each worker 9%; 100 ms cost 7% and 5%; Faust's
-1500 ms, 1% and 5%.
-
-No workaround: quirk 3 (compaction never runs: recovery replays every changelog write), quirk 4
-(no InitProducerId v0, so no idempotence / exactly_once for aiokafka: use at_least_once) and
-quirk 7: whenever a fetched partition has records past the fetch offset, Tansu lists every record
-batch the partition holds (its storage's ``fetch`` lists the partition's ``records/`` objects),
-so each Fetch costs time in proportion to the partition's history, and at a constant rate the
-broker's CPU climbs for as long as a topic is in use. ``python -m bench.brokercost`` shows it
-with one producer and one consumer (figures in the README's Performance section). Larger
-batches slow the climb; nothing stops it (in Tansu's current source, DeleteRecords on this
-storage engine is a ``todo!()``).
-
-Quirk 8, no workaround here: a reader can skip records that several producers write to one
-partition at once. A Fetch that comes while one producer's batch is still being stored can get
-the batches after it, and the reader moves past it; the records are stored (a later reader gets
-them), that reader never sees them. ``python -m bench.readrace`` shows it (figures in the
-README's Limits). Kafka never does this: a consumer gets no offset before every offset below it
-is readable. In delayq, the agent reads skipped ingest commands back (app/gaps.py, written for a
-Faust race); a skipped removal record leaves the job in flight until ``ack_timeout_s`` and it is
-forwarded again (a duplicate); a skipped fence is sent again. Consumers of target topics that
-several workers write to can miss forwards on Tansu. ``make chaos`` reads skipped ranges again.
+No workaround: quirk 3 (no compaction), quirk 4 (no idempotent producer for aiokafka: delayq uses
+at_least_once), quirk 7 (every Fetch lists the partition's batches, so the broker's CPU grows with
+a topic's history) and quirk 8 (a reader can skip records several producers write to one
+partition at once; the agent reads skipped ingest commands back in app/gaps.py).
 
 Detection: Metadata's cluster_id is Tansu's default ``tansu_cluster``. A Tansu started with another
 ``--cluster-id`` is not recognised (treated as a real Kafka): force the embedded mode instead.
