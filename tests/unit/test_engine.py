@@ -18,7 +18,7 @@ from rocksdict import Options, Rdict
 from app.engine import Engine, EngineConfig
 from app.jobs import FENCE_PREFIX, Job, JobStatus, decode_fired, encode_job
 from app.times import now_ms
-from app.transport import Record
+from app.upstream.producer import Record
 from tables.keys import due_key
 from tables.store import PartitionDB, PartitionStore
 

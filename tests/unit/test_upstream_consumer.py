@@ -15,7 +15,7 @@ from typing import Any
 
 from faust.types import TP
 
-from app.transport import BatchDrainingConsumer
+from app.upstream.consumer import BatchDrainingConsumer
 
 P0 = TP("ingest", 0)
 P1 = TP("ingest", 1)
