@@ -24,7 +24,7 @@ from app.times import MAX_DUE_MS
 from app.topics import commands_channel, ingest_topic, raw_topic_options
 from app.upstream.consumer import acknowledge_gap
 
-__all__ = ["BATCH_MAX", "BATCH_WINDOW_S", "apply_commands", "ingest"]
+__all__ = ["BATCH_MAX", "BATCH_WINDOW_S", "apply_commands", "worker_ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ async def _acknowledge_skipped(partition: int, start: int, last: int) -> None:
 
 
 #: The worker's wiring of the ingest step.
-ingest = IngestContext(
+worker_ingest = IngestContext(
     engine=engine,
     ingest_topic=settings.ingest_topic,
     fired_topic=settings.fired_topic,
@@ -75,7 +75,7 @@ async def _apply_until_done(messages: Sequence[Any]) -> None:
     """
     for attempt in itertools.count(1):
         try:
-            await apply_batch(ingest, messages)
+            await apply_batch(worker_ingest, messages)
             return
         except Exception:
             delay = min(_RETRY_BASE_S * 2 ** (attempt - 1), _RETRY_MAX_S)
@@ -92,7 +92,7 @@ def _route_record(route: Route, message: Any) -> tuple[bytes, list[Header]]:
     of scheduling a second one.
     """
     job_id = f"route:{message.topic}:{message.partition}:{message.offset}".encode()
-    due_ms = delay_base_ms(ingest, message.timestamp) + route.delay_ms
+    due_ms = delay_base_ms(worker_ingest, message.timestamp) + route.delay_ms
     headers = [(n, v) for n, v in message_headers(message) if not n.startswith(HEADER_PREFIX)]
     headers += [
         (HEADER_TARGET, route.target.encode()),

@@ -73,13 +73,13 @@ class Firing(Settling):
         """Due jobs of one partition (earliest first) and when it next needs a look."""
         state = self._state(partition)
         idle_wake = now + self.config.max_idle_ms
-        recheck = state.recheck_ms
-        if recheck is not None and recheck <= now:
+        recheck_ms = state.recheck_ms
+        if recheck_ms is not None and recheck_ms <= now:
             # A retry or an ack timeout behind the cursor has come: walk from the front again.
             state.recheck_ms = None
             rescan_from(state, due_prefix(state.watermark_ms))
         elif state.next_due_ms > now:
-            return [], min(idle_wake, state.next_due_ms, recheck or idle_wake)
+            return [], min(idle_wake, state.next_due_ms, recheck_ms or idle_wake)
         if len(state.behind) > _BEHIND_MAX:  # one walk costs less than so many lookups
             rescan_from(state, min(state.behind))
         batch: list[Forward] = []
