@@ -165,7 +165,8 @@ class PartitionState:
     #: When the fence was sent; None until then (and after the broker refused it).
     fence_sent_ms: int | None = None
     #: Highest ingest offset applied by this process (the database's mark may lag behind it
-    #: until the broker acknowledges the changelog: Engine.mark_applied). None: see the database.
+    #: until the broker acknowledges the changelog: app.ingest.apply_batch, step 6). None: see
+    #: the database.
     applied: int | None = None
 
 

@@ -159,7 +159,7 @@ class RestoringTableManager(TableManager):
     # line (a 1 s sleep): 1 s off every start, not otherwise measured.
     async def on_start(self) -> None:
         # Faust's TableManager sleeps 1 s first (for tables defined after start); delayq's table
-        # exists before the worker starts (tables/jobs.py), so every start is 1 s quicker.
+        # exists before the worker starts (app/jobs_table.py), so every start is 1 s quicker.
         if not self.should_stop:
             await self._update_channels()
             await self.recovery.start()
