@@ -9,6 +9,7 @@ __all__ = [
     "IngestTopicError",
     "InvalidRecord",
     "SettingsError",
+    "UnsupportedLibraryVersion",
 ]
 
 
@@ -40,4 +41,12 @@ class IngestTopicError(DelayqError):
     """The ingest topic a client was given is missing, or is not read by delayq's workers.
 
     Nothing was written: a client never creates the ingest topic.
+    """
+
+
+class UnsupportedLibraryVersion(DelayqError):
+    """An installed faust-streaming, mode-streaming or aiokafka is not the version delayq pins.
+
+    app/upstream/ overrides private parts of these libraries; another version may change them.
+    Operator action: install the versions in pyproject.toml (``make venv``).
     """

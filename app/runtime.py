@@ -6,9 +6,9 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from app.engine import Engine, EngineConfig
+from app.jobs_table import jobs_store, jobs_table
 from app.service import app, settings
-from app.transport import Placed, Record, send_batched_on
-from tables.jobs import jobs_store, jobs_table
+from app.upstream.producer import Placed, Record, send_batched_on
 
 __all__ = ["active_partitions", "engine"]
 

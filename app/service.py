@@ -11,21 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.transport import by_url as transport_by_url
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from app import tansu_compat
-from app import transport as batch_transport
 from app.errors import SettingsError
 from app.settings import Settings, load_settings
+from app.upstream.faust_app import TunedApp
 from tables.rebuild import rebuild_if_marked
 
 __all__ = ["app", "embedded", "settings"]
 
 log = logging.getLogger(__name__)
-
-#: The sensors' rebalance state when there are none (see DelayqApp.on_rebalance_start).
-_NO_SENSOR_STATE: dict[Any, Any] = {"sensors": "none"}
 
 
 def _settings() -> Settings:
@@ -80,37 +75,14 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
-class DelayqApp(faust.App):
-    """Faust's App with a cheaper fetcher-to-stream hand-off on Kafka (app/transport.py).
-
-    Faust's Monitor stays out of the sensors: it times and counts every record in and out
-    (2-3% of a worker's CPU per job in the bench's steady scenario at 2,000 jobs/s), and
-    delayq reads none of it (its counters are its own: /stats, /metrics).
-    """
-
-    def on_init_dependencies(self) -> Any:
-        dependencies = super().on_init_dependencies()
-        self.sensors.remove(self.monitor)
-        return dependencies
-
-    def on_rebalance_start(self) -> None:
-        super().on_rebalance_start()
-        # With no sensors, the sensors' rebalance state is {}: Faust takes that for a lost
-        # state and warns "Missing sensor state for rebalance" twice per rebalance. A state
-        # without sensors in it is the true one, and what each sensor (none) reads from it.
-        if not self._rebalancing_sensor_state:
-            self._rebalancing_sensor_state = _NO_SENSOR_STATE
+class DelayqApp(TunedApp):
+    """Faust's App as delayq runs it (the overrides of Faust's internals: app/upstream/)."""
 
     async def on_first_start(self) -> None:
         # Before any table partition opens: a table marked as ahead of its changelog is
         # emptied here, so that recovery restores it from the changelog (tables/rebuild.py).
         rebuild_if_marked(Path(self.conf.tabledir))
         await super().on_first_start()
-
-    def _new_transport(self) -> Any:
-        if transport_by_url(self.conf.broker_consumer[0]) is faust_aiokafka.Transport:
-            return batch_transport.Transport(self.conf.broker_consumer, self)
-        return super()._new_transport()
 
 
 app = DelayqApp(

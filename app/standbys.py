@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from app.jobs_table import jobs_table
 from app.ranges import ranges_text
 from app.service import app, settings
-from tables.jobs import jobs_table
 
 __all__ = [
     "assignment_standbys",

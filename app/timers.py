@@ -43,7 +43,7 @@ def _partition_mismatch() -> str | None:
 async def hand_over(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
     """Before partitions move: end the running pass and get its removal records to the broker.
 
-    The next owner fences each partition it takes (see app/engine.py), so it applies these
+    The next owner fences each partition it takes (see app/handover.py), so it applies these
     removals before it fires, instead of forwarding the same jobs again.
     """
     revoked: set[TP] = args[0]  # Faust sends (app, revoked)

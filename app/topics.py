@@ -1,4 +1,4 @@
-"""The topics a worker reads and writes (names from settings)."""
+"""The topics a worker reads and writes, each declared once (names from settings)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from typing import Any
 
 from app.service import app, settings
 
-__all__ = ["dead_letter_topic", "ingest_topic"]
+__all__ = ["commands_channel", "dead_letter_topic", "ingest_topic", "raw_topic_options"]
 
-_raw: dict[str, Any] = {
+#: Raw bytes in and out, with delayq's partition count.
+raw_topic_options: dict[str, Any] = {
     "key_type": bytes,
     "value_type": bytes,
     "key_serializer": "raw",
@@ -16,7 +17,15 @@ _raw: dict[str, Any] = {
     "partitions": settings.partitions,
 }
 
-#: Public: one record per command (schedule, replace, cancel).
-ingest_topic: Any = app.topic(settings.ingest_topic, **_raw)
+#: What the agent reads: the ingest topic (public: one record per command) and the fired topic
+#: (internal: removal and fence records). internal=True: Faust creates both topics with
+#: ``settings.partitions`` before subscribing (a topic auto-created by the subscription would get
+#: the broker's default partition count).
+commands_channel: Any = app.topic(
+    settings.ingest_topic, settings.fired_topic, internal=True, **raw_topic_options
+)
+#: The ingest topic alone, to send commands to (the fixed-delay routes). Derived, not declared
+#: again; Faust's derive does not copy the serializers, hence the options.
+ingest_topic: Any = commands_channel.derive(topics=[settings.ingest_topic], **raw_topic_options)
 #: Public: records that broke the contract or could not be forwarded, with ``delayq-error``.
-dead_letter_topic: Any = app.topic(settings.dead_letter_topic, **_raw)
+dead_letter_topic: Any = app.topic(settings.dead_letter_topic, **raw_topic_options)

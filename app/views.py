@@ -20,11 +20,11 @@ from app.api import compat, handlers, middleware
 from app.api.models import ApiError, Reply
 from app.api.openapi import document
 from app.api.routing import ROUTED_HEADER
+from app.jobs_table import jobs_table
 from app.metrics import CONTENT_TYPE_LATEST, registry_for, render
 from app.runtime import active_partitions, engine
 from app.service import app, settings
 from app.standbys import assignment_standbys, standby_partitions, standby_warning
-from tables.jobs import jobs_table
 from tables.restore import standby_lag
 
 __all__ = [

@@ -1,15 +1,16 @@
 """A local table that may be ahead of its changelog is rebuilt from the changelog on next start.
 
 How it gets ahead: a command's local write is done (step 1 of the durability order in
-tables/store.py), then the producer gives up on its changelog record (the broker refused it
-past the delivery timeout). The local replay mark says the command was applied, so a restart
-that kept the database would skip the command when Faust delivers it again, and the changelog
-(hence a standby, or any restart from it) would never get it.
+``app.ingest.apply_batch``), then the producer gives up on its changelog record (the broker
+refused it past the delivery timeout). The local replay mark says the command was applied, so a
+restart that kept the database would skip the command when Faust delivers it again, and the
+changelog (hence a standby, or any restart from it) would never get it.
 
 What happens instead, in this order:
 
-1. the worker stops committing consumer offsets (:class:`app.transport.BatchDrainingConsumer`),
-   so every command since the last commit is delivered again;
+1. the worker stops committing consumer offsets
+   (:class:`app.upstream.consumer.BatchDrainingConsumer`), so every command since the last
+   commit is delivered again;
 2. a marker file in the table directory says why;
 3. the worker crashes;
 4. on the next start, before any table opens, the table directory is emptied: every partition
@@ -39,7 +40,7 @@ _crashes: set[asyncio.Future[Any]] = set()
 def stop_for_rebuild(app: Any, reason: str, exc: BaseException) -> None:
     """Steps 1-3 on a Faust ``app`` whose local table got ahead of its changelog."""
     refuse_commits = getattr(app.consumer, "refuse_commits", None)
-    if refuse_commits is not None:  # app.transport's consumer: any Kafka, not only Tansu
+    if refuse_commits is not None:  # app.upstream's consumer: any Kafka, not only Tansu
         refuse_commits(reason)
     mark_for_rebuild(Path(app.conf.tabledir), reason)
     crash = asyncio.ensure_future(app.crash(exc))

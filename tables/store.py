@@ -15,18 +15,9 @@ Only the due keys are changelogged. The id index (``I`` keys) is local: the agen
 each schedule, and :meth:`PartitionStore.index_restored` rebuilds it from every changelog record
 Faust replays into the table (recovery and standby), so one record per change reaches Kafka.
 
-Durability order of a command (Faust commits the ingest offset only after step 3):
-
-1. the agent writes the local database (due key and id index);
-2. :meth:`PartitionStore.flush_changelog` hands the due-key change to the producer;
-3. before committing, Faust flushes the producer, so the changelog holds the change;
-4. the producer's ack records the changelog offset in the database (Faust's persisted offset),
-   so a restart with this data directory replays only what came after; values the database
-   must not hold ahead of the changelog (:meth:`PartitionStore.put_once_acked`) are written
-   then too.
-
-If the producer gives up on a changelog record instead, step 3 must not commit: see
-tables/rebuild.py (no more commits, and the next start rebuilds the table from the changelog).
+The durability order of a command, and how this store's steps fit in it, is written once, as
+numbered steps, in ``app.ingest.apply_batch``. If the producer gives up on a changelog record,
+the ``failed`` callback stops commits for good (tables/rebuild.py).
 """
 
 from __future__ import annotations
@@ -40,7 +31,6 @@ from typing import Any, Protocol
 from rocksdict import ReadOptions, WriteBatch
 
 from tables.keys import DUE_PREFIX, index_entry
-from tables.rebuild import stop_for_rebuild
 
 __all__ = ["ChangelogSend", "PartitionDB", "PartitionStore"]
 
@@ -92,45 +82,6 @@ class PartitionStore:
         #: (partition, key, value, write locally once acknowledged) in write order.
         self._pending: list[tuple[int, bytes, bytes | None, bool]] = []
 
-    @classmethod
-    def for_faust_table(cls, table: Any, app: Any) -> PartitionStore:
-        """The store behind a Faust table with a ``rocksdb://`` store (resolved lazily)."""
-        from faust.types import TP
-
-        from app.transport import Record, send_batched_on
-
-        def topic() -> str:
-            name: str = table.changelog_topic.get_topic_name()
-            return name
-
-        async def send(
-            partition: int, records: Sequence[tuple[bytes, bytes | None]]
-        ) -> Sequence[tuple[Awaitable[Any], int]]:
-            batch: list[Record] = [(key, value, []) for key, value in records]
-            return await send_batched_on(app, topic(), partition, batch)
-
-        def persisted(partition: int, offset: int) -> None:
-            if partition in table.data._dbs:  # not revoked meanwhile (would reopen it)
-                table.data.set_persisted_offset(TP(topic(), partition), offset)
-
-        def failed(exc: BaseException) -> None:
-            stop_for_rebuild(app, f"a changelog write failed: {exc!r}", exc)
-
-        def offset_entry(offset: int) -> tuple[bytes, bytes]:
-            # Faust's own encoding (stores/rocksdb.py set_persisted_offset), so that its
-            # recovery reads the offset a bulk restore wrote.
-            key: bytes = table.data.offset_key
-            return key, str(offset).encode()
-
-        return cls(
-            lambda: table.data._dbs,
-            lambda partition: table.data._db_for_partition(partition),
-            send,
-            persisted,
-            failed,
-            offset_entry,
-        )
-
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The value at ``key`` in ``partition``, or None (also if its database is not open)."""
         db = self._dbs().get(partition)
@@ -154,7 +105,8 @@ class PartitionStore:
         """Changelog ``key`` with :meth:`flush_changelog`; write it locally once acknowledged.
 
         For a value the local database must not hold before the changelog does (the replay
-        mark: app/engine.py). Not written if the partition's database was dropped meanwhile.
+        mark: app.ingest.apply_batch). Not written if the partition's database was dropped
+        meanwhile.
         """
         self._pending.append((partition, key, value, True))
 

@@ -32,11 +32,11 @@ from app.api.routing import RETRY_AFTER_S, Remote, Router, partition_of
 from app.commands import MAX_JOB_ID_BYTES
 from app.durations import format_time_ms
 from app.jobs import Header, JobStatus
+from app.jobs_table import jobs_table
 from app.metrics import COUNTERS, Snapshot, quantile
 from app.runtime import active_partitions, engine
 from app.service import app, settings
 from app.times import now_ms
-from tables.jobs import jobs_table
 
 __all__ = [
     "cancel_job",

@@ -1,4 +1,4 @@
-"""app.transport.send_batched against the embedded broker: order, offsets and partitioning.
+"""app.upstream.producer.send_batched against the embedded broker: order, offsets and partitioning.
 
 The changelog's persisted offset is computed from what send_batched returns (the batch's first
 offset plus the record's index), so it must name each record's real offset: one too high and a
@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.embedded import EmbeddedBroker
-from app.transport import Record, send_batched
+from app.upstream.producer import Record, send_batched
 from tests.support import Namespace, create_topics
 
 pytestmark = pytest.mark.integration

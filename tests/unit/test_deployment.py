@@ -325,7 +325,7 @@ def faust_app() -> Iterator[faust.App]:
 
 
 def test_faust_creates_the_jobs_changelog_compacted(faust_app: faust.App) -> None:
-    # Given a table declared as tables/jobs.py declares the jobs table
+    # Given a table declared as app/jobs_table.py declares the jobs table
     table = faust_app.Table(names.JOBS_TABLE, key_type=bytes, value_type=bytes, partitions=8)
     topic = table.changelog_topic
     # Then its changelog is compacted, not deleted by age, and has the table's partitions
@@ -346,7 +346,7 @@ def test_faust_creates_the_jobs_changelog_compacted(faust_app: faust.App) -> Non
 
 def test_the_jobs_table_is_declared_without_a_window_or_retention() -> None:
     # A windowed table (or an explicit retention) would make Faust add cleanup.policy=delete
-    source = (ROOT / "tables" / "jobs.py").read_text()
+    source = (ROOT / "app" / "jobs_table.py").read_text()
     call = source[source.index("app.Table(") :]
     call = call[: call.index("\n)\n")]
     for word in ("tumbling", "hopping", "using_window", "retention", "deleting", "compacting"):

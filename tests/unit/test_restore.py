@@ -173,7 +173,7 @@ def test_any_changelog_cut_anywhere_restores_like_the_replay(
 def _queue_with(records: list[str]) -> tuple[Any, Any]:
     from mode.utils.queues import FlowControlEvent
 
-    from tables.restore import ChangelogQueue
+    from app.upstream.recovery import ChangelogQueue
 
     flow = FlowControlEvent()
     queue = ChangelogQueue(maxsize=100, flow_control=flow, clear_on_resume=True)
@@ -197,7 +197,7 @@ async def test_the_resume_at_the_end_of_a_recovery_keeps_the_queued_standby_reco
 ) -> None:
     from faust.tables.recovery import Recovery
 
-    from tables.restore import BulkRecovery
+    from app.upstream.recovery import BulkRecovery
 
     # Given standby records queued while Faust completes a recovery (which resumes the flow)
     flow, queue = _queue_with(["standby-1", "standby-2"])

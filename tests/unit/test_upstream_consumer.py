@@ -1,4 +1,4 @@
-"""The fetcher-to-stream hand-off of app.transport: Faust's per-record steps, one task per fetch.
+"""app.upstream.consumer's fetcher-to-stream hand-off: Faust's per-record steps, one task per fetch.
 
 The consumer around ``_hand_over`` (its callback, gap and commit bookkeeping) is stubbed; the
 hand-off itself is the real code. That it works against a broker is shown by every integration
@@ -15,7 +15,7 @@ from typing import Any
 
 from faust.types import TP
 
-from app.transport import BatchDrainingConsumer
+from app.upstream.consumer import BatchDrainingConsumer
 
 P0 = TP("ingest", 0)
 P1 = TP("ingest", 1)

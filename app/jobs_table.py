@@ -1,16 +1,22 @@
-"""The jobs table: pending jobs by due time, plus an id index (encoding in ``tables.keys``).
+"""The jobs table: the Faust table, its partition store and its bulk restore, wired to the app.
 
-Raw bytes keys and values: ``key_type=bytes`` keeps key bytes as they are, so RocksDB's
-bytewise order is due-time order and routing hashes the same bytes producers hash.
+Raw bytes keys and values (encoding in ``tables.keys``): ``key_type=bytes`` keeps key bytes as
+they are, so RocksDB's bytewise order is due-time order and routing hashes the same bytes
+producers hash.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from app import names
 from app.service import app, settings
-from tables.restore import ChangelogRestorer, RestoringTableManager
+from app.upstream import rocksdb
+from app.upstream.producer import Record, send_batched_on
+from app.upstream.recovery import RestoringTableManager
+from tables.rebuild import stop_for_rebuild
+from tables.restore import ChangelogRestorer
 from tables.store import PartitionStore
 
 __all__ = ["jobs_store", "jobs_table"]
@@ -37,7 +43,7 @@ _ROCKSDB_OPTIONS = {
 # The bulk restore needs Faust's recovery to go through RestoringTableManager, which must be in
 # place before the first table creates app.tables.
 if "tables" in app.__dict__ and not isinstance(app.tables, RestoringTableManager):
-    raise RuntimeError("app.tables was created before tables.jobs could install its manager")
+    raise RuntimeError("app.tables was created before app.jobs_table could install its manager")
 app.conf.TableManager = RestoringTableManager  # type: ignore[assignment]  # (a Symbol setting)
 
 jobs_table: Any = app.Table(
@@ -49,7 +55,33 @@ jobs_table: Any = app.Table(
     options=dict(_ROCKSDB_OPTIONS),
 )
 
-jobs_store = PartitionStore.for_faust_table(jobs_table, app)
+
+def _changelog_topic() -> str:
+    name: str = jobs_table.changelog_topic.get_topic_name()
+    return name
+
+
+async def _send_changelog(
+    partition: int, records: Sequence[tuple[bytes, bytes | None]]
+) -> Sequence[tuple[Awaitable[Any], int]]:
+    batch: list[Record] = [(key, value, []) for key, value in records]
+    return await send_batched_on(app, _changelog_topic(), partition, batch)
+
+
+def _changelog_failed(exc: BaseException) -> None:
+    stop_for_rebuild(app, f"a changelog write failed: {exc!r}", exc)
+
+
+jobs_store = PartitionStore(
+    lambda: rocksdb.open_dbs(jobs_table),
+    lambda partition: rocksdb.open_or_create_db(jobs_table, partition),
+    _send_changelog,
+    persisted=lambda partition, offset: rocksdb.set_persisted_offset(
+        jobs_table, _changelog_topic(), partition, offset
+    ),
+    failed=_changelog_failed,
+    offset_entry=lambda offset: rocksdb.persisted_offset_entry(jobs_table, offset),
+)
 
 
 def _consumer_options() -> dict[str, Any]:

@@ -1,0 +1,349 @@
+"""Ingest: commands from the ingest topic (and removals from the fired topic) into the table.
+
+The agent (app/agents.py) hands each batch of records to :func:`apply_batch`, which applies
+them through the engine's :class:`TableWrites`: the only table writes, so every write happens
+inside an event and goes to that event's partition. Its collaborators come in an
+:class:`IngestContext`, so that a unit test drives it with a stub producer and a fixed clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from app.commands import Cancel, parse_command
+from app.engine_state import EngineState
+from app.errors import InvalidRecord
+from app.jobs import FENCE_PREFIX, Header, Job, decode_fired, encode_job, job_version
+from app.names import HEADER_DELAY_MS
+from app.times import now_ms
+from tables.keys import (
+    APPLIED_KEY,
+    decode_due_ms,
+    due_key,
+    encode_due_ms,
+    id_key,
+    split_due_key,
+)
+
+if TYPE_CHECKING:
+    from app.engine import Engine
+
+__all__ = ["IngestContext", "TableWrites", "apply_batch", "delay_base_ms", "message_headers"]
+
+log = logging.getLogger(__name__)
+
+#: Commands applied between two looks at whether a pass is due (each takes ~0.1-0.3 ms).
+_YIELD_EVERY = 16
+
+
+class TableWrites(EngineState):
+    """Schedule, replace, cancel and remove jobs: the engine's only table writes."""
+
+    def applied_offset(self, partition: int) -> int:
+        """The highest ingest offset applied in ``partition`` (-1 if none): a replay guard.
+
+        Faust re-delivers what came after the last committed offset after a crash; applying
+        such a schedule again would bring back a job that was cancelled or fired since.
+        """
+        state = self._parts.get(partition)
+        if state is not None and state.applied is not None:
+            return state.applied
+        raw = self.store.read(partition, APPLIED_KEY)
+        return -1 if raw is None else decode_due_ms(raw)
+
+    def mark_applied(self, partition: int, offset: int) -> None:
+        """Record that the commands up to ``offset`` are applied (changelogged with them).
+
+        Steps 3 and 6 of :func:`apply_batch`: the local database gets the mark only once the
+        broker acknowledged it; until then this process goes by its own record of the mark.
+        """
+        self._state(partition).applied = offset
+        self.store.put_once_acked(partition, APPLIED_KEY, encode_due_ms(offset))
+
+    def schedule(self, partition: int, job: Job, received_ms: int) -> None:
+        """Store ``job``, replacing any pending job with the same id.
+
+        ``received_ms`` is when delayq received the command: a job already past due then keeps
+        it, so that its lateness counts from there (and across a restart: it is stored).
+        """
+        if job.due_ms < received_ms:
+            job = dataclasses.replace(job, received_ms=received_ms)
+            self.stats.arrived_past_due += 1
+        old_index = self.store.read(partition, id_key(job.job_id))
+        new_key = due_key(job.due_ms, job.job_id)
+        state = self._state(partition)
+        if old_index is None:
+            if state.pending is not None:
+                state.pending += 1
+        else:
+            self.stats.replaced += 1
+            old_key = due_key(decode_due_ms(old_index), job.job_id)
+            if old_key != new_key:
+                self.store.delete(partition, old_key)
+        self.store.put(partition, new_key, encode_job(job))
+        index = encode_due_ms(job.due_ms)
+        if old_index != index:
+            self.store.put_local(partition, id_key(job.job_id), index)
+        state.retry_at.pop(new_key, None)
+        state.attempts.pop(new_key, None)
+        self.stats.scheduled += 1
+        self._note_due(state, new_key)
+
+    def cancel(self, partition: int, job_id: bytes) -> bool:
+        """Remove the pending job ``job_id``; False if there is none."""
+        index = self.store.read(partition, id_key(job_id))
+        if index is None:
+            self.stats.cancel_unknown += 1
+            return False
+        self.store.delete(partition, due_key(decode_due_ms(index), job_id))
+        self.store.delete_local(partition, id_key(job_id))
+        self._uncount(partition)
+        self.stats.cancelled += 1
+        return True
+
+    async def flush(self) -> None:
+        """Send the changelog records of the commands applied so far (the agent calls it)."""
+        await self.store.flush_changelog()
+
+    def remove_fired(self, partition: int, entries: Sequence[tuple[bytes, int]]) -> None:
+        """Delete forwarded jobs, each only if still the version that was forwarded."""
+        state = self._state(partition)
+        for key, version in entries:
+            flight = state.in_flight.get(key)
+            if flight is not None and flight[0] == version:
+                del state.in_flight[key]
+            raw = self.store.read(partition, key)
+            if raw is None:
+                continue  # cancelled after it was forwarded
+            if job_version(raw) != version:
+                # Replaced with the same due time while in flight: the replacement is due.
+                self._note_due(state, key)
+                continue
+            due_ms, job_id = split_due_key(key)
+            self.store.delete(partition, key)
+            if self.store.read(partition, id_key(job_id)) == encode_due_ms(due_ms):
+                self.store.delete_local(partition, id_key(job_id))
+            self._uncount(partition)
+            self.stats.removed += 1
+
+    def _uncount(self, partition: int) -> None:
+        state = self._state(partition)
+        if state.pending is not None:
+            state.pending -= 1
+
+
+@dataclass(frozen=True, slots=True)
+class IngestContext:
+    """What applying a batch works with (the worker's are wired in app/agents.py)."""
+
+    engine: Engine
+    ingest_topic: str
+    fired_topic: str
+    #: Topics a job may not target (``Settings.internal_topics``).
+    forbidden_targets: frozenset[str]
+    max_clock_skew_ms: int
+    #: The ingest partitions this worker owns as active now.
+    owned_partitions: Callable[[], Collection[int]]
+    #: ``(partition, start, stop)`` -> the ingest records at ``start <= offset < stop``.
+    read_skipped: Callable[[int, int, int], Awaitable[Sequence[Any]]]
+    #: ``(partition, start, last)``: tell the consumer these offsets are handled (app/gaps.py).
+    acknowledge_skipped: Callable[[int, int, int], Awaitable[None]]
+    clock: Callable[[], int] = now_ms
+
+
+def delay_base_ms(ctx: IngestContext, timestamp_s: float | None) -> int:
+    """What ``delayq-delay-ms`` counts from: the record's timestamp, within reason.
+
+    A timestamp more than ``max_clock_skew_ms`` ahead of this worker's clock cannot be true (the
+    producer's clock is ahead): the receipt time is used instead, and counted. An old timestamp
+    is taken as it is: a backlog after downtime is old too, and its delays have run.
+    """
+    received = ctx.clock()
+    if not timestamp_s or timestamp_s <= 0:
+        return received
+    timestamp_ms = round(timestamp_s * 1000)
+    if timestamp_ms - received > ctx.max_clock_skew_ms:
+        ctx.engine.stats.clock_skew_corrected += 1
+        return received
+    return timestamp_ms
+
+
+def _received_ms(ctx: IngestContext, timestamp_s: float | None) -> int:
+    """When delayq received a command: its record's timestamp, never later than now.
+
+    The record's timestamp, not the moment it is applied: the time a command waits in the
+    ingest topic (a backlog, a restart) is delayq's own delay, and lateness must show it.
+    """
+    now = ctx.clock()
+    if not timestamp_s or timestamp_s <= 0:
+        return now
+    return min(round(timestamp_s * 1000), now)
+
+
+def message_headers(message: Any) -> list[Header]:
+    """A record's headers as delayq reads them (names as str)."""
+    return [(str(name), value) for name, value in (message.headers or ())]
+
+
+class _Batch:
+    """What applying one batch of commands does besides table writes.
+
+    The replay mark is written once per partition per batch (not per command), and dead
+    letters are acknowledged before it, so a command at or below the mark is fully handled.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        #: partition -> highest ingest offset handled (read from the table once per batch)
+        self._applied: dict[int, int] = {}
+        self._marked: set[int] = set()
+        #: partition -> (first, last, count) of the replayed commands skipped
+        self._replays: dict[int, tuple[int, int, int]] = {}
+        self.dead_letters: list[Awaitable[Any]] = []
+
+    def last_applied(self, partition: int) -> int:
+        applied = self._applied.get(partition)
+        if applied is None:
+            applied = self._applied[partition] = self._engine.applied_offset(partition)
+        return applied
+
+    def applied(self, partition: int, offset: int) -> None:
+        self._applied[partition] = offset
+        self._marked.add(partition)
+
+    def replayed(self, partition: int, offset: int) -> None:
+        first, _last, count = self._replays.get(partition, (offset, offset, 0))
+        self._replays[partition] = (first, offset, count + 1)
+
+    def finish(self) -> None:
+        """Write the replay marks; log the replays skipped."""
+        for partition in self._marked:
+            self._engine.mark_applied(partition, self._applied[partition])
+        for partition, (first, last, count) in self._replays.items():
+            log.info(
+                "ingest partition %d: %d commands at offsets %d-%d were applied before, skipped",
+                partition,
+                count,
+                first,
+                last,
+            )
+
+
+async def apply_batch(ctx: IngestContext, messages: Sequence[Any]) -> None:
+    """Apply ingest commands and removals in order, then hand their changelog to the producer.
+
+    The durability order of a command, written here only (tables/store.py, tables/rebuild.py
+    and :meth:`TableWrites.mark_applied` point here):
+
+    1. every command and removal is written to its partition's local database (due key and id
+       index: :class:`TableWrites`);
+    2. the broker acknowledges the batch's dead letters;
+    3. the replay mark (highest handled ingest offset) of each partition is recorded, to be
+       changelogged after the commands' own records (:meth:`TableWrites.mark_applied`);
+    4. the changelog records of 1 and 3 go to the producer, each partition's in write order
+       (:meth:`tables.store.PartitionStore.flush_changelog`);
+    5. this returns; Faust acks the events, flushes the producer (so the changelog holds 1 and
+       3) and only then commits the ingest offsets;
+    6. each partition's changelog ack records the changelog offset in the local database
+       (Faust's persisted offset: a restart with this data directory replays only what came
+       after) and writes the replay mark of 3 locally, never before: a worker killed before the
+       ack keeps its old mark, so it applies the commands again when Faust delivers them again
+       and the changelog gets them then; a mark written locally first would skip them, while
+       the changelog (a standby, a restore) never got their changes.
+
+    If the producer gives up on a changelog record, step 5 must not commit: tables/rebuild.py.
+    """
+    engine = ctx.engine
+    batch = _Batch(engine)
+    owned = set(ctx.owned_partitions())
+    for index, message in enumerate(messages):
+        if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+            await engine.yield_to_due_pass()
+        if message.partition not in owned:
+            # Read before this worker lost the partition: its new owner applies it. Writing
+            # it here would reopen the partition's database and write its changelog.
+            engine.stats.not_owned_skipped += 1
+            continue
+        if message.topic == ctx.fired_topic:
+            if message.key is not None and message.key.startswith(FENCE_PREFIX):
+                engine.fence_passed(message.partition, message.key)
+            else:
+                engine.remove_fired(message.partition, decode_fired(message.value or b""))
+        else:
+            await _apply_ingest(ctx, message, batch)
+    if batch.dead_letters:
+        await asyncio.gather(*batch.dead_letters)
+    batch.finish()
+    await engine.yield_to_due_pass()
+    await engine.flush()
+
+
+async def _apply_ingest(ctx: IngestContext, message: Any, batch: _Batch) -> None:
+    """Apply one delivered ingest record: skip a replay, read back what the stream skipped."""
+    last = batch.last_applied(message.partition)
+    if message.offset <= last:  # delivered again after a crash: applied before
+        ctx.engine.stats.replays_skipped += 1
+        batch.replayed(message.partition, message.offset)
+        return
+    if last >= 0 and message.offset > last + 1:
+        await _apply_skipped(ctx, message.partition, last + 1, message.offset, batch)
+    await _apply_command(ctx, message, batch)
+
+
+async def _apply_command(ctx: IngestContext, message: Any, batch: _Batch) -> None:
+    """Schedule, replace or cancel as the record says, or dead-letter it with the reason."""
+    engine = ctx.engine
+    headers = message_headers(message)
+    # Only a delay counts from the record's timestamp (and only then is skew corrected).
+    uses_delay = any(name == HEADER_DELAY_MS for name, _value in headers)
+    timestamp_ms = delay_base_ms(ctx, message.timestamp) if uses_delay else ctx.clock()
+    try:
+        command = parse_command(
+            message.key,
+            message.value,
+            headers,
+            timestamp_ms=timestamp_ms,
+            version=message.offset,
+            forbidden_targets=ctx.forbidden_targets,
+        )
+    except InvalidRecord as exc:
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc.reason,
+        )
+        ack = await engine.send_dead_letter(message.key, message.value, headers, exc.reason)
+        batch.dead_letters.append(ack)
+    else:
+        if isinstance(command, Cancel):
+            engine.cancel(message.partition, command.job_id)
+        else:
+            engine.schedule(message.partition, command, _received_ms(ctx, message.timestamp))
+    batch.applied(message.partition, message.offset)
+
+
+async def _apply_skipped(
+    ctx: IngestContext, partition: int, start: int, stop: int, batch: _Batch
+) -> None:
+    """Apply the commands at ``start <= offset < stop`` that Faust did not deliver (app/gaps.py)."""
+    skipped = await ctx.read_skipped(partition, start, stop)
+    log.warning(
+        "ingest partition %d: offsets %d-%d were not delivered; read back %d commands",
+        partition,
+        start,
+        stop - 1,
+        len(skipped),
+    )
+    ctx.engine.stats.gaps_read_back += len(skipped)
+    for record in skipped:
+        await _apply_command(ctx, record, batch)
+    batch.applied(partition, stop - 1)
+    # Faust never saw these offsets acknowledged and would not commit past them: tell it.
+    await ctx.acknowledge_skipped(partition, start, stop - 1)
