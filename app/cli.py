@@ -53,7 +53,18 @@ from app.client import (
 )
 from app.durations import format_duration_ms, format_time_ms, parse_duration_ms, parse_time_ms
 from app.endpoints import DEFAULT_WEB_PORT, bootstrap_list, default_bootstrap, default_web_url
-from app.errors import BrokerUnavailable, DelayqError, IngestTopicError, SettingsError
+from app.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    BrokerUnavailable,
+    CommandError,
+    DelayqError,
+    IngestTopicError,
+    SettingsError,
+)
 from app.ranges import ranges_text
 from app.times import now_ms
 
@@ -63,7 +74,6 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
-    "CommandError",
     "api_options",
     "bootstrap_option",
     "cli",
@@ -72,16 +82,6 @@ __all__ = [
     "kafka_options",
     "main",
 ]
-
-EXIT_OK = 0
-#: The broker (or the API) refused the command for another reason.
-EXIT_FAILURE = 1
-#: Bad arguments, input or DELAYQ_* settings: fix the command line.
-EXIT_USAGE = 2
-#: The broker could not be reached or did not answer in time: try again later.
-EXIT_UNAVAILABLE = 3
-#: Interrupted (Ctrl-C), as shells report SIGINT.
-EXIT_INTERRUPTED = 130
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _QUIET = logging.NullHandler()
@@ -99,14 +99,6 @@ _OPTION_OF = {
     "delay": "--delay",
     "at": "--at",
 }
-
-
-class CommandError(click.ClickException):
-    """A failed command: its one-line message and its exit code."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _one_line(message: str) -> str:
@@ -137,6 +129,8 @@ class DelayqGroup(click.Group):
             code = _fail(exc.format_message() + hint, EXIT_USAGE)
         except click.ClickException as exc:
             code = _fail(exc.format_message(), exc.exit_code)
+        except CommandError as exc:
+            code = _fail(exc.message, exc.exit_code)
         except click.Abort:
             code = _fail("interrupted", EXIT_INTERRUPTED)
         if standalone_mode:
@@ -152,6 +146,8 @@ def _client_errors(**renamed: str) -> Iterator[None]:
     """
     try:
         yield
+    except CommandError:  # already one (it is a DelayqError too): keep its exit code
+        raise
     except SettingsError as exc:
         raise CommandError(f"invalid settings: {exc}", EXIT_USAGE) from exc
     except BrokerUnavailable as exc:

@@ -17,9 +17,10 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from app.api import compat, handlers, middleware
-from app.api.models import ApiError, Reply
+from app.api.models import Reply, error_reply
 from app.api.openapi import document
 from app.api.routing import ROUTED_HEADER
+from app.errors import ApiError
 from app.metrics import CONTENT_TYPE_LATEST, registry_for, render
 from app.runtime import active_partitions, engine
 from app.service import app, settings
@@ -57,12 +58,12 @@ async def _answer(view: View, request: Request, call: Awaitable[Reply]) -> Respo
     try:
         reply = await call
     except ApiError as exc:
-        reply = exc.reply()
+        reply = error_reply(exc)
     except web.HTTPException:  # aiohttp's own (413 body too large, ...): JSON by the middleware
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.rel_url.path)
-        reply = ApiError(500, "internal error (see the worker's log)").reply()
+        reply = error_reply(ApiError(500, "internal error (see the worker's log)"))
     return _respond(view, reply)
 
 
