@@ -29,11 +29,11 @@ from app.api.models import (
     parse_model,
 )
 from app.api.routing import RETRY_AFTER_S, Remote, Router, partition_of
-from app.commands import MAX_JOB_ID_BYTES
 from app.durations import format_time_ms
 from app.errors import ApiError
 from app.jobs import Header, JobStatus
 from app.metrics import COUNTERS, Snapshot, quantile
+from app.names import MAX_JOB_ID_BYTES
 from app.runtime import active_partitions, engine
 from app.service import app, settings
 from app.times import now_ms

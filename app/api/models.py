@@ -28,11 +28,10 @@ from pydantic import (
 )
 
 from app import names
-from app.commands import MAX_JOB_ID_BYTES
 from app.durations import format_time_ms, parse_duration_ms, parse_time_ms
 from app.errors import ApiError
 from app.jobs import Header, Job, JobStatus
-from app.settings import valid_topic_name
+from app.names import MAX_JOB_ID_BYTES, valid_topic_name
 from app.times import MAX_DUE_MS
 
 __all__ = [
