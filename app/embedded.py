@@ -36,15 +36,12 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import IO
 
+from app.endpoints import DEFAULT_BROKER_PORT, DEFAULT_WEB_PORT, EMBEDDED_PORT_ENV, WEB_PORT_ENV
 from app.errors import EXIT_FAILURE, EXIT_USAGE, CommandError, EmbeddedBrokerError
 
 __all__ = [
-    "DEFAULT_PORT",
-    "DEFAULT_WEB_PORT",
     "FIRST_EXTRA_WEB_PORT",
-    "PORT_ENV",
     "WEB_HOST_ENV",
-    "WEB_PORT_ENV",
     "WORKER_STOP_TIMEOUT_S",
     "EmbeddedBroker",
     "WebAddress",
@@ -61,8 +58,6 @@ __all__ = [
     "usage_banner",
 ]
 
-DEFAULT_PORT = 9092
-PORT_ENV = "DELAYQ_EMBEDDED_PORT"
 WORKER_STOP_TIMEOUT_S = 15.0
 _POLL_S = 0.02
 _TANSU_ENV_IGNORED = frozenset({"SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT"})
@@ -195,8 +190,6 @@ class EmbeddedBroker:
 
 # --- CLI -------------------------------------------------------------------------------------
 
-DEFAULT_WEB_PORT = 6066
-WEB_PORT_ENV = "DELAYQ_WEB_PORT"
 WEB_HOST_ENV = "DELAYQ_WEB_HOST"
 #: ``python -m app.embedded worker`` takes the first free web port from here on.
 FIRST_EXTRA_WEB_PORT = DEFAULT_WEB_PORT + 1
@@ -271,7 +264,7 @@ def _next_free_web_address(first: int) -> WebAddress:
 
 
 def _with_embedded_port(command: str, port: int) -> str:
-    return command if port == DEFAULT_PORT else f"{PORT_ENV}={port} {command}"
+    return command if port == DEFAULT_BROKER_PORT else f"{EMBEDDED_PORT_ENV}={port} {command}"
 
 
 def usage_banner(broker_url: str, web: WebAddress) -> str:
@@ -395,7 +388,8 @@ def _start_broker(port: int) -> EmbeddedBroker:
     broker = EmbeddedBroker(port)
     if port_open(broker.host, port):
         raise CommandError(
-            f"port {port} is already in use (another broker?); set {PORT_ENV} to use another port",
+            f"port {port} is already in use (another broker?); "
+            f"set {EMBEDDED_PORT_ENV} to use another port",
             EXIT_USAGE,
         )
     try:
@@ -429,7 +423,7 @@ def join(port: int) -> int:
     if not port_open("127.0.0.1", port):
         raise CommandError(
             f"no broker on {bootstrap}: start one with `make run` first "
-            f"(or set {PORT_ENV} to the port of the running one)",
+            f"(or set {EMBEDDED_PORT_ENV} to the port of the running one)",
             EXIT_FAILURE,
         )
     if WEB_PORT_ENV in os.environ:
@@ -476,11 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         "--port",
         type=int,
         default=None,
-        help=f"broker port on 127.0.0.1 (default: ${PORT_ENV} or {DEFAULT_PORT})",
+        help=f"broker port on 127.0.0.1 (default: ${EMBEDDED_PORT_ENV} or {DEFAULT_BROKER_PORT})",
     )
     args = parser.parse_args(argv)
     try:
-        port = env_port(PORT_ENV, DEFAULT_PORT) if args.port is None else args.port
+        port = env_port(EMBEDDED_PORT_ENV, DEFAULT_BROKER_PORT) if args.port is None else args.port
         return _COMMANDS[args.command](port)
     except CommandError as exc:
         print(f"delayq: {exc}", file=sys.stderr)

@@ -80,8 +80,8 @@ def test_a_command_error_inside_the_client_errors_keeps_its_exit_code() -> None:
 def test_embedded_reports_a_bad_port_setting_with_exit_code_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(embedded.PORT_ENV, "not-a-port")
+    monkeypatch.setenv(embedded.EMBEDDED_PORT_ENV, "not-a-port")
     assert embedded.main(["broker"]) == EXIT_USAGE
     assert capsys.readouterr().err == (
-        f"delayq: {embedded.PORT_ENV} must be a port number, got 'not-a-port'\n"
+        f"delayq: {embedded.EMBEDDED_PORT_ENV} must be a port number, got 'not-a-port'\n"
     )
