@@ -185,17 +185,22 @@ def bootstrap_option(func: _F) -> _F:
     )(func)
 
 
+def _timeout_option(default: float, help_text: str) -> Callable[[_F], _F]:
+    """``--timeout SECONDS`` (positive) with ``default``."""
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=default,
+        show_default=True,
+        metavar="SECONDS",
+        help=help_text,
+    )
+
+
 def kafka_options(func: _F) -> _F:
     """``--bootstrap``, ``--ingest-topic``, ``--app-id`` and ``--timeout``, for commands that
     write to the ingest topic."""
-    func = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=DEFAULT_REQUEST_TIMEOUT_S,
-        show_default=True,
-        metavar="SECONDS",
-        help="How long to wait for the broker.",
-    )(func)
+    func = _timeout_option(DEFAULT_REQUEST_TIMEOUT_S, "How long to wait for the broker.")(func)
     func = click.option(
         "--app-id",
         metavar="ID",
@@ -453,14 +458,8 @@ def _base_url(url: str | None) -> str:
 
 def api_options(func: _F) -> _F:
     """``--url`` and ``--timeout``, for commands that ask a worker's HTTP API."""
-    func = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=DEFAULT_HTTP_TIMEOUT_S,
-        show_default=True,
-        metavar="SECONDS",
-        help="How long to wait for the worker's answer.",
-    )(func)
+    timeout = _timeout_option(DEFAULT_HTTP_TIMEOUT_S, "How long to wait for the worker's answer.")
+    func = timeout(func)
     return click.option(
         "--url",
         metavar="URL",
