@@ -54,7 +54,18 @@ from app.client import (
 )
 from app.durations import format_duration_ms, format_time_ms, parse_duration_ms, parse_time_ms
 from app.endpoints import DEFAULT_WEB_PORT, bootstrap_list, default_bootstrap, default_web_url
-from app.errors import BrokerUnavailable, DelayqError, IngestTopicError, SettingsError
+from app.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    BrokerUnavailable,
+    CommandError,
+    DelayqError,
+    IngestTopicError,
+    SettingsError,
+)
 from app.ranges import ranges_text
 from app.times import now_ms
 
@@ -64,7 +75,6 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
-    "CommandError",
     "api_options",
     "bootstrap_option",
     "cli",
@@ -73,16 +83,6 @@ __all__ = [
     "kafka_options",
     "main",
 ]
-
-EXIT_OK = 0
-#: The broker (or the API) refused the command for another reason.
-EXIT_FAILURE = 1
-#: Bad arguments, input or DELAYQ_* settings: fix the command line.
-EXIT_USAGE = 2
-#: The broker could not be reached or did not answer in time: try again later.
-EXIT_UNAVAILABLE = 3
-#: Interrupted (Ctrl-C), as shells report SIGINT.
-EXIT_INTERRUPTED = 130
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _QUIET = logging.NullHandler()
@@ -100,14 +100,6 @@ _OPTION_OF = {
     "delay": "--delay",
     "at": "--at",
 }
-
-
-class CommandError(click.ClickException):
-    """A failed command: its one-line message and its exit code."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _one_line(message: str) -> str:
@@ -138,6 +130,8 @@ class DelayqGroup(click.Group):
             code = _fail(exc.format_message() + hint, EXIT_USAGE)
         except click.ClickException as exc:
             code = _fail(exc.format_message(), exc.exit_code)
+        except CommandError as exc:
+            code = _fail(exc.message, exc.exit_code)
         except click.Abort:
             code = _fail("interrupted", EXIT_INTERRUPTED)
         if standalone_mode:
@@ -153,6 +147,8 @@ def _client_errors(**renamed: str) -> Iterator[None]:
     """
     try:
         yield
+    except CommandError:  # already one (it is a DelayqError too): keep its exit code
+        raise
     except SettingsError as exc:
         raise CommandError(f"invalid settings: {exc}", EXIT_USAGE) from exc
     except BrokerUnavailable as exc:
@@ -190,17 +186,22 @@ def bootstrap_option(func: _F) -> _F:
     )(func)
 
 
+def _timeout_option(default: float, help_text: str) -> Callable[[_F], _F]:
+    """``--timeout SECONDS`` (positive) with ``default``."""
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=default,
+        show_default=True,
+        metavar="SECONDS",
+        help=help_text,
+    )
+
+
 def kafka_options(func: _F) -> _F:
     """``--bootstrap``, ``--ingest-topic``, ``--app-id`` and ``--timeout``, for commands that
     write to the ingest topic."""
-    func = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=DEFAULT_REQUEST_TIMEOUT_S,
-        show_default=True,
-        metavar="SECONDS",
-        help="How long to wait for the broker.",
-    )(func)
+    func = _timeout_option(DEFAULT_REQUEST_TIMEOUT_S, "How long to wait for the broker.")(func)
     func = click.option(
         "--app-id",
         metavar="ID",
@@ -458,14 +459,8 @@ def _base_url(url: str | None) -> str:
 
 def api_options(func: _F) -> _F:
     """``--url`` and ``--timeout``, for commands that ask a worker's HTTP API."""
-    func = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=DEFAULT_HTTP_TIMEOUT_S,
-        show_default=True,
-        metavar="SECONDS",
-        help="How long to wait for the worker's answer.",
-    )(func)
+    timeout = _timeout_option(DEFAULT_HTTP_TIMEOUT_S, "How long to wait for the worker's answer.")
+    func = timeout(func)
     return click.option(
         "--url",
         metavar="URL",

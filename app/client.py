@@ -36,13 +36,12 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import re
 import threading
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
@@ -60,7 +59,8 @@ from app import names
 from app.durations import Duration, Moment, parse_duration_ms, parse_time_ms
 from app.endpoints import bootstrap_list, default_bootstrap
 from app.errors import BrokerUnavailable, DelayqError, IngestTopicError
-from app.times import MAX_DUE_MS, now_ms
+from app.names import MAX_JOB_ID_BYTES
+from app.times import MAX_DUE_MS, ms_to_datetime, now_ms
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT_S",
@@ -71,15 +71,11 @@ __all__ = [
     "Headers",
     "ScheduledJob",
     "checked_topic",
-    "jobs_changelog_topic",
     "partition_counts",
 ]
 
 #: How long connecting, and each command, may wait for the broker.
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
-#: Longest job id the worker accepts (``app.commands.MAX_JOB_ID_BYTES``; not imported from there
-#: because that module pulls in the worker's).
-MAX_JOB_ID_BYTES = 1024
 
 #: A key, value or header value: ``str`` is sent UTF-8 encoded.
 Data = bytes | bytearray | memoryview | str
@@ -88,10 +84,7 @@ Headers = Mapping[str, Data] | Iterable[tuple[str, Data]]
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
-#: Kafka's topic name rule, as ``app.settings.valid_topic_name`` (not imported: pydantic).
-_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _LOG_APPEND_TIME = 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Extra time a sync call waits for its event loop beyond the bounds the async calls keep.
 _SYNC_GRACE_S = 5.0
 
@@ -106,19 +99,15 @@ class ScheduledJob:
     @property
     def due_at(self) -> datetime:
         """The due time as an aware UTC datetime."""
-        return _EPOCH + timedelta(milliseconds=self.due_ms)
+        return ms_to_datetime(self.due_ms)
 
 
 # --- validation (everything here runs before a connection is made) ----------------------------
 
 
-def _valid_topic_name(name: str) -> bool:
-    return bool(_TOPIC_NAME.fullmatch(name)) and name not in {".", ".."}
-
-
 def checked_topic(name: object, argument: str) -> str:
     """``name`` if it is a valid Kafka topic name, else ``ValueError`` naming ``argument``."""
-    if not isinstance(name, str) or not _valid_topic_name(name):
+    if not isinstance(name, str) or not names.valid_topic_name(name):
         raise ValueError(
             f"{argument}: {name!r} is not a valid Kafka topic name "
             "(1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')"
@@ -228,11 +217,6 @@ def _schedule(
 
 
 # --- topics, looked at without creating them -----------------------------------------------
-
-
-def jobs_changelog_topic(app_id: str) -> str:
-    """The changelog topic of the workers' jobs table (``Settings.changelog_topic``)."""
-    return f"{app_id}-{names.JOBS_TABLE}-changelog"
 
 
 async def partition_counts(client: Any, topics: Iterable[str]) -> dict[str, int | None]:
@@ -370,7 +354,7 @@ class AsyncDelayQueue:
 
     async def _check_ingest(self, client: Any) -> None:
         """:class:`IngestTopicError` unless the ingest topic exists and is delayq's."""
-        changelog = jobs_changelog_topic(self.app_id)
+        changelog = names.changelog_topic(self.app_id)
         if self.ingest_topic == changelog:
             raise IngestTopicError(
                 f"{changelog!r} is delayq's jobs changelog, not its ingest topic"

@@ -12,20 +12,17 @@ from dataclasses import dataclass
 from app import names
 from app.errors import InvalidRecord
 from app.jobs import Header, Job
-from app.settings import valid_topic_name
+from app.names import MAX_JOB_ID_BYTES, valid_topic_name
 from app.times import MAX_DUE_MS
 
 __all__ = [
     "MAX_HEADERS",
     "MAX_HEADER_NAME_BYTES",
-    "MAX_JOB_ID_BYTES",
     "Cancel",
     "Command",
     "parse_command",
 ]
 
-#: Job ids longer than this are refused: they are stored twice per job and travel in headers.
-MAX_JOB_ID_BYTES = 1024
 #: The stored job's format counts headers and header-name bytes in 16 bits.
 MAX_HEADERS = 65_535
 MAX_HEADER_NAME_BYTES = 65_535

@@ -34,9 +34,10 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from app.api.handlers import router
-from app.api.models import ApiError, FieldError, Reply
+from app.api.models import FieldError, Reply, error_reply, invalid_request
 from app.api.routing import ROUTED_HEADER, partition_of, same_worker
 from app.durations import format_time_ms
+from app.errors import ApiError
 from app.jobs import Job, decode_job
 from app.runtime import active_partitions, engine
 from app.service import app, settings
@@ -227,7 +228,7 @@ def _start_ms(params: Mapping[str, str], name: str, unit_ms: int, now: int) -> i
     if text is None:
         return now - now % unit_ms
     if not _digits(text) or int(text) % unit_ms or int(text) > MAX_DUE_MS:
-        raise ApiError.invalid([FieldError(field=name, message=f"a multiple of {unit_ms} ms")])
+        raise invalid_request([FieldError(field=name, message=f"a multiple of {unit_ms} ms")])
     return int(text)
 
 
@@ -259,7 +260,7 @@ def _overdue(active: list[int], before_ms: int, budget: int) -> tuple[int, bool]
 def local_timeline(minute_start: int, hour_start: int) -> dict[str, Any]:
     """This worker's pending jobs by due time: overdue, per minute, per hour, later."""
     if not hour_start <= minute_start < hour_start + HOUR_MS:
-        raise ApiError.invalid(
+        raise invalid_request(
             [FieldError(field="minute_start", message="must lie in the hour of hour_start")]
         )
     active = router.active()
@@ -343,7 +344,7 @@ def parse_cursor(text: str) -> tuple[int, bytes]:
     except ValueError:
         due_ms = -1
     if not _digits(due_text) or not 0 <= due_ms <= MAX_DUE_MS:
-        raise ApiError.invalid(
+        raise invalid_request(
             [FieldError(field="after", message="expected <due ms> or <due ms>.<job id in hex>")]
         )
     return due_ms, job_id
@@ -352,7 +353,7 @@ def parse_cursor(text: str) -> tuple[int, bytes]:
 def _page_limit(params: Mapping[str, str]) -> int:
     text = params.get("limit", str(DEFAULT_PAGE))
     if not _digits(text) or not 1 <= int(text) <= MAX_PAGE:
-        raise ApiError.invalid([FieldError(field="limit", message=f"1 to {MAX_PAGE}")])
+        raise invalid_request([FieldError(field="limit", message=f"1 to {MAX_PAGE}")])
     return int(text)
 
 
@@ -492,12 +493,12 @@ async def _json(view: View, request: Request, call: Callable[[], Awaitable[Any]]
     try:
         reply = Reply(200, await call())
     except ApiError as exc:
-        reply = exc.reply()
+        reply = error_reply(exc)
     except web.HTTPException:
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.rel_url.path)
-        reply = ApiError(500, "internal error (see the worker's log)").reply()
+        reply = error_reply(ApiError(500, "internal error (see the worker's log)"))
     return view.json(reply.body, status=reply.status, headers={**reply.headers, **_NO_STORE})
 
 

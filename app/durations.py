@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from app.times import MAX_DUE_MS
+from app.times import MAX_DUE_MS, ms_to_datetime, to_ms
 
 __all__ = [
     "Duration",
@@ -40,8 +40,6 @@ Moment = int | datetime | str
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _UNITS = "ms, s, m, h, d"
 _PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 
 
 def _duration_error(value: object, reason: str) -> ValueError:
@@ -122,8 +120,7 @@ def _datetime_ms(value: object, moment: datetime) -> int:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise _time_error(value, "needs a time zone (e.g. 'Z' or '+02:00')")
     try:
-        # Exact integer arithmetic (no float timestamp); sub-millisecond parts are dropped.
-        return (moment - _EPOCH) // _ONE_MS
+        return to_ms(moment)  # sub-millisecond parts are dropped
     except OverflowError:
         raise _time_error(value, "out of range") from None
 
@@ -181,5 +178,5 @@ def format_duration_ms(ms: int) -> str:
 
 def format_time_ms(ms: int) -> str:
     """Epoch milliseconds as ISO-8601 UTC with milliseconds: ``2024-05-01T12:00:00.000Z``."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
+    moment = ms_to_datetime(ms)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

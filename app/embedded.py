@@ -36,15 +36,31 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import IO
 
-DEFAULT_PORT = 9092
-PORT_ENV = "DELAYQ_EMBEDDED_PORT"
+from app.endpoints import DEFAULT_BROKER_PORT, DEFAULT_WEB_PORT, EMBEDDED_PORT_ENV, WEB_PORT_ENV
+from app.errors import EXIT_FAILURE, EXIT_USAGE, CommandError, EmbeddedBrokerError
+
+__all__ = [
+    "FIRST_EXTRA_WEB_PORT",
+    "WEB_HOST_ENV",
+    "WORKER_STOP_TIMEOUT_S",
+    "EmbeddedBroker",
+    "WebAddress",
+    "answers_as",
+    "broker_only",
+    "env_port",
+    "free_port",
+    "join",
+    "joined_banner",
+    "main",
+    "port_free",
+    "port_open",
+    "run",
+    "usage_banner",
+]
+
 WORKER_STOP_TIMEOUT_S = 15.0
 _POLL_S = 0.02
 _TANSU_ENV_IGNORED = frozenset({"SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT"})
-
-
-class EmbeddedBrokerError(RuntimeError):
-    """The embedded broker could not be started."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -174,21 +190,11 @@ class EmbeddedBroker:
 
 # --- CLI -------------------------------------------------------------------------------------
 
-DEFAULT_WEB_PORT = 6066
-WEB_PORT_ENV = "DELAYQ_WEB_PORT"
 WEB_HOST_ENV = "DELAYQ_WEB_HOST"
 #: ``python -m app.embedded worker`` takes the first free web port from here on.
 FIRST_EXTRA_WEB_PORT = DEFAULT_WEB_PORT + 1
 _EXTRA_WEB_PORTS = 100
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
-
-
-class CommandError(Exception):
-    """A one-line message for the user, and the exit code that goes with it."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def port_free(host: str, port: int) -> bool:
@@ -229,7 +235,7 @@ def env_port(name: str, default: int) -> int:
     value = os.environ.get(name, str(default))
     port = int(value) if value.strip().isdigit() else 0
     if not 0 < port < 65_536:
-        raise CommandError(f"{name} must be a port number, got {value!r}")
+        raise CommandError(f"{name} must be a port number, got {value!r}", EXIT_USAGE)
     return port
 
 
@@ -240,7 +246,8 @@ def _checked_web_address(port: int) -> WebAddress:
     if not port_free(web.host, web.port):
         raise CommandError(
             f"web port {port} is already in use (another worker?); "
-            f"set {WEB_PORT_ENV} to use another port"
+            f"set {WEB_PORT_ENV} to use another port",
+            EXIT_USAGE,
         )
     return web
 
@@ -251,11 +258,13 @@ def _next_free_web_address(first: int) -> WebAddress:
         if port_free(host, port):
             return WebAddress(host, port)
     last = first + _EXTRA_WEB_PORTS - 1
-    raise CommandError(f"no free web port in {first}-{last}; set {WEB_PORT_ENV} to a free one")
+    raise CommandError(
+        f"no free web port in {first}-{last}; set {WEB_PORT_ENV} to a free one", EXIT_USAGE
+    )
 
 
 def _with_embedded_port(command: str, port: int) -> str:
-    return command if port == DEFAULT_PORT else f"{PORT_ENV}={port} {command}"
+    return command if port == DEFAULT_BROKER_PORT else f"{EMBEDDED_PORT_ENV}={port} {command}"
 
 
 def usage_banner(broker_url: str, web: WebAddress) -> str:
@@ -379,12 +388,14 @@ def _start_broker(port: int) -> EmbeddedBroker:
     broker = EmbeddedBroker(port)
     if port_open(broker.host, port):
         raise CommandError(
-            f"port {port} is already in use (another broker?); set {PORT_ENV} to use another port"
+            f"port {port} is already in use (another broker?); "
+            f"set {EMBEDDED_PORT_ENV} to use another port",
+            EXIT_USAGE,
         )
     try:
         broker.start()
     except EmbeddedBrokerError as exc:
-        raise CommandError(str(exc), 1) from None
+        raise CommandError(str(exc), EXIT_FAILURE) from None
     return broker
 
 
@@ -412,8 +423,8 @@ def join(port: int) -> int:
     if not port_open("127.0.0.1", port):
         raise CommandError(
             f"no broker on {bootstrap}: start one with `make run` first "
-            f"(or set {PORT_ENV} to the port of the running one)",
-            1,
+            f"(or set {EMBEDDED_PORT_ENV} to the port of the running one)",
+            EXIT_FAILURE,
         )
     if WEB_PORT_ENV in os.environ:
         web = _checked_web_address(env_port(WEB_PORT_ENV, DEFAULT_WEB_PORT))
@@ -459,15 +470,15 @@ def main(argv: list[str] | None = None) -> int:
         "--port",
         type=int,
         default=None,
-        help=f"broker port on 127.0.0.1 (default: ${PORT_ENV} or {DEFAULT_PORT})",
+        help=f"broker port on 127.0.0.1 (default: ${EMBEDDED_PORT_ENV} or {DEFAULT_BROKER_PORT})",
     )
     args = parser.parse_args(argv)
     try:
-        port = env_port(PORT_ENV, DEFAULT_PORT) if args.port is None else args.port
+        port = env_port(EMBEDDED_PORT_ENV, DEFAULT_BROKER_PORT) if args.port is None else args.port
         return _COMMANDS[args.command](port)
     except CommandError as exc:
         print(f"delayq: {exc}", file=sys.stderr)
-        return exc.code
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ __all__ = [
 ]
 
 BROKER_URL_ENV = "DELAYQ_BROKER_URL"
-#: The embedded broker's port (``app.embedded.PORT_ENV``; not imported: that module starts it).
+#: The port of the embedded broker (``make run``, ``app.embedded``).
 EMBEDDED_PORT_ENV = "DELAYQ_EMBEDDED_PORT"
 WEB_PORT_ENV = "DELAYQ_WEB_PORT"
-#: ``app.embedded.DEFAULT_PORT``, and the ``DELAYQ_BROKER_URL`` default of ``app.settings``.
+#: The embedded broker's default port, and the ``DELAYQ_BROKER_URL`` default of ``app.settings``.
 DEFAULT_BROKER_PORT = 9092
 #: The ``DELAYQ_WEB_PORT`` default of ``app.settings``.
 DEFAULT_WEB_PORT = 6066

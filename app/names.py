@@ -1,10 +1,14 @@
-"""Every name delayq puts on the wire: header names and default topic names.
+"""The wire contract shared by the client, the CLI, the HTTP API and the worker: header names,
+topic names and Kafka's rule for them, the job-id limit.
 
-Header names are the public contract (README, "Wire contract"); change them only with a new
-major version.
+The one copy of each: the client imports this module and must not import the worker's (Faust,
+pydantic), so nothing here imports anything but the standard library. Header names are the public
+contract (README, "Wire contract"); change them only with a new major version.
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_TOPIC",
@@ -18,6 +22,9 @@ __all__ = [
     "HEADER_PREFIX",
     "HEADER_TARGET",
     "JOBS_TABLE",
+    "MAX_JOB_ID_BYTES",
+    "changelog_topic",
+    "valid_topic_name",
 ]
 
 HEADER_PREFIX = "delayq-"
@@ -40,3 +47,19 @@ DEFAULT_DEAD_LETTER_TOPIC = "delayq-dead-letters"
 DEFAULT_FIRED_TOPIC = "delayq-fired"
 #: The table of pending jobs; its changelog topic is ``{app_id}-jobs-changelog``.
 JOBS_TABLE = "jobs"
+
+#: Job ids longer than this are refused: they are stored twice per job and travel in headers.
+MAX_JOB_ID_BYTES = 1024
+
+#: Kafka's rule for topic names.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def valid_topic_name(name: str) -> bool:
+    """Whether Kafka accepts ``name`` as a topic name."""
+    return bool(_TOPIC_NAME.fullmatch(name)) and name not in {".", ".."}
+
+
+def changelog_topic(app_id: str) -> str:
+    """The changelog topic of the workers' jobs table (Faust names it after ``DELAYQ_APP_ID``)."""
+    return f"{app_id}-{JOBS_TABLE}-changelog"

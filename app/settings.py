@@ -16,15 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app import names
 from app.durations import parse_duration_ms
 from app.errors import SettingsError
+from app.names import valid_topic_name
 
-__all__ = ["Route", "Settings", "load_settings", "parse_routes", "valid_topic_name"]
-
-_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
-
-
-def valid_topic_name(name: str) -> bool:
-    """Whether Kafka accepts ``name`` as a topic name."""
-    return bool(_TOPIC_NAME.fullmatch(name)) and name not in {".", ".."}
+__all__ = ["Route", "Settings", "load_settings", "parse_routes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +244,7 @@ class Settings(BaseSettings):
     @property
     def changelog_topic(self) -> str:
         """The changelog topic of the jobs table (named by Faust)."""
-        return f"{self.app_id}-{names.JOBS_TABLE}-changelog"
+        return names.changelog_topic(self.app_id)
 
     def internal_topics(self) -> frozenset[str]:
         """Topics a job may not target: forwarding there would corrupt delayq itself."""

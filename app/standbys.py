@@ -15,7 +15,11 @@ Two views of the shortfall, each from what its caller has at hand:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from faust.types import TP
 
 from app.jobs_table import jobs_table
 from app.ranges import ranges_text
@@ -24,6 +28,7 @@ from app.service import app, settings
 __all__ = [
     "assignment_standbys",
     "standby_counts",
+    "standby_lag",
     "standby_partitions",
     "standby_warning",
 ]
@@ -70,3 +75,29 @@ def standby_warning(replicas: int, copies: Mapping[int, int], workers: int) -> s
     if workers <= 1:
         text += " (one worker: start another, or set DELAYQ_STANDBY_REPLICAS=0)"
     return text
+
+
+async def standby_lag(timeout: float = 2.0) -> dict[int, int] | None:
+    """Per standby partition of the jobs table: changelog records its copy has not read yet.
+
+    End offset (asked from the broker now: a fetch-response highwater goes stale when a
+    partition stops being fetched) minus the offset Faust's standby read last. Records read are
+    applied at the latest when the partition becomes active (in bulk), so 0 means a fail-over
+    has nothing left to replay. None if the broker did not answer within ``timeout``.
+    """
+    changelog = jobs_table.changelog_topic.get_topic_name()
+    tps = [TP(changelog, partition) for partition in standby_partitions()]
+    if not tps:
+        return {}
+    try:
+        ends = await asyncio.wait_for(app.consumer.highwaters(*tps), timeout)
+    except Exception:  # no answer: unknown, not zero
+        return None
+    tables: Any = app.tables  # the TableManager's type lacks its (public) recovery service
+    read = tables.recovery.standby_offsets
+    lag: dict[int, int] = {}
+    for tp in tps:
+        end, last = ends.get(tp), read.get(tp)
+        if end is not None:
+            lag[tp.partition] = max(0, end - 1 - (-1 if last is None else last))
+    return lag

@@ -17,15 +17,14 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from app.api import compat, handlers, middleware
-from app.api.models import ApiError, Reply
+from app.api.models import Reply, error_reply
 from app.api.openapi import document
 from app.api.routing import ROUTED_HEADER
-from app.jobs_table import jobs_table
+from app.errors import ApiError
 from app.metrics import CONTENT_TYPE_LATEST, registry_for, render
 from app.runtime import active_partitions, engine
 from app.service import app, settings
-from app.standbys import assignment_standbys, standby_partitions, standby_warning
-from tables.restore import standby_lag
+from app.standbys import assignment_standbys, standby_lag, standby_partitions, standby_warning
 
 __all__ = [
     "compat_add",
@@ -57,12 +56,12 @@ async def _answer(view: View, request: Request, call: Awaitable[Reply]) -> Respo
     try:
         reply = await call
     except ApiError as exc:
-        reply = exc.reply()
+        reply = error_reply(exc)
     except web.HTTPException:  # aiohttp's own (413 body too large, ...): JSON by the middleware
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.rel_url.path)
-        reply = ApiError(500, "internal error (see the worker's log)").reply()
+        reply = error_reply(ApiError(500, "internal error (see the worker's log)"))
     return _respond(view, reply)
 
 
@@ -182,7 +181,7 @@ class health(View):
         }
         if ready:
             # {partition: changelog records not yet read by the standby copy}; null if unknown.
-            lag = await standby_lag(app, jobs_table)
+            lag = await standby_lag()
             body["standby_lag"] = None if lag is None else {str(p): n for p, n in lag.items()}
         return self.json(
             body, status=200 if ready else 503, headers=None if ready else {"Retry-After": "1"}

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from app.embedded import free_port
+from app.errors import WorkerNotReady
 
 __all__ = [
     "READY_LINE",
@@ -36,7 +37,6 @@ __all__ = [
     "WORKER_COMMAND",
     "DeploymentNames",
     "GroupProcess",
-    "WorkerNotReady",
     "WorkerProcess",
 ]
 
@@ -84,10 +84,6 @@ class DeploymentNames:
             "DELAYQ_DEAD_LETTER_TOPIC": self.dead_letters,
             "DELAYQ_PARTITIONS": str(self.partitions),
         }
-
-
-class WorkerNotReady(RuntimeError):
-    """The worker exited, or did not log :data:`READY_LINE` in time."""
 
 
 class GroupProcess:

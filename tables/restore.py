@@ -12,13 +12,12 @@ here depends on the broker, nor on Faust's internals.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ChangelogRestorer", "standby_lag"]
+__all__ = ["ChangelogRestorer"]
 
 log = logging.getLogger(__name__)
 
@@ -110,28 +109,3 @@ class ChangelogRestorer:
                         consumer.pause(tps[p])
         finally:
             await consumer.stop()
-
-
-async def standby_lag(app: Any, table: Any, timeout: float = 2.0) -> dict[int, int] | None:
-    """Per standby partition of ``table``: changelog records its standby copy has not read yet.
-
-    End offset (asked from the broker now: a fetch-response highwater goes stale when a
-    partition stops being fetched) minus the offset Faust's standby read last. Records read are
-    applied at the latest when the partition becomes active (in bulk), so 0 means a fail-over
-    has nothing left to replay. None if the broker did not answer within ``timeout``.
-    """
-    changelog = table.changelog_topic.get_topic_name()
-    tps = sorted(tp for tp in app.assignor.assigned_standbys() if tp.topic == changelog)
-    if not tps:
-        return {}
-    try:
-        ends = await asyncio.wait_for(app.consumer.highwaters(*tps), timeout)
-    except Exception:  # no answer: unknown, not zero
-        return None
-    read = app.tables.recovery.standby_offsets
-    lag: dict[int, int] = {}
-    for tp in tps:
-        end, last = ends.get(tp), read.get(tp)
-        if end is not None:
-            lag[tp.partition] = max(0, end - 1 - (-1 if last is None else last))
-    return lag

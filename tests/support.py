@@ -18,7 +18,7 @@ from typing import Any, Self
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.client import jobs_changelog_topic
+from app.names import changelog_topic
 from app.workerproc import ROOT, DeploymentNames, WorkerProcess
 
 __all__ = [
@@ -117,7 +117,7 @@ async def topic_names(bootstrap: str) -> set[str]:
 async def create_deployment_topics(bootstrap: str, ns: Namespace) -> None:
     """The topics a worker of ``ns`` leaves behind (ingest, fired, jobs changelog), without one:
     what the client checks before it writes to the ingest topic."""
-    changelog = jobs_changelog_topic(ns.app_id)
+    changelog = changelog_topic(ns.app_id)
     await create_topics(bootstrap, [ns.ingest, ns.fired, changelog], ns.partitions)
 
 

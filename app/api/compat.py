@@ -32,14 +32,15 @@ from pydantic import BaseModel, ValidationError
 
 from app.api import handlers
 from app.api.models import (
-    ApiError,
     CompatAddIn,
     CompatJobIdIn,
     FieldError,
     Reply,
     ScheduleIn,
+    error_reply,
     field_errors,
 )
+from app.errors import ApiError, CompatApiError
 from app.times import now_ms
 
 __all__ = ["add", "get", "remove"]
@@ -58,19 +59,13 @@ _M = TypeVar("_M", bound=BaseModel)
 _FIELD_NAMES = {"target": "topic", "value": "body"}
 
 
-class _Rejected(Exception):
-    def __init__(self, reply: Reply) -> None:
-        super().__init__()
-        self.reply = reply
-
-
 def _reply(code: int, message: str, data: dict[str, Any] | None = None) -> Reply:
     return Reply(200, {"code": code, "message": message, "data": data})
 
 
-def _bad(errors: list[FieldError]) -> _Rejected:
+def _bad(errors: list[FieldError]) -> CompatApiError:
     problems = "; ".join(f"{_FIELD_NAMES.get(e.field, e.field)}: {e.message}" for e in errors)
-    return _Rejected(_reply(BAD_PARAMS, f"invalid parameters: {problems}"))
+    return CompatApiError(BAD_PARAMS, f"invalid parameters: {problems}")
 
 
 def _parse(model: type[_M], body: bytes, query: Mapping[str, str]) -> _M:
@@ -115,8 +110,8 @@ async def add(body: bytes) -> Reply:
     """``/delay-queue/api/jobs/add`` ``{"topic", "delay", "body", "id"?}``."""
     try:
         return await _add(body)
-    except _Rejected as rejected:
-        return rejected.reply
+    except CompatApiError as rejected:
+        return _reply(rejected.code, rejected.message)
 
 
 def _path(job_id: str) -> str:
@@ -133,15 +128,15 @@ async def _native(method: str, job_id: str) -> Reply:
     try:
         return await call(job_id, routed=False, path_qs=_path(job_id))
     except ApiError as exc:
-        return exc.reply()
+        return error_reply(exc)
 
 
 async def remove(body: bytes, query: Mapping[str, str]) -> Reply:
     """``/delay-queue/api/jobs/remove`` ``{"job_id"}``."""
     try:
         request = _parse(CompatJobIdIn, body, query)
-    except _Rejected as rejected:
-        return rejected.reply
+    except CompatApiError as rejected:
+        return _reply(rejected.code, rejected.message)
     native = await _native("DELETE", request.job_id)
     if native.status in (202, 404):
         return _reply(OK, "ok")
@@ -161,8 +156,8 @@ async def get(body: bytes, query: Mapping[str, str]) -> Reply:
     """``/delay-queue/api/jobs/get`` ``{"job_id"}``."""
     try:
         request = _parse(CompatJobIdIn, body, query)
-    except _Rejected as rejected:
-        return rejected.reply
+    except CompatApiError as rejected:
+        return _reply(rejected.code, rejected.message)
     native = await _native("GET", request.job_id)
     if native.status == 422:
         return _reply(BAD_PARAMS, f"invalid parameters: {_message(native)}")

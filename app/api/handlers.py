@@ -18,22 +18,23 @@ from typing import Any, cast
 from aiokafka.errors import KafkaError
 
 from app.api.models import (
-    ApiError,
     FieldError,
     ListQuery,
     Reply,
     Schedule,
     ScheduleIn,
     echo,
+    invalid_request,
     job_out,
     parse_model,
 )
 from app.api.routing import RETRY_AFTER_S, Remote, Router, partition_of
-from app.commands import MAX_JOB_ID_BYTES
 from app.durations import format_time_ms
+from app.errors import ApiError
 from app.jobs import Header, JobStatus
 from app.jobs_table import jobs_table
 from app.metrics import COUNTERS, Snapshot, quantile
+from app.names import MAX_JOB_ID_BYTES
 from app.runtime import active_partitions, engine
 from app.service import app, settings
 from app.times import now_ms
@@ -78,7 +79,7 @@ def _job_id_bytes(job_id: str) -> bytes:
     except UnicodeEncodeError:
         encoded = b""
     if not encoded or len(encoded) > MAX_JOB_ID_BYTES:
-        raise ApiError.invalid(
+        raise invalid_request(
             [FieldError(field="job_id", message=f"must be 1 to {MAX_JOB_ID_BYTES} UTF-8 bytes")]
         )
     return encoded

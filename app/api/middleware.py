@@ -17,7 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from app.api.models import COMPAT_PREFIX, ApiError, compat_http_error, echo
+from app.api.models import COMPAT_PREFIX, compat_http_error, echo, error_reply
+from app.errors import ApiError
 
 __all__ = ["install", "json_errors"]
 
@@ -96,7 +97,7 @@ def _response(
     if request.rel_url.path.startswith(COMPAT_PREFIX):
         reply = compat_http_error(status, message)
     else:
-        reply = ApiError(status, message).reply()
+        reply = error_reply(ApiError(status, message))
     return web.json_response(
         reply.body, status=reply.status, headers={**headers, **reply.headers}, dumps=_dumps
     )

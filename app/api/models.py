@@ -28,10 +28,10 @@ from pydantic import (
 )
 
 from app import names
-from app.commands import MAX_JOB_ID_BYTES
 from app.durations import format_time_ms, parse_duration_ms, parse_time_ms
+from app.errors import ApiError
 from app.jobs import Header, Job, JobStatus
-from app.settings import valid_topic_name
+from app.names import MAX_JOB_ID_BYTES, valid_topic_name
 from app.times import MAX_DUE_MS
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "DEFAULT_LIST_LIMIT",
     "ECHO_CHARS",
     "MAX_LIST_LIMIT",
-    "ApiError",
     "CancelOut",
     "ClusterStatsOut",
     "CompatAddIn",
@@ -63,7 +62,9 @@ __all__ = [
     "TotalStats",
     "compat_http_error",
     "echo",
+    "error_reply",
     "field_errors",
+    "invalid_request",
     "job_out",
     "json_type",
     "parse_model",
@@ -103,33 +104,19 @@ class ErrorOut(BaseModel):
     errors: list[FieldError] | None = None
 
 
-class ApiError(Exception):
-    """An error answer; ``retry_after`` (seconds) for temporary ones (503)."""
+def error_reply(exc: ApiError) -> Reply:
+    """The HTTP answer for ``exc``: ``{"code", "message", "errors"?}`` and ``Retry-After``."""
+    body: dict[str, Any] = {"code": exc.status, "message": exc.message}
+    if exc.errors:
+        body["errors"] = [e.model_dump() for e in exc.errors]
+    headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+    return Reply(exc.status, body, headers)
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        errors: Sequence[FieldError] = (),
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = list(errors)
-        self.retry_after = retry_after
 
-    def reply(self) -> Reply:
-        body: dict[str, Any] = {"code": self.status, "message": self.message}
-        if self.errors:
-            body["errors"] = [e.model_dump() for e in self.errors]
-        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
-        return Reply(self.status, body, headers)
-
-    @classmethod
-    def invalid(cls, errors: Sequence[FieldError]) -> ApiError:
-        summary = "; ".join(f"{e.field}: {e.message}" for e in errors)
-        return cls(422, f"invalid request: {summary}", errors)
+def invalid_request(errors: Sequence[FieldError]) -> ApiError:
+    """A 422 :class:`ApiError` listing ``errors``."""
+    summary = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return ApiError(422, f"invalid request: {summary}", errors)
 
 
 def field_errors(exc: ValidationError, model: type[BaseModel] | None = None) -> list[FieldError]:
@@ -152,7 +139,7 @@ def parse_model(model: type[_M], data: Any) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError.invalid(field_errors(exc, model)) from None
+        raise invalid_request(field_errors(exc, model)) from None
 
 
 # --- messages -----------------------------------------------------------------------------------
@@ -537,7 +524,7 @@ class ScheduleIn(BaseModel):
         if due_ms > MAX_DUE_MS:
             errors.append(FieldError(field="delay", message="the due time is beyond year 9999"))
         if errors:
-            raise ApiError.invalid(errors)
+            raise invalid_request(errors)
         schedule = Schedule(
             job_id=self.id if self.id is not None else uuid.uuid4().hex,
             target=self.target,
@@ -548,7 +535,7 @@ class ScheduleIn(BaseModel):
         )
         size = schedule.forward_size()
         if size > max_forward_bytes:
-            raise ApiError.invalid(
+            raise invalid_request(
                 [
                     FieldError(
                         field="value",

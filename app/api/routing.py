@@ -29,7 +29,8 @@ import aiohttp
 from aiokafka.partitioner import murmur2
 from yarl import URL
 
-from app.api.models import ApiError, Reply
+from app.api.models import Reply
+from app.errors import ApiError
 
 __all__ = [
     "RETRY_AFTER_S",

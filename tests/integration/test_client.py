@@ -18,13 +18,11 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
-from app import client as client_module
 from app.client import AsyncDelayQueue, DelayQueue, ScheduledJob
-from app.commands import MAX_JOB_ID_BYTES, Cancel, parse_command
+from app.commands import Cancel, parse_command
 from app.embedded import EmbeddedBroker, free_port
 from app.errors import BrokerUnavailable, IngestTopicError
 from app.jobs import Job
-from app.settings import valid_topic_name
 from app.times import now_ms
 from tests.conftest import WorkerFactory
 from tests.support import (
@@ -501,10 +499,3 @@ def test_importing_the_client_loads_neither_faust_nor_worker_settings() -> None:
     # Then none of the worker's modules were loaded
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().strip() == "[]"
-
-
-def test_client_rules_match_the_worker_rules() -> None:
-    # The client duplicates two rules of worker modules it must not import; keep them equal.
-    assert client_module.MAX_JOB_ID_BYTES == MAX_JOB_ID_BYTES
-    for name in ["a", "a.b_c-D9", "x" * 249, "x" * 250, "", ".", "..", "a b", "a/b", "é", "..."]:
-        assert client_module._valid_topic_name(name) == valid_topic_name(name), name

@@ -71,6 +71,19 @@ def commands() -> Iterator[list[_Command]]:
         command.stop(timeout=30)
 
 
+def _start_run(tmp_path: Path, commands: list[_Command]) -> tuple[_Command, int, int]:
+    """``make run`` started on free web and broker ports: ``(run, web_port, broker_port)``."""
+    web_port, broker_port = free_port(), free_port()
+    run = _Command(
+        "run",
+        tmp_path / "run.log",
+        DELAYQ_WEB_PORT=str(web_port),
+        DELAYQ_EMBEDDED_PORT=str(broker_port),
+    )
+    commands.append(run.start())
+    return run, web_port, broker_port
+
+
 def _get_json(url: str) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -122,14 +135,7 @@ class _Impostor(BaseHTTPRequestHandler):
 def test_run_is_ready_only_when_its_own_worker_answers(
     tmp_path: Path, commands: list[_Command]
 ) -> None:
-    web_port, broker_port = free_port(), free_port()
-    run = _Command(
-        "run",
-        tmp_path / "run.log",
-        DELAYQ_WEB_PORT=str(web_port),
-        DELAYQ_EMBEDDED_PORT=str(broker_port),
-    )
-    commands.append(run.start())
+    run, web_port, broker_port = _start_run(tmp_path, commands)
     # Given another server that takes the web port after make run checked it (its broker is up,
     # its worker still starting) and answers 200 on /health
     wait_for(lambda: port_open("127.0.0.1", broker_port) or not run.running(), "the broker")
@@ -167,14 +173,7 @@ def test_runs_banner_names_the_dashboard_and_commands_that_work_with_the_ports_i
     tmp_path: Path, commands: list[_Command]
 ) -> None:
     # Given make run on ports other than the defaults
-    web_port, broker_port = free_port(), free_port()
-    run = _Command(
-        "run",
-        tmp_path / "run.log",
-        DELAYQ_WEB_PORT=str(web_port),
-        DELAYQ_EMBEDDED_PORT=str(broker_port),
-    )
-    commands.append(run.start())
+    run, web_port, broker_port = _start_run(tmp_path, commands)
     # When it is ready
     wait_for(lambda: run.printed(READY) or not run.running(), "make run's banner")
     log = run.log_since_start()

@@ -23,7 +23,7 @@ import pytest
 from app.embedded import EmbeddedBroker
 from tests.integration.test_http_api import Answer, Api, Setup, start_module_worker
 from tests.support import Kafka, create_topics
-from tests.unit.test_api_models import JARGON
+from tests.unit.api.test_models import JARGON
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,8 @@
 """The Tansu quirks that app.tansu_compat works around, shown against a live embedded broker.
 
-Each "quirk still exists" test fails once a Tansu upgrade fixes the quirk: then delete the
-matching workaround in app/tansu_compat.py (and this module's test for it).
+The tests marked ``tansu_canary`` assert a quirk of the broker, not delayq's behaviour: each fails
+once a Tansu upgrade fixes its quirk; then delete the matching workaround in app/tansu_compat.py
+(and the test). The others test the workarounds, and what they rely on the broker for.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from app import tansu_compat
 from app.embedded import EmbeddedBroker, free_port
 
 pytestmark = pytest.mark.integration
+#: Asserts a quirk of the embedded broker (see the module's docstring).
+CANARY = pytest.mark.tansu_canary
 
 TOPIC = "tansu-quirks"
 BATCHES = 3
@@ -101,6 +104,7 @@ async def _leader(consumer: Any, tp: TopicPartition) -> int:
 # --- quirk 2: ListOffsets(LATEST) --------------------------------------------------------------
 
 
+@CANARY
 async def test_list_offsets_latest_is_base_of_newest_batch_plus_one(consumer: Any) -> None:
     """The raw ListOffsets request, whatever is patched: Tansu still answers wrongly."""
     node = await _leader(consumer, P0)
@@ -130,6 +134,7 @@ async def test_fetch_past_the_end_answers_high_watermark_and_log_start(consumer:
     assert answers == {0: (0, TRUE_END, 0), 1: (0, 0, 0)}
 
 
+@CANARY
 async def test_unpatched_end_offsets_miss_the_newest_batch(unpatched: None, consumer: Any) -> None:
     end = await consumer.end_offsets([P0, P1])
     assert end[P0] < TRUE_END, "Tansu fixed ListOffsets? see module doc"
@@ -181,6 +186,7 @@ def test_is_tansu_false_for_a_closed_port() -> None:
 # --- quirk 4: no transactions / idempotence -----------------------------------------------------
 
 
+@CANARY
 async def test_idempotent_producer_fails(
     quirks_broker: EmbeddedBroker, batches_written: str
 ) -> None:
@@ -193,6 +199,7 @@ async def test_idempotent_producer_fails(
         await producer.stop()
 
 
+@CANARY
 async def test_join_is_held_for_half_the_session_timeout(quirks_broker: EmbeddedBroker) -> None:
     """Quirk 1: why SESSION_TIMEOUT_S is 2 s against Tansu (a lower bound: no speed assumed)."""
     # Given a consumer with a 10 s session timeout
@@ -224,6 +231,7 @@ HOLD_TOPIC = "tansu-fetch-hold"
 HOLD_MS = 2_000
 
 
+@CANARY
 async def test_fetch_is_held_for_max_wait_even_when_a_record_arrives(
     quirks_broker: EmbeddedBroker, consumer: Any
 ) -> None:

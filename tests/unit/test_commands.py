@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.commands import MAX_JOB_ID_BYTES, Cancel, parse_command
+from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
 from app.jobs import Job
+from app.names import MAX_JOB_ID_BYTES
 
 FORBIDDEN = frozenset({"delayq-ingest", "delayq-fired", "delayq-jobs-changelog"})
 T = 1_700_000_000_000

@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from app import names
-from app.commands import MAX_JOB_ID_BYTES, Cancel, Command, parse_command
+from app.commands import Cancel, Command, parse_command
 from app.errors import InvalidRecord
 from app.jobs import Header, Job, decode_job, encode_job
+from app.names import MAX_JOB_ID_BYTES
 from app.times import MAX_DUE_MS
 
 FORBIDDEN = frozenset({"delayq-ingest", "delayq-fired", "delayq-jobs-changelog", "route-src"})

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from app import embedded, endpoints, settings
+from app import endpoints, settings
 from app.client import AsyncDelayQueue
 from app.endpoints import default_bootstrap, default_web_url
 from app.errors import SettingsError
@@ -51,11 +51,7 @@ def test_the_web_url_follows_the_web_port() -> None:
     assert default_web_url({"DELAYQ_WEB_PORT": "16066"}) == "http://127.0.0.1:16066"
 
 
-def test_the_defaults_are_the_workers_and_the_embedded_brokers() -> None:
-    assert (endpoints.EMBEDDED_PORT_ENV, endpoints.DEFAULT_BROKER_PORT) == (
-        embedded.PORT_ENV,
-        embedded.DEFAULT_PORT,
-    )
+def test_the_defaults_are_the_workers() -> None:
     fields = settings.Settings.model_fields
     assert fields["broker_url"].default == f"kafka://127.0.0.1:{endpoints.DEFAULT_BROKER_PORT}"
     assert fields["web_port"].default == endpoints.DEFAULT_WEB_PORT

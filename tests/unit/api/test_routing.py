@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from app.api.models import ApiError
+from app.api.models import error_reply
 from app.api.routing import Local, Remote, Router, partition_of, same_worker
+from app.errors import ApiError
 
 #: Kafka's own test vectors for its murmur2 (Java client, ``UtilsTest.testMurmur2``).
 JAVA_MURMUR2 = {
@@ -90,7 +91,7 @@ def test_locate_is_503_with_retry_after_when_nobody_can_answer() -> None:
         with pytest.raises(ApiError) as caught:
             r.locate(job_id, routed=routed)
         assert caught.value.status == 503
-        assert caught.value.reply().headers["Retry-After"] == "1"
+        assert error_reply(caught.value).headers["Retry-After"] == "1"
 
 
 def test_collect_needs_every_partition_covered_exactly_once() -> None:

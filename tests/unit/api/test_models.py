@@ -11,16 +11,17 @@ from pydantic import BaseModel
 
 from app.api.models import (
     ECHO_CHARS,
-    ApiError,
     CompatAddIn,
     CompatJobIdIn,
     JobOut,
     ListQuery,
     ScheduleIn,
     echo,
+    error_reply,
     job_out,
     parse_model,
 )
+from app.errors import ApiError
 from app.jobs import Job, JobStatus
 
 NOW = 1_700_000_000_000
@@ -35,7 +36,7 @@ def problems(body: Any, max_bytes: int = 1_000_000) -> dict[str, str]:
     with pytest.raises(ApiError) as caught:
         resolve(body, max_bytes)
     assert caught.value.status == 422
-    reply = caught.value.reply()
+    reply = error_reply(caught.value)
     assert reply.body["code"] == 422
     return {e["field"]: e["message"] for e in reply.body["errors"]}
 
