@@ -37,6 +37,18 @@ async def delayq(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+async def start_tail(*args: str) -> asyncio.subprocess.Process:
+    """``delayq tail ARGS`` running in the background, its output unbuffered."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *["-m", "app.cli", "tail", *args],
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 @pytest.fixture
 async def topic(broker: EmbeddedBroker, ns: Namespace, kafka: Kafka) -> str:
     """Two partitions: a delayq forward 25 ms late in 1, a binary and a long record in 0."""
@@ -115,14 +127,7 @@ async def test_tail_started_before_its_topic_exists_prints_its_first_record(
 ) -> None:
     # Given a tail started before its topic exists (as a newcomer does after make run)
     later = ns.target("later")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *["-m", "app.cli", "tail", later, "--bootstrap", broker.bootstrap, "--max", "1"],
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = await start_tail(later, "--bootstrap", broker.bootstrap, "--max", "1")
     assert proc.stderr is not None
     waiting = await asyncio.wait_for(proc.stderr.readline(), WAIT_S)
     assert waiting.decode().startswith(f"topic {later} does not exist yet")
@@ -139,14 +144,7 @@ async def test_tail_follows_from_the_end_until_ctrl_c(
     broker: EmbeddedBroker, kafka: Kafka, topic: str
 ) -> None:
     # Given a tail of a topic that already has records
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *["-m", "app.cli", "tail", topic, "--bootstrap", broker.bootstrap],
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = await start_tail(topic, "--bootstrap", broker.bootstrap)
     assert proc.stdout is not None and proc.stderr is not None
     started = await asyncio.wait_for(proc.stderr.readline(), WAIT_S)
     assert started == f"following {topic} (2 partitions) from the end; Ctrl-C stops\n".encode()
