@@ -156,6 +156,11 @@ class IngestContext:
     clock: Callable[[], int] = now_ms
 
 
+def _record_ms(timestamp_s: float | None) -> int | None:
+    """A record's timestamp in epoch ms; None when it has none."""
+    return round(timestamp_s * 1000) if timestamp_s and timestamp_s > 0 else None
+
+
 def delay_base_ms(ctx: IngestContext, timestamp_s: float | None) -> int:
     """What ``delayq-delay-ms`` counts from: the record's timestamp, within reason.
 
@@ -164,25 +169,23 @@ def delay_base_ms(ctx: IngestContext, timestamp_s: float | None) -> int:
     is taken as it is: a backlog after downtime is old too, and its delays have run.
     """
     received = ctx.clock()
-    if not timestamp_s or timestamp_s <= 0:
+    timestamp_ms = _record_ms(timestamp_s)
+    if timestamp_ms is None:
         return received
-    timestamp_ms = round(timestamp_s * 1000)
     if timestamp_ms - received > ctx.max_clock_skew_ms:
         ctx.engine.stats.clock_skew_corrected += 1
         return received
     return timestamp_ms
 
 
-def _received_ms(ctx: IngestContext, timestamp_s: float | None) -> int:
-    """When delayq received a command: its record's timestamp, never later than now.
+def _received_ms(timestamp_s: float | None, now: int) -> int:
+    """When delayq received a command: its record's timestamp, never later than ``now``.
 
     The record's timestamp, not the moment it is applied: the time a command waits in the
     ingest topic (a backlog, a restart) is delayq's own delay, and lateness must show it.
     """
-    now = ctx.clock()
-    if not timestamp_s or timestamp_s <= 0:
-        return now
-    return min(round(timestamp_s * 1000), now)
+    timestamp_ms = _record_ms(timestamp_s)
+    return now if timestamp_ms is None else min(timestamp_ms, now)
 
 
 def message_headers(message: Any) -> list[Header]:
@@ -301,7 +304,8 @@ async def _apply_command(ctx: IngestContext, message: Any, batch: _Batch) -> Non
     headers = message_headers(message)
     # Only a delay counts from the record's timestamp (and only then is skew corrected).
     uses_delay = any(name == HEADER_DELAY_MS for name, _value in headers)
-    timestamp_ms = delay_base_ms(ctx, message.timestamp) if uses_delay else ctx.clock()
+    now = ctx.clock()
+    timestamp_ms = delay_base_ms(ctx, message.timestamp) if uses_delay else now
     try:
         command = parse_command(
             message.key,
@@ -325,7 +329,7 @@ async def _apply_command(ctx: IngestContext, message: Any, batch: _Batch) -> Non
         if isinstance(command, Cancel):
             engine.cancel(message.partition, command.job_id)
         else:
-            engine.schedule(message.partition, command, _received_ms(ctx, message.timestamp))
+            engine.schedule(message.partition, command, _received_ms(message.timestamp, now))
     batch.applied(message.partition, message.offset)
 
 
