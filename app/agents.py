@@ -8,9 +8,10 @@ writer per partition is what makes replace, cancel and removal race-free. What a
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.gaps import Record, read_range
@@ -24,7 +25,7 @@ from app.times import MAX_DUE_MS
 from app.topics import commands_channel, ingest_topic, raw_topic_options
 from app.upstream.consumer import acknowledge_gap
 
-__all__ = ["BATCH_MAX", "BATCH_WINDOW_S", "apply_commands", "worker_ingest"]
+__all__ = ["BATCH_MAX", "BATCH_WINDOW_S", "apply_commands", "catch_up", "worker_ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ BATCH_WINDOW_S = 0.005
 #: A batch that failed is tried again after this, doubling up to _RETRY_MAX_S.
 _RETRY_BASE_S = 0.5
 _RETRY_MAX_S = 30.0
+#: One batch at a time: the agent's, or a catch-up of the ingest guard (:func:`catch_up`).
+_applying = asyncio.Lock()
 
 
 async def _read_skipped(partition: int, start: int, stop: int) -> list[Record]:
@@ -44,6 +47,23 @@ async def _read_skipped(partition: int, start: int, stop: int) -> list[Record]:
 
 async def _acknowledge_skipped(partition: int, start: int, last: int) -> None:
     await acknowledge_gap(app.consumer, settings.ingest_topic, partition, start, last)
+
+
+def _hold(message: Any) -> Callable[[], None]:
+    """Keep Faust from committing past ``message`` until the returned callable runs.
+
+    One more reference on Faust's message: the stream's ack (when the batch ends) no longer
+    makes it the last. Read-back records (app/gaps.py) are held by their range instead.
+    """
+    incref = getattr(message, "incref", None)
+    if incref is None:
+        return _nothing
+    incref()
+    return functools.partial(message.ack, app.consumer)
+
+
+def _nothing() -> None:
+    pass
 
 
 #: The worker's wiring of the ingest step.
@@ -56,6 +76,7 @@ worker_ingest = IngestContext(
     owned_partitions=active_partitions,
     read_skipped=_read_skipped,
     acknowledge_skipped=_acknowledge_skipped,
+    hold=_hold,
 )
 
 
@@ -75,7 +96,8 @@ async def _apply_until_done(messages: Sequence[Any]) -> None:
     """
     for attempt in itertools.count(1):
         try:
-            await apply_batch(worker_ingest, messages)
+            async with _applying:
+                await apply_batch(worker_ingest, messages)
             return
         except Exception:
             delay = min(_RETRY_BASE_S * 2 ** (attempt - 1), _RETRY_MAX_S)
@@ -83,6 +105,18 @@ async def _apply_until_done(messages: Sequence[Any]) -> None:
                 "applying a batch of %d records failed (attempt %d)", len(messages), attempt
             )
             await asyncio.sleep(delay)
+
+
+async def catch_up(partition: int, start: int, stop: int) -> int:
+    """Read and apply the ingest commands at ``start <= offset < stop``; how many there were.
+
+    For the ingest guard (app/timers.py), when the stream has not delivered commands below an
+    end offset it observed: the stream delivers them later, and they are skipped as replays.
+    """
+    records = await _read_skipped(partition, start, stop)
+    if records:
+        await _apply_until_done(records)
+    return len(records)
 
 
 def _route_record(route: Route, message: Any) -> tuple[bytes, list[Header]]:

@@ -604,6 +604,7 @@ def _stats_rows(stats: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("active partitions", _ranges(stats.get("active_partitions", []))),
         ("pending", str(stats.get("pending"))),
         ("oldest overdue", _ms(stats.get("oldest_overdue_ms"))),
+        ("ingest guard lag", _ms(stats.get("guard_lag_ms"))),
     ]
     rows += [(name.replace("_", " "), str(n)) for name, n in stats.get("counters", {}).items()]
     lateness = stats.get("lateness_ms", {})
@@ -623,6 +624,7 @@ def _stats_table(data: Mapping[str, Any]) -> str:
         "active partitions": _ranges([p for w in workers for p in w["active_partitions"]]),
         "pending": str(total.get("pending")),
         "oldest overdue": _ms(total.get("oldest_overdue_ms")),
+        "ingest guard lag": _ms(total.get("guard_lag_ms")),
         "lateness max": _ms(total.get("lateness_max_ms")),
     }
     summed |= {name.replace("_", " "): str(n) for name, n in total.get("counters", {}).items()}

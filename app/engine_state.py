@@ -129,6 +129,10 @@ class Stats:
     not_owned_skipped: int = 0
     #: Schedules whose due time had passed when delayq received them (late from receipt).
     arrived_past_due: int = 0
+    #: End-offset probes of the ingest guard (app/guard.py).
+    ingest_probes: int = 0
+    #: Ingest commands read back because the stream had not delivered them to the guard.
+    guard_read_back: int = 0
     lateness_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     recent_dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=100))
 
@@ -168,6 +172,13 @@ class PartitionState:
     #: until the broker acknowledges the changelog: app.ingest.apply_batch, step 6). None: see
     #: the database.
     applied: int | None = None
+    #: Jobs due at or before this may be sent: every ingest command the broker acknowledged
+    #: before it is applied here (app/guard.py). 0: none yet (a new assignment probes first).
+    safe_ms: int = 0
+    #: An end-offset probe waiting for the agent: (taken at ms, end offset). At most one.
+    probe: tuple[int, int] | None = None
+    #: A pass held due jobs back for the guard: the probe loop asks the broker.
+    held: bool = False
 
 
 @dataclass(slots=True)
@@ -212,6 +223,10 @@ class EngineState:
         self._removals: dict[int, list[tuple[bytes, int]]] = {}
         self._removal_sender: asyncio.Task[None] | None = None
         self._removals_now = asyncio.Event()
+        #: Dead letters of ingest records on their way (app/settling.py).
+        self._dead_lettering: set[asyncio.Task[None]] = set()
+        #: Set by a pass that held due jobs back for the ingest guard (app/guard.py).
+        self.probe_wanted = asyncio.Event()
 
     def _state(self, partition: int) -> PartitionState:
         state = self._parts.get(partition)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from app.engine_state import Forward, PartitionState, recheck, rescan_from, waits_until
 from app.errors import ForwardFailed
+from app.guard import IngestGuard
 from app.jobs import decode_job
 from app.settling import Settling
 from app.times import MAX_DUE_MS
@@ -36,7 +37,7 @@ __all__ = ["Firing"]
 _BEHIND_MAX = 1_000
 
 
-class Firing(Settling):
+class Firing(Settling, IngestGuard):
     """The firing pass: scan what is due, send it, hand the acks to :class:`Settling`."""
 
     async def fire_due(self, now: int, active: Sequence[int]) -> int:
@@ -57,6 +58,11 @@ class Firing(Settling):
                     continue
                 batch, partition_wake = self._collect_due(partition, now)
                 forwards.extend(batch)
+                state = self._state(partition)
+                if state.next_due_ms <= now and state.safe_ms < now:
+                    # Due jobs held back by the ingest guard (app/guard.py): a probe frees them.
+                    state.held = True
+                    self.probe_wanted.set()
                 wake = min(wake, partition_wake)
             if forwards:
                 # Across partitions too, send in due order (stable sort: ties keep key order).
@@ -70,23 +76,28 @@ class Firing(Settling):
         return wake
 
     def _collect_due(self, partition: int, now: int) -> tuple[list[Forward], int]:
-        """Due jobs of one partition (earliest first) and when it next needs a look."""
+        """Due jobs of one partition (earliest first) and when it next needs a look.
+
+        Due means due at or before the guard's limit (app/guard.py), which is ``now`` when every
+        command acknowledged until ``now`` is applied.
+        """
         state = self._state(partition)
+        limit = self.due_limit(partition, now)
         idle_wake = now + self.config.max_idle_ms
         recheck_ms = state.recheck_ms
         if recheck_ms is not None and recheck_ms <= now:
             # A retry or an ack timeout behind the cursor has come: walk from the front again.
             state.recheck_ms = None
             rescan_from(state, due_prefix(state.watermark_ms))
-        elif state.next_due_ms > now:
-            return [], min(idle_wake, state.next_due_ms, recheck_ms or idle_wake)
+        elif state.next_due_ms > limit:
+            return [], min(_due_wake(state, now, limit, idle_wake), recheck_ms or idle_wake)
         if len(state.behind) > _BEHIND_MAX:  # one walk costs less than so many lookups
             rescan_from(state, min(state.behind))
         batch: list[Forward] = []
         if state.behind:
-            self._collect_behind(partition, state, now, batch)
+            self._collect_behind(partition, state, now, limit, batch)
         from_front = state.cursor <= due_prefix(state.watermark_ms)
-        first_due = self._scan_due(partition, state, now, batch)
+        first_due = self._scan_due(partition, state, now, limit, batch)
         if state.behind:
             state.next_due_ms = min(state.next_due_ms, *(due_of(key) for key in state.behind))
         if from_front:
@@ -96,10 +107,10 @@ class Firing(Settling):
             state.watermark_ms = due_of(state.cursor) if len(state.cursor) > 1 else 0
         if len(batch) >= self.config.fire_batch_max:
             return batch, now
-        return batch, min(idle_wake, state.next_due_ms, state.recheck_ms or idle_wake)
+        return batch, min(_due_wake(state, now, limit, idle_wake), state.recheck_ms or idle_wake)
 
     def _scan_due(
-        self, partition: int, state: PartitionState, now: int, batch: list[Forward]
+        self, partition: int, state: PartitionState, now: int, limit: int, batch: list[Forward]
     ) -> int | None:
         """Add due jobs from the cursor on to ``batch``; move the cursor; the first due seen."""
         first_due: int | None = None
@@ -112,7 +123,7 @@ class Firing(Settling):
                 due_ms = due_of(key)
                 if first_due is None:
                     first_due = due_ms
-                if due_ms > now:
+                if due_ms > limit:
                     cursor = key
                     state.next_due_ms = due_ms
                     break
@@ -130,12 +141,12 @@ class Firing(Settling):
         return first_due
 
     def _collect_behind(
-        self, partition: int, state: PartitionState, now: int, batch: list[Forward]
+        self, partition: int, state: PartitionState, now: int, limit: int, batch: list[Forward]
     ) -> None:
         """Add the due jobs among those written behind the cursor to ``batch``."""
         keep: set[bytes] = set()
         for key in sorted(state.behind):
-            if due_of(key) > now or len(batch) >= self.config.fire_batch_max:
+            if due_of(key) > limit or len(batch) >= self.config.fire_batch_max:
                 keep.add(key)
                 continue
             raw = self.store.get(partition, key)
@@ -194,3 +205,10 @@ class Firing(Settling):
             return
         for fwd, (ack, _index) in zip(sendable, placed, strict=True):
             fwd.ack = ack
+
+
+def _due_wake(state: PartitionState, now: int, limit: int, idle_wake: int) -> int:
+    """When the partition's next due job needs a pass: the guard wakes the loop for held ones."""
+    if limit < state.next_due_ms <= now:
+        return idle_wake
+    return min(idle_wake, state.next_due_ms)

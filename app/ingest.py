@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.commands import Cancel, parse_command
-from app.engine_state import EngineState
 from app.errors import InvalidRecord
+from app.guard import IngestGuard
 from app.jobs import FENCE_PREFIX, Header, Job, decode_fired, encode_job, job_version
 from app.names import HEADER_DELAY_MS
 from app.times import now_ms
@@ -41,20 +41,8 @@ log = logging.getLogger(__name__)
 _YIELD_EVERY = 16
 
 
-class TableWrites(EngineState):
+class TableWrites(IngestGuard):
     """Schedule, replace, cancel and remove jobs: the engine's only table writes."""
-
-    def applied_offset(self, partition: int) -> int:
-        """The highest ingest offset applied in ``partition`` (-1 if none): a replay guard.
-
-        Faust re-delivers what came after the last committed offset after a crash; applying
-        such a schedule again would bring back a job that was cancelled or fired since.
-        """
-        state = self._parts.get(partition)
-        if state is not None and state.applied is not None:
-            return state.applied
-        raw = self.store.read(partition, APPLIED_KEY)
-        return -1 if raw is None else decode_due_ms(raw)
 
     def mark_applied(self, partition: int, offset: int) -> None:
         """Record that the commands up to ``offset`` are applied (changelogged with them).
@@ -62,7 +50,7 @@ class TableWrites(EngineState):
         Steps 3 and 6 of :func:`apply_batch`: the local database gets the mark only once the
         broker acknowledged it; until then this process goes by its own record of the mark.
         """
-        self._state(partition).applied = offset
+        self.note_applied(partition, offset)
         self.store.put_once_acked(partition, APPLIED_KEY, encode_due_ms(offset))
 
     def schedule(self, partition: int, job: Job, received_ms: int) -> None:
@@ -153,7 +141,14 @@ class IngestContext:
     read_skipped: Callable[[int, int, int], Awaitable[Sequence[Any]]]
     #: ``(partition, start, last)``: tell the consumer these offsets are handled (app/gaps.py).
     acknowledge_skipped: Callable[[int, int, int], Awaitable[None]]
+    #: Keep the consumer from committing past a delivered record until the returned callable
+    #: is called (the worker: one more reference on Faust's message).
+    hold: Callable[[Any], Callable[[], None]] = lambda _message: _no_release
     clock: Callable[[], int] = now_ms
+
+
+def _no_release() -> None:
+    pass
 
 
 def _record_ms(timestamp_s: float | None) -> int | None:
@@ -207,7 +202,8 @@ class _Batch:
         self._marked: set[int] = set()
         #: partition -> (first, last, count) of the replayed commands skipped
         self._replays: dict[int, tuple[int, int, int]] = {}
-        self.dead_letters: list[Awaitable[Any]] = []
+        #: Records that break the contract, with the reason: dead-lettered after the batch.
+        self.dead_letters: list[tuple[Any, str, Callable[[], None] | None]] = []
 
     def last_applied(self, partition: int) -> int:
         applied = self._applied.get(partition)
@@ -245,13 +241,18 @@ async def apply_batch(ctx: IngestContext, messages: Sequence[Any]) -> None:
 
     1. every command and removal is written to its partition's local database (due key and id
        index: :class:`TableWrites`);
-    2. the broker acknowledges the batch's dead letters;
+    2. the batch's dead letters go to the producer in the background, each holding its
+       record's ingest offset: the consumer commits nothing past a record whose dead letter
+       the broker has not acknowledged (a record delivered again after a crash is skipped as a
+       replay, but dead-lettered again if it breaks the contract);
     3. the replay mark (highest handled ingest offset) of each partition is recorded, to be
-       changelogged after the commands' own records (:meth:`TableWrites.mark_applied`);
+       changelogged after the commands' own records (:meth:`TableWrites.mark_applied`); from
+       here the firing pass counts the batch's commands as applied (app/guard.py);
     4. the changelog records of 1 and 3 go to the producer, each partition's in write order
        (:meth:`tables.store.PartitionStore.flush_changelog`);
-    5. this returns; Faust acks the events, flushes the producer (so the changelog holds 1 and
-       3) and only then commits the ingest offsets;
+    5. this returns; Faust acks the events; its commit timer flushes the producer (so the
+       changelog holds 1 and 3) and only then commits the ingest offsets, up to the first
+       record still held by 2;
     6. each partition's changelog ack records the changelog offset in the local database
        (Faust's persisted offset: a restart with this data directory replays only what came
        after) and writes the replay mark of 3 locally, never before: a worker killed before the
@@ -279,8 +280,14 @@ async def apply_batch(ctx: IngestContext, messages: Sequence[Any]) -> None:
                 engine.remove_fired(message.partition, decode_fired(message.value or b""))
         else:
             await _apply_ingest(ctx, message, batch)
-    if batch.dead_letters:
-        await asyncio.gather(*batch.dead_letters)
+    for message, reason, release in batch.dead_letters:
+        engine.dead_letter_in_background(
+            message.key,
+            message.value,
+            message_headers(message),
+            reason,
+            release or ctx.hold(message),
+        )
     batch.finish()
     await engine.yield_to_due_pass()
     await engine.flush()
@@ -292,22 +299,23 @@ async def _apply_ingest(ctx: IngestContext, message: Any, batch: _Batch) -> None
     if message.offset <= last:  # delivered again after a crash: applied before
         ctx.engine.stats.replays_skipped += 1
         batch.replayed(message.partition, message.offset)
+        # Its dead letter may not have been acknowledged before the crash: send it again.
+        parsed = _parse(ctx, message, message_headers(message), ctx.clock())
+        if isinstance(parsed, InvalidRecord):
+            batch.dead_letters.append((message, parsed.reason, None))
         return
     if last >= 0 and message.offset > last + 1:
         await _apply_skipped(ctx, message.partition, last + 1, message.offset, batch)
-    await _apply_command(ctx, message, batch)
+    _apply_command(ctx, message, batch)
 
 
-async def _apply_command(ctx: IngestContext, message: Any, batch: _Batch) -> None:
-    """Schedule, replace or cancel as the record says, or dead-letter it with the reason."""
-    engine = ctx.engine
-    headers = message_headers(message)
+def _parse(ctx: IngestContext, message: Any, headers: list[Header], now: int) -> Any:
+    """The command a record holds, or the :class:`InvalidRecord` error saying why it is none."""
     # Only a delay counts from the record's timestamp (and only then is skew corrected).
     uses_delay = any(name == HEADER_DELAY_MS for name, _value in headers)
-    now = ctx.clock()
     timestamp_ms = delay_base_ms(ctx, message.timestamp) if uses_delay else now
     try:
-        command = parse_command(
+        return parse_command(
             message.key,
             message.value,
             headers,
@@ -316,20 +324,33 @@ async def _apply_command(ctx: IngestContext, message: Any, batch: _Batch) -> Non
             forbidden_targets=ctx.forbidden_targets,
         )
     except InvalidRecord as exc:
+        return exc
+
+
+def _apply_command(
+    ctx: IngestContext, message: Any, batch: _Batch, gap: _GapRelease | None = None
+) -> None:
+    """Schedule, replace or cancel as the record says, or dead-letter it with the reason.
+
+    ``gap``: the read-back range ``message`` is in; its dead letter holds the range's
+    acknowledgement (a delivered record's holds its own offset: ``ctx.hold``).
+    """
+    engine = ctx.engine
+    now = ctx.clock()
+    parsed = _parse(ctx, message, message_headers(message), now)
+    if isinstance(parsed, InvalidRecord):
         log.warning(
             "dead-lettering %s[%d]@%d: %s",
             message.topic,
             message.partition,
             message.offset,
-            exc.reason,
+            parsed.reason,
         )
-        ack = await engine.send_dead_letter(message.key, message.value, headers, exc.reason)
-        batch.dead_letters.append(ack)
+        batch.dead_letters.append((message, parsed.reason, gap.hold() if gap else None))
+    elif isinstance(parsed, Cancel):
+        engine.cancel(message.partition, parsed.job_id)
     else:
-        if isinstance(command, Cancel):
-            engine.cancel(message.partition, command.job_id)
-        else:
-            engine.schedule(message.partition, command, _received_ms(message.timestamp, now))
+        engine.schedule(message.partition, parsed, _received_ms(message.timestamp, now))
     batch.applied(message.partition, message.offset)
 
 
@@ -346,8 +367,39 @@ async def _apply_skipped(
         len(skipped),
     )
     ctx.engine.stats.gaps_read_back += len(skipped)
+    # Faust never saw these offsets acknowledged and would not commit past them: tell it, once
+    # the range's dead letters (if any) are acknowledged.
+    gap = _GapRelease(ctx, partition, start, stop - 1)
     for record in skipped:
-        await _apply_command(ctx, record, batch)
+        _apply_command(ctx, record, batch, gap)
     batch.applied(partition, stop - 1)
-    # Faust never saw these offsets acknowledged and would not commit past them: tell it.
-    await ctx.acknowledge_skipped(partition, start, stop - 1)
+    if gap.unheld():
+        await ctx.acknowledge_skipped(partition, start, stop - 1)
+
+
+class _GapRelease:
+    """Acknowledges a read-back range to the consumer once its last hold is released."""
+
+    def __init__(self, ctx: IngestContext, partition: int, start: int, last: int) -> None:
+        self._ctx = ctx
+        self._range = (partition, start, last)
+        self._holds = 0
+
+    def hold(self) -> Callable[[], None]:
+        self._holds += 1
+        return self._release
+
+    def unheld(self) -> bool:
+        """Whether no dead letter holds the range (then the caller acknowledges it at once)."""
+        return self._holds == 0
+
+    def _release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            task = asyncio.ensure_future(self._ctx.acknowledge_skipped(*self._range))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+#: Tasks nobody awaits, referenced until done.
+_background: set[asyncio.Future[Any]] = set()

@@ -5,8 +5,9 @@ when Prometheus asks, through a custom collector on a private registry.
 
 - ``delayq_<counter>_total``: scheduled, replaced, cancelled, cancel_unknown, fired, removed,
   forward_failures, dead_lettered (since the worker started);
-- ``delayq_pending_jobs``, ``delayq_oldest_overdue_seconds``: of this worker's active partitions
-  (absent while it rebalances or recovers; ``delayq_ready`` says which);
+- ``delayq_pending_jobs``, ``delayq_oldest_overdue_seconds``, ``delayq_ingest_guard_lag_seconds``:
+  of this worker's active partitions (absent while it rebalances or recovers; ``delayq_ready``
+  says which);
 - ``delayq_forward_lateness_seconds``: a summary of forward time minus due time (minus the
   receipt time for a job that was past due when delayq received it: those are counted by
   ``delayq_arrived_past_due_total``, and only delayq's own delay is lateness). Quantiles are
@@ -50,6 +51,8 @@ COUNTERS: Mapping[str, str] = {
     "gaps_read_back": "Ingest commands the stream skipped, read back and applied.",
     "not_owned_skipped": "Records left to the new owner: read before a rebalance took them away.",
     "arrived_past_due": "Jobs already past due when delayq received them (late from receipt).",
+    "ingest_probes": "End-offset probes of the ingest guard.",
+    "guard_read_back": "Ingest commands read back for the ingest guard (not delivered).",
 }
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -65,6 +68,7 @@ class Snapshot:
     active_partitions: int
     pending: int | None = None
     oldest_overdue_ms: int | None = None
+    guard_lag_ms: int | None = None
 
 
 def quantile(ordered: Sequence[int], q: float) -> int | None:
@@ -119,6 +123,13 @@ class EngineCollector(Collector):
                 "delayq_oldest_overdue_seconds",
                 "Age of the oldest due job not yet forwarded (0: none).",
                 value=snap.oldest_overdue_ms / 1000,
+            )
+        if snap.guard_lag_ms is not None:
+            yield GaugeMetricFamily(
+                "delayq_ingest_guard_lag_seconds",
+                "How long the earliest due job held back by the ingest guard has waited "
+                "for the commands acknowledged before its due time (0: none held).",
+                value=snap.guard_lag_ms / 1000,
             )
         yield self._lateness(snap)
 

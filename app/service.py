@@ -104,6 +104,10 @@ app = DelayqApp(
     broker_heartbeat_interval=_heartbeat,
     broker_rebalance_timeout=max(60.0, _session_timeout * 3),
     consumer_auto_offset_reset="earliest",
+    # Commits come only from Faust's commit timer, never from the stream's hand-over: a commit
+    # waits for the producer's flush, and a record the broker refuses for a while (a dead
+    # letter, a changelog record) would stop the ingest stream with it (app/settling.py).
+    broker_commit_every=2**62,
     web_host=settings.web_host,
     web_bind=settings.web_host,
     web_port=settings.web_port,

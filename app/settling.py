@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.engine_state import EngineState, Forward, as_future, recheck
@@ -154,6 +155,52 @@ class Settling(EngineState):
 
         ack.add_done_callback(count)
         return ack
+
+    def dead_letter_in_background(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[Any],
+        reason: str,
+        release: Callable[[], None],
+    ) -> None:
+        """Dead-letter an ingest record without waiting for it; ``release`` once acknowledged.
+
+        The agent goes on meanwhile: a dead-letter partition that refuses writes for a while
+        holds back only the consumer's commit (``release`` lets it pass the record), never the
+        partition's other commands. Sent again after a backoff until the broker takes it.
+        """
+        task = asyncio.ensure_future(self._dead_letter_until_acked(key, value, headers, reason))
+        self._dead_lettering.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._dead_lettering.discard(task)
+            if not task.cancelled():  # cancelled: the worker stops; the record comes again
+                release()
+
+        task.add_done_callback(done)
+
+    async def _dead_letter_until_acked(
+        self, key: bytes | None, value: bytes | None, headers: Sequence[Any], reason: str
+    ) -> None:
+        for attempt in itertools.count(1):
+            try:
+                await self.dead_letter(key, value, headers, reason)
+                return
+            except Exception as exc:
+                delay_ms = min(self.config.forward_retry_backoff_ms * 2 ** (attempt - 1), 30_000)
+                log.warning(
+                    "dead letter not acknowledged (attempt %d, %r); again in %d ms",
+                    attempt,
+                    exc,
+                    delay_ms,
+                )
+                await asyncio.sleep(delay_ms / 1000)
+
+    async def dead_letters_settled(self) -> None:
+        """Wait until every dead letter handed to :meth:`dead_letter_in_background` is acked."""
+        while self._dead_lettering:
+            await asyncio.gather(*self._dead_lettering, return_exceptions=True)
 
     async def dead_letter(
         self, key: bytes | None, value: bytes | None, headers: Sequence[Any], reason: str

@@ -8,24 +8,30 @@ one pass, not a tick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from typing import Any, cast
 
 from faust.types import TP
 
+from app.agents import catch_up
 from app.errors import SettingsError
 from app.runtime import active_partitions, engine
 from app.service import app, settings
 from app.times import now_ms
 from app.topics import dead_letter_topic
 
-__all__ = ["fire_due_jobs", "hand_over"]
+__all__ = ["fire_due_jobs", "hand_over", "probe_ingest_ends"]
 
 log = logging.getLogger(__name__)
 
 #: How often to look while the worker is rebalancing or recovering tables.
 _NOT_READY_POLL_S = 0.05
+#: The probe loop looks at least this often for probes the agent has not met.
+_PROBE_IDLE_S = 0.5
+#: A probe unmet this long, with the agent's applied offset unchanged, is met by reading back.
+_STALL_MS = 2_000
 
 
 def _partition_mismatch() -> str | None:
@@ -93,3 +99,58 @@ async def fire_due_jobs() -> None:
             log.exception("firing pass failed")
             wake = now_ms() + 1000
         await engine.sleep_until(wake)
+
+
+@app.task
+async def probe_ingest_ends() -> None:
+    """The ingest guard's probes (app/guard.py, step 2), for partitions holding due jobs back."""
+    stalled: dict[int, tuple[int, int]] = {}  # partition -> (applied offset seen, since ms)
+    while not app.should_stop:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(engine.probe_wanted.wait(), _PROBE_IDLE_S)
+        engine.probe_wanted.clear()
+        if app.rebalancing or not app.tables.actives_ready:
+            continue
+        active = active_partitions()
+        targets = engine.probe_targets(active)
+        try:
+            if targets:
+                taken = now_ms()  # before the request: the broker answers at or after it
+                tps = [TP(settings.ingest_topic, partition) for partition in targets]
+                ends = await app.consumer.highwaters(*tps)
+                engine.observe_end_offsets(taken, {tp.partition: end for tp, end in ends.items()})
+            await _meet_stalled_probes(active, stalled)
+        except Exception:  # the next round asks again
+            log.exception("ingest guard probe failed")
+            await asyncio.sleep(_PROBE_IDLE_S)
+            engine.probe_wanted.set()
+
+
+async def _meet_stalled_probes(active: list[int], stalled: dict[int, tuple[int, int]]) -> None:
+    """Read back what a probe waits for when the agent has not moved for ``_STALL_MS``.
+
+    The stream can leave the last commands of a partition undelivered (app/gaps.py): with no
+    later command to reveal the gap, the guard would hold the partition's due jobs for good.
+    """
+    now = now_ms()
+    for partition in active:
+        probe = engine.waiting_probe(partition)
+        if probe is None:
+            stalled.pop(partition, None)
+            continue
+        applied = engine.applied_offset(partition)
+        seen, since = stalled.get(partition, (None, now))
+        if seen != applied:
+            stalled[partition] = (applied, now)
+            continue
+        if now - since < _STALL_MS or applied < 0:
+            continue  # moving, or nothing applied yet: the stream's first record sets the start
+        log.warning(
+            "ingest partition %d: offsets %d-%d not delivered after %d ms; reading them back",
+            partition,
+            applied + 1,
+            probe[1] - 1,
+            now - since,
+        )
+        engine.stats.guard_read_back += await catch_up(partition, applied + 1, probe[1])
+        stalled.pop(partition, None)

@@ -229,6 +229,7 @@ def _local_stats() -> dict[str, Any]:
         "active_partitions": active,
         "pending": engine.pending_count(active),
         "oldest_overdue_ms": _oldest_overdue_ms(active, now_ms()),
+        "guard_lag_ms": engine.guard_lag_ms(active, now_ms()),
         "counters": _counters(),
         "lateness_ms": _lateness(list(engine.stats.lateness_ms)),
     }
@@ -252,6 +253,7 @@ async def cluster_stats() -> dict[str, Any]:
     total = {
         "pending": sum(w["pending"] for w in workers),
         "oldest_overdue_ms": max((w["oldest_overdue_ms"] for w in workers), default=0),
+        "guard_lag_ms": max((w["guard_lag_ms"] for w in workers), default=0),
         "counters": {name: sum(w["counters"][name] for w in workers) for name in COUNTERS},
         "lateness_max_ms": max(maxima, default=None),
     }
@@ -272,4 +274,5 @@ def metrics_snapshot() -> Snapshot:
         active_partitions=len(active),
         pending=engine.pending_count(active),
         oldest_overdue_ms=_oldest_overdue_ms(active, now_ms()),
+        guard_lag_ms=engine.guard_lag_ms(active, now_ms()),
     )

@@ -665,6 +665,13 @@ class Counters(BaseModel):
     replays_skipped: int
     gaps_read_back: int
     not_owned_skipped: int
+    ingest_probes: int = Field(
+        description="End-offset probes of the ingest guard (a job waits for the commands "
+        "acknowledged before its due time)."
+    )
+    guard_read_back: int = Field(
+        description="Ingest commands read back because the stream had not delivered them."
+    )
     arrived_past_due: int = Field(
         description="Jobs whose due time had passed when delayq received them; their "
         "lateness counts from the receipt (the ingest record's timestamp)."
@@ -692,6 +699,10 @@ class StatsOut(BaseModel):
     oldest_overdue_ms: int = Field(
         description="Age of the oldest due job not yet forwarded (0: none overdue)."
     )
+    guard_lag_ms: int = Field(
+        description="How long the earliest due job held back by the ingest guard has waited "
+        "for the commands acknowledged before its due time to be applied (0: none held)."
+    )
     counters: Counters
     lateness_ms: Lateness
 
@@ -699,6 +710,7 @@ class StatsOut(BaseModel):
 class TotalStats(BaseModel):
     pending: int
     oldest_overdue_ms: int
+    guard_lag_ms: int
     counters: Counters
     lateness_max_ms: int | None = Field(
         description="The largest lateness seen by any worker (quantiles do not add up)."

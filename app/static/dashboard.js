@@ -285,6 +285,8 @@
     const overdue = total.oldest_overdue_ms;
     setValue("overdue", overdue, overdue > 0 ? fmtDuration(overdue) : "none", overdue >= 60000 ? "bad" : overdue >= 1000 ? "warn" : "good", overdue > 0 ? `${nf.format(overdue)} ms` : "");
     $("overdue-sub").textContent = overdue > 0 ? "due, not yet forwarded" : "nothing waiting past its time";
+    const guardLag = total.guard_lag_ms;
+    setValue("guard-lag", guardLag, guardLag === undefined ? "–" : guardLag > 0 ? `holding ${fmtDuration(guardLag)}` : "caught up", guardLag >= 1000 ? "warn" : "");
   }
 
   function clusterState(res) {

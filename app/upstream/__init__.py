@@ -9,7 +9,7 @@ package touches a private name of the three libraries:
   and a typed ``_add_gap`` for the agent;
 - :mod:`app.upstream.producer`: forwards and changelog records appended to aiokafka's record
   batches (``_message_accumulator``, ``_wait_on_metadata``, ``_batches``, ``_append_batch``);
-- :mod:`app.upstream.faust_app`: the app without Faust's Monitor, and with that transport;
+- :mod:`app.upstream.faust_app`: the app with that transport;
 - :mod:`app.upstream.recovery`: the bulk restore's hooks into Faust's recovery, and the standby
   records kept through its last flow resume;
 - :mod:`app.upstream.rocksdb`: the partition databases of a Faust RocksDB table.

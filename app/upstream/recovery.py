@@ -155,15 +155,6 @@ class RestoringTableManager(TableManager):
         super().__init__(*args, **kwargs)
         self.restorers: dict[Any, ChangelogRestorer] = {}
 
-    # Replaces faust/tables/manager.py TableManager.on_start (lines 138-143), without its first
-    # line (a 1 s sleep): 1 s off every start, not otherwise measured.
-    async def on_start(self) -> None:
-        # Faust's TableManager sleeps 1 s first (for tables defined after start); delayq's table
-        # exists before the worker starts (app/jobs_table.py), so every start is 1 s quicker.
-        if not self.should_stop:
-            await self._update_channels()
-            await self.recovery.start()
-
     # Replaces faust/tables/manager.py TableManager.changelog_queue (lines 108-116), building
     # a ChangelogQueue in the private _changelog_queue.
     @property

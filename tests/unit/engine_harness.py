@@ -135,6 +135,7 @@ class Harness:
     async def fire(self, now: int) -> int:
         await self.engine.flush()  # as the agent does after each batch
         await self.pass_fences()
+        self.probe_caught_up(now)
         wake = await self.engine.fire_due(now, sorted(self.dbs))
         await self.engine.settled()  # the acks and removal records of the pass
         return wake
@@ -144,6 +145,16 @@ class Harness:
         await self.engine.send_fences(sorted(self.dbs), NOW)
         for partition, fence in self.producer.take_fences():
             self.engine.fence_passed(partition, fence)
+
+    async def fire_due(self, now: int, active: Sequence[int]) -> int:
+        """One firing pass, after a probe that finds every partition caught up."""
+        self.probe_caught_up(now)
+        return await self.engine.fire_due(now, active)
+
+    def probe_caught_up(self, now: int) -> None:
+        """The guard's probe finds every partition caught up at ``now`` (app/guard.py)."""
+        ends = {p: self.engine.applied_offset(p) + 1 for p in sorted(self.dbs)}
+        self.engine.observe_end_offsets(now, ends)
 
     def forwarded_ids(self) -> list[bytes]:
         return [s[1] or b"" for s in self.producer.to("out")]

@@ -146,7 +146,7 @@ async def test_removals_of_several_passes_share_one_record_per_partition(
     await h.engine.flush()
     await h.pass_fences()
     for i in range(3):
-        await h.engine.fire_due(NOW + i, [0, 1])
+        await h.fire_due(NOW + i, [0, 1])
         for _ in range(5):
             await asyncio.sleep(0)  # the passes' acks come in
     assert h.producer.take_fired() == []
@@ -285,7 +285,7 @@ async def test_the_agent_lets_a_due_pass_run_before_it_applies_more_commands(
 
     async def one_pass() -> None:
         await h.engine.sleep_until(now_ms() + 60_000)
-        await h.engine.fire_due(now_ms(), sorted(h.dbs))
+        await h.fire_due(now_ms(), sorted(h.dbs))
 
     loop_pass = asyncio.create_task(one_pass())
     await asyncio.sleep(0)
@@ -452,18 +452,18 @@ async def test_a_new_partition_fires_only_after_its_fence_is_read_back(h: Harnes
     fences = h.producer.take_fences()
     assert sorted(p for p, _ in fences) == [0, 1]
     assert all(fence.startswith(FENCE_PREFIX) for _, fence in fences)
-    await h.engine.fire_due(NOW, [0, 1])
+    await h.fire_due(NOW, [0, 1])
     # Then nothing is forwarded, and a stale fence does not release it
     assert h.forwarded_ids() == []
     h.engine.fence_passed(0, FENCE_PREFIX + b"stale")
-    await h.engine.fire_due(NOW, [0, 1])
+    await h.fire_due(NOW, [0, 1])
     assert h.forwarded_ids() == []
     # And once the agent reads its own fence back, the job fires (fences are sent once)
     for partition, fence in fences:
         h.engine.fence_passed(partition, fence)
     await h.engine.send_fences([0, 1], NOW)
     assert h.producer.take_fences() == []
-    await h.engine.fire_due(NOW, [0, 1])
+    await h.fire_due(NOW, [0, 1])
     assert h.forwarded_ids() == [b"a"]
 
 
@@ -478,7 +478,7 @@ async def test_removals_sent_before_the_fence_are_applied_before_firing(h: Harne
     h.engine.sync_assignment(2, [0, 1])
     await h.engine.send_fences([0, 1], NOW)
     fences = h.producer.take_fences()
-    await h.engine.fire_due(NOW + 1, [0, 1])
+    await h.fire_due(NOW + 1, [0, 1])
     # Then it is not forwarded again while the fence is out
     assert h.forwarded_ids() == [b"a"]
     # And the agent applies the removal, then the fence (fired-topic order): nothing is due
@@ -486,7 +486,7 @@ async def test_removals_sent_before_the_fence_are_applied_before_firing(h: Harne
         h.engine.remove_fired(partition, entries)
     for partition, fence in fences:
         h.engine.fence_passed(partition, fence)
-    await h.engine.fire_due(NOW + 1, [0, 1])
+    await h.fire_due(NOW + 1, [0, 1])
     assert h.forwarded_ids() == [b"a"]
     assert h.engine.get(0, job.job_id) is None
 
@@ -504,7 +504,7 @@ async def test_quiesce_waits_for_the_running_pass_and_stops_firing(h: Harness) -
 
     h.producer.send = slow_send  # type: ignore[method-assign]
     await h.engine.flush()
-    running = asyncio.ensure_future(h.engine.fire_due(NOW, [0, 1]))
+    running = asyncio.ensure_future(h.fire_due(NOW, [0, 1]))
     await asyncio.sleep(0)
     # When the partitions are revoked
     quiescing = asyncio.ensure_future(h.engine.quiesce([0, 1]))
@@ -519,12 +519,12 @@ async def test_quiesce_waits_for_the_running_pass_and_stops_firing(h: Harness) -
     assert [entries for _, entries in removals] == [[(due_key(NOW, b"a"), 1)]]
     # And the partitions are not fired again until they are fenced anew
     h.schedule("b", NOW, partition=1)
-    await h.engine.fire_due(NOW, [0, 1])
+    await h.fire_due(NOW, [0, 1])
     assert h.forwarded_ids() == [b"a"]
     for partition, entries in removals:  # the fired topic holds the removal before the fence
         h.engine.remove_fired(partition, entries)
     await h.pass_fences()
-    await h.engine.fire_due(NOW, [0, 1])
+    await h.fire_due(NOW, [0, 1])
     assert h.forwarded_ids() == [b"a", b"b"]
 
 

@@ -7,10 +7,9 @@ clock at ``NOW``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import pytest
 
 from app.gaps import Record
 from app.ingest import IngestContext, apply_batch
@@ -30,6 +29,8 @@ class Wiring:
         self.topic: dict[tuple[int, int], Record] = {}
         self.reads: list[tuple[int, int, int]] = []
         self.gaps: list[tuple[int, int, int]] = []
+        #: (partition, offset) of delivered records the consumer may not commit past yet
+        self.held: set[tuple[int, int]] = set()
         self.ctx = IngestContext(
             engine=h.engine,
             ingest_topic="ingest",
@@ -39,8 +40,14 @@ class Wiring:
             owned_partitions=lambda: self.owned,
             read_skipped=self._read,
             acknowledge_skipped=self._acknowledge,
+            hold=self._hold,
             clock=lambda: NOW,
         )
+
+    def _hold(self, record: Record) -> Callable[[], None]:
+        where = (record.partition, record.offset)
+        self.held.add(where)
+        return lambda: self.held.discard(where)
 
     async def _read(self, partition: int, start: int, stop: int) -> list[Record]:
         self.reads.append((partition, start, stop))
@@ -66,15 +73,6 @@ def schedule(
 
 def cancel(offset: int, job_id: bytes, partition: int = 0) -> Record:
     return Record("ingest", partition, offset, job_id, None, [], None)
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    harness.open_db(0)
-    harness.open_db(1)
-    yield harness
-    harness.close()
 
 
 async def test_a_batch_is_applied_then_changelogged_with_its_replay_mark_last(h: Harness) -> None:
@@ -114,7 +112,9 @@ async def test_a_record_that_breaks_the_contract_is_dead_lettered_and_marked_han
     wiring = Wiring(h)
     # When it is applied
     await wiring.apply(Record("ingest", 0, 0, None, b"v", [(HEADER_TARGET, b"out")], None))
+    await h.engine.dead_letters_settled()
     # Then it went to the dead-letter topic with the reason, and its offset counts as handled
+    assert wiring.held == set()
     [(_topic, _key, value, _partition, headers)] = h.producer.to("dlq")
     assert value == b"v"
     assert any(name == HEADER_ERROR for name, _value in headers)
@@ -191,3 +191,65 @@ async def test_a_delay_counts_from_the_record_timestamp_unless_it_is_in_the_futu
     assert (job := h.engine.get(0, b"past")) is not None and job.due_ms == NOW + 8_000
     assert (job := h.engine.get(0, b"ahead")) is not None and job.due_ms == NOW + 10_000
     assert h.engine.stats.clock_skew_corrected == 1
+
+
+def invalid(offset: int, partition: int = 0) -> Record:
+    """A record that breaks the contract: no target topic."""
+    return Record("ingest", partition, offset, b"bad", b"v", [(HEADER_DUE_MS, b"1")], None)
+
+
+async def test_a_dead_letter_the_broker_refuses_holds_only_the_commit(tmp_path: Path) -> None:
+    h = Harness(tmp_path, forward_retry_backoff_ms=1)
+    h.open_db(0)
+    wiring = Wiring(h)
+    # Given a dead-letter topic that refuses writes
+    h.producer.failing.add("dlq")
+    # When a batch holds a record that breaks the contract, then a schedule
+    await wiring.apply(invalid(0), schedule(1, b"after", NOW + 60_000))
+    # Then the batch is applied without waiting for the dead letter
+    assert h.engine.get(0, b"after") is not None
+    assert h.engine.applied_offset(0) == 1
+    # And the consumer may not commit past the invalid record yet
+    assert wiring.held == {(0, 0)}
+    # When the topic takes writes again
+    h.producer.failing.clear()
+    await h.engine.dead_letters_settled()
+    # Then the dead letter is written once and the record released
+    assert len(h.producer.to("dlq")) == 1
+    assert wiring.held == set()
+    h.close()
+
+
+async def test_a_replayed_record_that_breaks_the_contract_is_dead_lettered_again(
+    h: Harness,
+) -> None:
+    # Given an invalid record applied (the replay mark passed it), then a crash before its
+    # dead letter was acknowledged
+    wiring = Wiring(h)
+    h.producer.failing.add("dlq")
+    await wiring.apply(invalid(0))
+    h.producer.failing.clear()
+    # When it is delivered again
+    await wiring.apply(invalid(0))
+    await h.engine.dead_letters_settled()
+    # Then its dead letter is written (at least once)
+    assert len(h.producer.to("dlq")) >= 1
+    assert h.engine.stats.replays_skipped == 1
+
+
+async def test_a_read_back_range_is_acknowledged_after_its_dead_letters(h: Harness) -> None:
+    # Given offset 0 applied, and offset 1 (invalid) in the topic but not delivered
+    wiring = Wiring(h)
+    await wiring.apply(schedule(0, b"a", NOW + 60_000))
+    wiring.topic[0, 1] = invalid(1)
+    h.producer.failing.add("dlq")
+    # When offset 2 is delivered
+    await wiring.apply(schedule(2, b"b", NOW + 60_000))
+    # Then offset 1 was read back, but its range is not acknowledged while the dead letter waits
+    assert wiring.reads == [(0, 1, 2)]
+    assert wiring.gaps == []
+    h.producer.failing.clear()
+    await h.engine.dead_letters_settled()
+    for _ in range(3):
+        await asyncio.sleep(0)  # the acknowledgement task runs
+    assert wiring.gaps == [(0, 1, 1)]

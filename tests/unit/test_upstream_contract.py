@@ -40,7 +40,6 @@ COPIED = {
         "(self) -> faust.types.transports.TransportT",
         "42db531312dd776f",
     ),
-    "faust.tables.manager:TableManager.on_start": ("(self) -> None", "365dd25fbc0e0684"),
     "faust.tables.manager:TableManager.changelog_queue": (
         "(self) -> mode.utils.queues.ThrowableQueue",
         "9c7f4cac57ef1706",
@@ -73,9 +72,6 @@ CALLED_OR_EXTENDED = {
         "(self, builder, tp)"
     ),
     "aiokafka.client:AIOKafkaClient._wait_on_metadata": "(self, topic)",
-    "faust.app.base:App.on_init_dependencies": ("(self) -> Iterable[mode.types.services.ServiceT]"),
-    "faust.app.base:App.on_rebalance_start": "(self) -> None",
-    "faust.tables.manager:TableManager._update_channels": "(self) -> None",
     "faust.tables.recovery:Recovery._build_offsets": (
         "(self, consumer: faust.types.transports.ConsumerT, tps: Set[faust.types.tuples.TP], "
         "destination: Counter[faust.types.tuples.TP], title: str) -> None"

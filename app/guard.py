@@ -1,0 +1,99 @@
+"""The ingest guard: a cancel or replace the broker acknowledged before a job's due time wins.
+
+A job due at T is sent only once its partition has applied every ingest command that the broker
+acknowledged before T. The firing pass (app/firing.py) sends, per partition, only the jobs due
+at or before the partition's ``safe_ms``, which moves forward like this:
+
+1. a pass holds back due jobs (due after ``safe_ms``) and asks for a probe;
+2. the probe loop (app/timers.py) reads the clock, ``t``, then asks the broker for the ingest
+   partitions' end offsets (high watermarks). The broker answers at or after ``t``, so every
+   command it acknowledged before ``t`` lies below the end offset ``E`` it answers;
+3. once the partition has applied every offset below ``E`` (at once, or when the agent gets
+   there: :meth:`IngestGuard.note_applied`), ``safe_ms`` becomes ``t`` and the loop wakes.
+
+When the worker is caught up this costs one end-offsets round trip between a job's due time and
+its forward; when it lags, due jobs wait for the agent (late, never wrong). "Acknowledged" is
+with ``acks=all``: with ``acks=1`` a record the leader acknowledged can still be above the high
+watermark for as long as replication takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from app.engine_state import EngineState
+from tables.keys import APPLIED_KEY, decode_due_ms
+
+__all__ = ["IngestGuard"]
+
+
+class IngestGuard(EngineState):
+    """Per partition: which due times are safe to fire, from probes and the applied offset."""
+
+    def applied_offset(self, partition: int) -> int:
+        """The highest ingest offset applied in ``partition`` (-1 if none): a replay guard too.
+
+        Faust re-delivers what came after the last committed offset after a crash; applying
+        such a schedule again would bring back a job that was cancelled or fired since.
+        """
+        state = self._parts.get(partition)
+        if state is not None and state.applied is not None:
+            return state.applied
+        raw = self.store.read(partition, APPLIED_KEY)
+        return -1 if raw is None else decode_due_ms(raw)
+
+    def due_limit(self, partition: int, now: int) -> int:
+        """Jobs due at or before this may be sent from ``partition`` now."""
+        return min(now, self._state(partition).safe_ms)
+
+    def probe_targets(self, active: Collection[int]) -> list[int]:
+        """Active partitions that held due jobs back and have no probe waiting for the agent."""
+        targets = []
+        for partition in active:
+            state = self._parts.get(partition)
+            if state is not None and state.held and state.probe is None:
+                targets.append(partition)
+        return targets
+
+    def observe_end_offsets(self, taken_ms: int, ends: Mapping[int, int]) -> None:
+        """A probe taken at ``taken_ms`` found these end offsets (step 2 of the module doc)."""
+        self.stats.ingest_probes += 1
+        for partition, end in ends.items():
+            state = self._parts.get(partition)
+            if state is None:  # revoked meanwhile
+                continue
+            state.held = False
+            if self.applied_offset(partition) >= end - 1:
+                self._advance(partition, taken_ms)
+            elif state.probe is None:
+                state.probe = (taken_ms, end)
+
+    def note_applied(self, partition: int, offset: int) -> None:
+        """The agent applied every command up to ``offset``: a waiting probe may be met."""
+        state = self._state(partition)
+        state.applied = offset
+        probe = state.probe
+        if probe is not None and offset >= probe[1] - 1:
+            state.probe = None
+            self._advance(partition, probe[0])
+
+    def waiting_probe(self, partition: int) -> tuple[int, int] | None:
+        """The probe ``(taken at ms, end offset)`` still waiting for the agent, if any."""
+        state = self._parts.get(partition)
+        return None if state is None else state.probe
+
+    def guard_lag_ms(self, active: Collection[int], now: int) -> int:
+        """How far behind the clock the guard holds due jobs: 0 if it holds none back."""
+        lag = 0
+        for partition in active:
+            state = self._parts.get(partition)
+            if state is not None and state.next_due_ms <= now and state.safe_ms < now:
+                lag = max(lag, now - max(state.safe_ms, state.next_due_ms))
+        return lag
+
+    def _advance(self, partition: int, safe_ms: int) -> None:
+        state = self._state(partition)
+        if safe_ms > state.safe_ms:
+            state.safe_ms = safe_ms
+            if state.next_due_ms <= safe_ms:
+                self._wake.set()

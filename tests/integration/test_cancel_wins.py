@@ -1,0 +1,63 @@
+"""A cancel or replace that the broker acknowledged before the due time always wins.
+
+Each test builds one way the guarantee was broken before the ingest guard (app/guard.py) and
+checks that the superseded schedule is never forwarded.
+"""
+
+from __future__ import annotations
+
+from app.times import now_ms
+from tests.conftest import WorkerFactory
+from tests.support import Kafka, Namespace, schedule_headers, wait_for
+
+pytestmark = __import__("pytest").mark.integration
+
+#: Commands between a schedule and its cancel: seconds of work for a worker that starts late.
+BACKLOG = 60_000
+
+
+async def test_a_cancel_behind_a_backlog_wins_when_the_worker_lags_past_the_due_time(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+) -> None:
+    # Given, in one ingest partition: a job and a job to replace, due at T; a backlog of other
+    # jobs; then the cancel of the first and the replacement of the second; a marker due after T
+    due = now_ms() + 8_000
+    target = ns.target()
+    first = [
+        (b"cancelled", b"old", schedule_headers(target, due_ms=due)),
+        (b"replaced", b"old", schedule_headers(target, due_ms=due)),
+    ]
+    backlog = [
+        (b"filler-%d" % i, b"f", schedule_headers(target, due_ms=due + 3_600_000))
+        for i in range(BACKLOG)
+    ]
+    last = [
+        (b"cancelled", None, []),
+        (b"replaced", b"new", schedule_headers(target, due_ms=due)),
+        (b"marker", b"m", schedule_headers(target, due_ms=due + 1)),
+    ]
+    await kafka.send_many(ns.ingest, [*first, *backlog, *last], partition=lambda _i: 0)
+    # And the broker acknowledged all of it before T
+    acknowledged = now_ms()
+    assert acknowledged < due, "the setup took too long: the test needs the acks before T"
+    # When the worker starts only after T: it reaches the cancel seconds after the job is due
+    wait_for(lambda: now_ms() > due, "the due time to pass")
+    start_worker()
+    records = await kafka.collect([target], lambda rs: any(r.key == b"marker" for r in rs))
+    # Then the cancelled job was never forwarded, and the replaced one only with its new value
+    forwarded = sorted((r.key, r.value) for r in records)
+    assert forwarded == [(b"marker", b"m"), (b"replaced", b"new")]
+
+
+async def test_jobs_fire_without_waiting_for_new_commands_when_the_worker_is_caught_up(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+) -> None:
+    # Given a caught-up worker with nothing to do
+    start_worker()
+    # When one job is scheduled, due in half a second, and nothing else is written
+    due = now_ms() + 500
+    await kafka.send(ns.ingest, b"lone", b"x", schedule_headers(ns.target(), due_ms=due))
+    # Then it is forwarded, on time within a second (the guard's probe is one round trip)
+    records = await kafka.collect([ns.target()], lambda rs: len(rs) >= 1)
+    assert [r.key for r in records] == [b"lone"]
+    assert due <= records[0].timestamp < due + 1_000

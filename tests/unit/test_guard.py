@@ -1,0 +1,81 @@
+"""The ingest guard (app/guard.py): a job fires only once the commands acknowledged before its
+due time are applied. The engine with a stub producer and a fixed clock; the probe's answers are
+given by hand (the worker's probe loop asks the broker: tests/integration/test_cancel_wins.py).
+"""
+
+from __future__ import annotations
+
+from tests.unit.engine_harness import NOW, Harness
+
+
+async def fire(h: Harness, now: int) -> None:
+    """A pass as the firing loop runs it: no probe unless the test gave one."""
+    await h.pass_fences()
+    await h.engine.fire_due(now, [0, 1])
+    await h.engine.settled()
+
+
+async def test_a_due_job_waits_for_a_probe_and_asks_for_one(h: Harness) -> None:
+    # Given a job due now in a partition nobody has probed yet
+    h.schedule("a", NOW - 10)
+    # When a pass runs
+    await fire(h, NOW)
+    # Then nothing is forwarded, and the pass asked for a probe of that partition only
+    assert h.forwarded_ids() == []
+    assert h.engine.probe_wanted.is_set()
+    assert h.engine.probe_targets([0, 1]) == [0]
+    # When the probe finds the partition caught up (taken at NOW)
+    h.engine.observe_end_offsets(NOW, {0: 0})
+    # Then the loop is woken, and the next pass forwards the job
+    assert h.engine.wake_requested
+    await fire(h, NOW)
+    assert h.forwarded_ids() == [b"a"]
+
+
+async def test_a_cancel_acknowledged_before_the_due_time_wins_while_the_agent_lags(
+    h: Harness,
+) -> None:
+    # Given a job due at NOW - 10, applied at ingest offset 5
+    h.schedule("a", NOW - 10)
+    h.engine.mark_applied(0, 5)
+    await fire(h, NOW)
+    # And a probe taken at NOW finds end offset 7: a cancel at offset 6 is not applied yet
+    h.engine.observe_end_offsets(NOW, {0: 7})
+    # When passes run
+    await fire(h, NOW + 5)
+    # Then the job waits
+    assert h.forwarded_ids() == []
+    assert h.engine.waiting_probe(0) == (NOW, 7)
+    assert h.engine.guard_lag_ms([0, 1], NOW + 5) == 15  # held since its due time
+    # When the agent applies the cancel (offset 6)
+    assert h.engine.cancel(0, b"a")
+    h.engine.mark_applied(0, 6)
+    # Then the probe is met and the cancelled job is never forwarded
+    assert h.engine.waiting_probe(0) is None
+    await fire(h, NOW + 10)
+    assert h.forwarded_ids() == []
+
+
+async def test_jobs_due_after_the_probe_wait_for_the_next_probe(h: Harness) -> None:
+    # Given a partition probed caught up at NOW
+    h.schedule("early", NOW - 1)
+    h.schedule("late", NOW + 50)
+    h.engine.observe_end_offsets(NOW, {0: 0, 1: 0})
+    # When a pass runs at NOW + 100
+    await fire(h, NOW + 100)
+    # Then only the job due by the probe's time is forwarded; the other asks for a probe
+    assert h.forwarded_ids() == [b"early"]
+    assert h.engine.probe_targets([0, 1]) == [0]
+    h.engine.observe_end_offsets(NOW + 100, {0: 0})
+    await fire(h, NOW + 100)
+    assert h.forwarded_ids() == [b"early", b"late"]
+
+
+async def test_a_held_partition_does_not_make_the_loop_spin(h: Harness) -> None:
+    # Given a due job held back by the guard
+    h.schedule("a", NOW - 10)
+    await h.pass_fences()
+    # When a pass runs
+    wake = await h.engine.fire_due(NOW, [0, 1])
+    # Then the loop sleeps until something wakes it (the probe), not until the due time
+    assert wake > NOW
