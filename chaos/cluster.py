@@ -16,11 +16,13 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 from app.embedded import EmbeddedBroker, free_port
+from app.settings import Settings
 from app.times import now_ms
 from app.workerproc import DeploymentNames, WorkerProcess
 
@@ -69,6 +71,11 @@ class Broker(EmbeddedBroker):
         super().stop(timeout)
 
 
+def _worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The settings a run gives each of its workers, over the deployment's names."""
+    return {"DELAYQ_BROKER_KIND": "embedded", **env}
+
+
 class Worker(WorkerProcess):
     """One ``faust -A app worker`` process; :meth:`start` again restarts it (same data dir).
 
@@ -78,7 +85,7 @@ class Worker(WorkerProcess):
     def __init__(
         self, name: str, bootstrap: str, names: Names, data_dir: Path, log_path: Path, **env: str
     ) -> None:
-        extra_env = {"DELAYQ_BROKER_KIND": "embedded", **env}
+        extra_env = _worker_env(env)
         super().__init__(bootstrap, names, data_dir, log_path, extra_env, label=f"worker {name}")
         self.name = name
         self.starts = 0
@@ -131,6 +138,14 @@ class Cluster:
         )
         self.workers.append(worker)
         return worker
+
+    def worker_settings(self) -> Settings:
+        """The settings the run's workers start with: they inherit this process's ``DELAYQ_*``
+        environment, with the run's own settings laid over it."""
+        env = {**self.names.env(), **_worker_env(self.worker_env)}
+        # Arguments override the environment, as the workers' own settings do theirs.
+        fields: dict[str, Any] = {k.removeprefix("DELAYQ_").lower(): v for k, v in env.items()}
+        return Settings(**fields)
 
     def live(self) -> list[Worker]:
         return [w for w in self.workers if w.running()]

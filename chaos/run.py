@@ -40,13 +40,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from app import tansu_compat
 from app.metrics import quantile
 from app.times import now_ms
+from chaos.acks import AckTimes
 from chaos.cluster import Cluster, Names, Worker
+from chaos.figures import book_figures, failures
 from chaos.forensics import duplicate_cause, format_events, superseded_cause
 from chaos.load import LoadConfig, LoadGenerator, LoadStats
 from chaos.reconcile import (
-    AFTER_DUE,
     BEFORE_DUE,
-    RACE,
     Book,
     Cmd,
     Follower,
@@ -117,7 +117,6 @@ class ChaosConfig:
     restart_after_s: float = 3.0
     grace_s: float = 45.0
     quiet_s: float = 20.0
-    race_margin_ms: int = 1_000
     #: Jobs due within this long after a disruption recovered still count as disrupted.
     settle_s: float = 10.0
     max_total_s: float = 600.0
@@ -249,7 +248,11 @@ class Run:
         self.forwards: Follower | None = None
         self.committed: dict[int, int] = {}
         self.load_t0 = 0.0
-        self.book = Book(cfg.race_margin_ms)
+        #: When the broker acknowledged each command: noted by the generator, read by the book.
+        self.acks = AckTimes()
+        self.book = Book(self.acks)
+        #: What the workers run with (the forensics depend on it).
+        self.worker_settings = self.cluster.worker_settings()
         self._progress_log = (self.run_dir / "progress.log").open("a")
 
     def say(self, line: str) -> None:
@@ -411,6 +414,7 @@ class Run:
                 max_lag_s=cfg.max_lag_s,
                 seed=cfg.seed,
             ),
+            self.acks,
         )
         await load.start()
         self.forwards = Follower(self.cluster.broker.bootstrap, self.names.target_topics)
@@ -580,7 +584,7 @@ class Run:
 
     def never_forwarded(self, dead: dict[bytes, str]) -> list[dict[str, Any]]:
         """Up to 20 never-forwarded jobs, each with what the owning worker says about it."""
-        out = []
+        out: list[dict[str, Any]] = []
         live = self.cluster.live()
         # Those the workers did read first: they are the ones that would be lost.
         missing = sorted(self.book.missing, key=lambda j: (not self._read(j), j))
@@ -633,12 +637,13 @@ class Run:
     async def forensics(self, result: dict[str, Any]) -> None:
         """Explain suspicious forwards with the jobs changelog (see ``chaos/forensics.py``).
 
-        Every forward of a schedule cancelled or replaced before its due time, and every
-        duplicated schedule, is classified by cause; never-forwarded, early and mismatched
-        samples get their job's changelog history, lost ones their ingest neighbours' fate.
+        Every forward of a schedule whose cancel or replace was acknowledged before its due
+        time, and every duplicated schedule, is classified by cause; never-forwarded, early and
+        mismatched samples get their job's changelog history, lost ones their ingest
+        neighbours' fate.
         """
         book = self.book
-        superseded = [key for key, (_w, when) in book.superseded.items() if when == BEFORE_DUE]
+        superseded = [key for key, how in book.superseded.items() if how.when == BEFORE_DUE]
         samples = [
             sample
             for name in ("never_forwarded_samples", "early_samples", "mismatched_samples")
@@ -673,7 +678,7 @@ class Run:
                 neighbours.get(sample["job_id"], []), history
             )
         result["forensics"] = {
-            "superseded_before_due": self._superseded_causes(superseded, history),
+            "superseded_acked_before_due": self._superseded_causes(superseded, history),
             "duplicated_schedules": self._duplicate_causes(history),
         }
 
@@ -686,6 +691,7 @@ class Run:
         for job_id, index in superseded:
             job = book.jobs[job_id]
             sched, nxt = job.cmds[index], job.cmds[index + 1]
+            ahead = book.superseded[(job_id, index)].acked_before_due_ms
             fwd_ts = book.first[(job_id, sched.due, sched.vhash)]
             events = history.get(job_id, [])
             cause, text = superseded_cause(
@@ -699,7 +705,8 @@ class Run:
                         "ingest_partition": job.partition,
                         "schedule": f"offset {sched.offset}, due {sched.due}",
                         "superseded_by": f"{'cancel' if nxt.due < 0 else 'replace'} at offset "
-                        f"{nxt.offset}, written {sched.due - nxt.ts} ms before the due time",
+                        f"{nxt.offset}, written {sched.due - nxt.ts} ms and acknowledged "
+                        f"{ahead} ms before the due time",
                         "forwarded": f"{fwd_ts - sched.due:+d} ms after the due time",
                         "explanation": text,
                         "changelog (ms from due)": format_events(events, sched.due),
@@ -709,6 +716,7 @@ class Run:
 
     def _duplicate_causes(self, history: dict[bytes, list[dict[str, Any]]]) -> dict[str, Any]:
         book = self.book
+        ack_timeout_ms = int(self.worker_settings.ack_timeout_s * 1000)
         causes: dict[str, int] = {}
         examples: dict[str, list[dict[str, Any]]] = {}
         for (job_id, due, vhash), second_ts in book.second.items():
@@ -716,7 +724,7 @@ class Run:
             version = next(c.offset for c in job.cmds if c.due == due and c.vhash == vhash)
             first_ts = book.first[(job_id, due, vhash)]
             events = history.get(job_id, [])
-            cause = duplicate_cause(due, version, first_ts, second_ts, events)
+            cause = duplicate_cause(due, version, first_ts, second_ts, events, ack_timeout_ms)
             causes[cause] = causes.get(cause, 0) + 1
             if len(examples.setdefault(cause, [])) < 3:
                 examples[cause].append(
@@ -831,48 +839,20 @@ def _fates(
     return lines
 
 
-def figures(run: Run, stats: LoadStats, extra: dict[str, Any]) -> dict[str, Any]:
+def figures(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
+    """The book's figures, and what the run learned besides (dead letters, the reader's skips)."""
     book = run.book
     dead: dict[bytes, str] = extra["dead_letters"]
-    cancelled, cancelled_before_due = book.cancelled_jobs()
-    superseded = book.superseded_counts()
-    forwarded = len(book.expected) - len(book.missing)
     return {
-        "commands": book.ingest_records,
-        "schedules": book.schedules,
-        "cancels": book.cancels,
-        "bad_ingest_records": book.bad_ingest,
-        "jobs_scheduled": book.scheduled_jobs,
-        "jobs_replaced": book.replaced_jobs(),
-        "jobs_cancelled": cancelled,
-        "jobs_cancelled_before_due": cancelled_before_due,
-        "expected_forwards": len(book.expected),
-        "forwarded": forwarded,
-        "forward_records": book.forwards,
+        **book_figures(book),
         "forward_ranges_read_again": run.forwards.skipped_ranges if run.forwards else 0,
         "missing_found_on_second_read": extra.get("found_on_second_read", 0),
         "forward_records_read_again": run.forwards.read_again if run.forwards else 0,
-        "cancelled_before_due_still_forwarded": superseded.get(("cancel", BEFORE_DUE), 0),
-        "cancel_races_forwarded": superseded.get(("cancel", RACE), 0),
-        "replaced_before_due_outdated_forwarded": superseded.get(("replace", BEFORE_DUE), 0),
-        "replace_races_outdated_forwarded": superseded.get(("replace", RACE), 0),
-        "forwarded_then_superseded_after_due": superseded.get(("cancel", AFTER_DUE), 0)
-        + superseded.get(("replace", AFTER_DUE), 0),
-        "never_forwarded": len(book.missing),
         "never_forwarded_dead_lettered": sum(1 for j in book.missing if j in dead),
         "never_forwarded_not_yet_read": extra["unread"],
         "dead_letters": len(dead),
-        "forwarded_early": book.early_count,
-        "mismatched_forwards": book.mismatched_count,
-        "duplicates": book.duplicates,
-        "duplicates_by_gap_to_first": book.duplicate_gaps,
-        "duplicate_rate": book.duplicates / book.forwards if book.forwards else 0.0,
-        "foreign_duplicates": book.foreign_count,
         "stop_reason": extra["stop_reason"],
     }
-
-
-MUST_BE_ZERO = ("never_forwarded", "forwarded_early", "mismatched_forwards", "foreign_duplicates")
 
 
 async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
@@ -893,6 +873,9 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(r.started_ms / 1000)),
             "run_dir": str(r.run_dir),
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+            "worker_settings": {
+                "ack_timeout_s": r.worker_settings.ack_timeout_s,
+            },
             "load": {
                 "asked_rate": cfg.rate,
                 "achieved_rate": round(stats.rate, 1),
@@ -901,11 +884,12 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
                 "replaces": stats.replaces,
                 "cancels": stats.cancels,
                 "send_errors": stats.errors,
+                "ack_times_noted": len(r.acks),
                 "send_error_samples": stats.error_samples,
                 "throttled_s": round(stats.throttled_s, 1),
                 "max_ingest_lag_s": round(stats.max_ingest_lag_s, 1),
             },
-            "figures": figures(r, stats, extra),
+            "figures": figures(r, extra),
             "lateness": r.lateness(),
             "ingest_lag": r.ingest_lag(),
             "committed_ingest_offsets_at_end": r.committed,
@@ -914,13 +898,13 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "early_samples": [asdict(a) for a in r.book.early[:20]],
             "mismatched_samples": [asdict(a) for a in r.book.mismatched[:20]],
             "foreign_duplicate_samples": [asdict(a) for a in r.book.foreign_duplicates[:20]],
-            "superseded_samples": [asdict(a) for a in r.book.superseded_samples[:20]],
+            "acked_before_due_samples": [asdict(a) for a in r.book.superseded_samples[:20]],
             "worker_logs": r.log_summary(),
             "load_average": {"start": r.loadavg_start, "end": list(os.getloadavg())},
             "timeline": r.state.timeline,
         }
         await r.forensics(result)
-        failed = [name for name in MUST_BE_ZERO if result["figures"][name]]
+        failed = failures(result["figures"])
         result["ok"] = not failed
         result["failed"] = failed
         result["took_s"] = round(time.monotonic() - r.started, 1)
