@@ -7,9 +7,11 @@ Timeline (``duration_s`` = D, every time bounded):
 2. the load generator for D seconds; meanwhile the disruptions, each at its fraction of D (or
    when the previous one has recovered, if later): ``kill`` (SIGKILL a worker, start it again
    with its data directory after ``restart_after_s``), ``add`` (one more worker), ``term``
-   (SIGTERM a worker: it leaves for good), ``pause`` (SIGSTOP the broker for ``pause_s``, then
-   SIGCONT). A disruption's window lasts until every live worker is ready again and every
-   partition is active somewhere;
+   (SIGTERM a worker: it leaves for good), ``freeze`` (SIGSTOP a worker for longer than its
+   session timeout, then SIGCONT: a long GC pause or a stalled VM; its partitions move while it
+   sleeps, and it wakes believing it still owns them), ``pause`` (SIGSTOP the broker for
+   ``pause_s``, then SIGCONT). A disruption's window lasts until every live worker is ready
+   again and every partition is active somewhere;
 3. the reconciler reads the ingest topic, then follows the target topics until every expected
    job has been forwarded, or until ``grace_s`` after the last due time with no progress for
    ``quiet_s``, or until the run's hard limit (``max_total_s`` from the start);
@@ -58,7 +60,7 @@ from chaos.report import table
 
 __all__ = ["EVENTS", "ChaosConfig", "run"]
 
-EVENTS = ("kill", "add", "term", "pause")
+EVENTS = ("kill", "add", "term", "freeze", "pause")
 #: Setup (broker, topics, workers ready) and teardown, reserved out of ``max_total_s``.
 SETUP_RESERVE_S = 40.0
 TEARDOWN_RESERVE_S = 30.0
@@ -96,6 +98,9 @@ def _log_time_ms(line: str) -> int | None:
 
 #: Kept for reading the jobs changelog when there is something to explain.
 FORENSICS_RESERVE_S = 60.0
+#: The shortest automatic freeze: the group must notice the silence and move the frozen
+#: worker's partitions before it wakes, even with the embedded broker's 2 s session timeout.
+MIN_FREEZE_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -109,11 +114,15 @@ class ChaosConfig:
     #: (event, fraction of duration_s at which it starts), in order.
     events: tuple[tuple[str, float], ...] = (
         ("kill", 0.15),
-        ("add", 0.35),
-        ("term", 0.55),
+        ("add", 0.30),
+        ("term", 0.45),
+        ("freeze", 0.60),
         ("pause", 0.75),
     )
     pause_s: float = 10.0
+    #: How long ``freeze`` stops a worker (0: the longer of 3 session timeouts and
+    #: ``MIN_FREEZE_S``, so that its partitions surely move while it sleeps).
+    freeze_s: float = 0.0
     restart_after_s: float = 3.0
     grace_s: float = 45.0
     quiet_s: float = 20.0
@@ -136,8 +145,12 @@ class ChaosConfig:
                 raise ValueError(f"bad event {name}@{fraction}: events are {EVENTS} at [0, 1)")
         if self.workers < 1 or self.rate <= 0 or self.duration_s <= 0:
             raise ValueError("workers, rate and duration must be positive")
-        if ("term" in dict(self.events) or "kill" in dict(self.events)) and self.workers < 2:
-            raise ValueError("kill and term need at least 2 workers (someone must take over)")
+        if {"kill", "term", "freeze"} & dict(self.events).keys() and self.workers < 2:
+            raise ValueError(
+                "kill, term and freeze need at least 2 workers (someone must take over)"
+            )
+        if self.freeze_s < 0:
+            raise ValueError("freeze must be 0 (automatic) or positive")
         needed = (
             SETUP_RESERVE_S + self.duration_s + self.max_delay_s + self.grace_s
         ) + TEARDOWN_RESERVE_S
@@ -251,8 +264,10 @@ class Run:
         #: When the broker acknowledged each command: noted by the generator, read by the book.
         self.acks = AckTimes()
         self.book = Book(self.acks)
-        #: What the workers run with (the forensics depend on it).
+        #: What the workers run with (the forensics and the freeze depend on it).
         self.worker_settings = self.cluster.worker_settings()
+        self.session_timeout_s = self.cluster.worker_session_timeout_s()
+        self.freeze_s = cfg.freeze_s or max(3 * self.session_timeout_s, MIN_FREEZE_S)
         self._progress_log = (self.run_dir / "progress.log").open("a")
 
     def say(self, line: str) -> None:
@@ -334,14 +349,20 @@ class Run:
                 self._disrupt(f"SIGTERM {victim.name}", window)
                 code = await asyncio.to_thread(victim.stop)
                 window.note = f"{victim.name} left (SIGTERM, exit code {code})"
+            elif name == "freeze":
+                victim = self._victim(touched)
+                touched.append(victim.name)
+                self._disrupt(f"SIGSTOP {victim.name} for {self.freeze_s:.0f} s", window)
+                await _suspended(victim.freeze, victim.thaw, self.freeze_s)
+                self._disrupt(f"{victim.name} resumed (SIGCONT)", window)
+                window.note = (
+                    f"{victim.name} frozen {self.freeze_s:.0f} s (SIGSTOP; session timeout "
+                    f"{self.session_timeout_s:g} s)"
+                )
             elif name == "pause":
                 broker = self.cluster.broker
                 self._disrupt(f"broker SIGSTOPped for {cfg.pause_s:.0f} s", window)
-                broker.pause()
-                try:
-                    await asyncio.sleep(cfg.pause_s)
-                finally:
-                    broker.resume()
+                await _suspended(broker.pause, broker.resume, cfg.pause_s)
                 self._disrupt("broker resumed (SIGCONT)", window)
                 window.note = f"broker paused {cfg.pause_s:.0f} s"
             self.state.disruption = f"{name}: waiting for every partition to be active"
@@ -818,6 +839,15 @@ class Run:
         return {"max_records_behind": worst_records, "max_seconds_behind_approx": worst_s}
 
 
+async def _suspended(stop: Callable[[], None], resume: Callable[[], None], seconds: float) -> None:
+    """``stop()``, then ``resume()`` after ``seconds``, whatever happens (Ctrl-C included)."""
+    stop()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        resume()
+
+
 def _fates(
     neighbours: list[tuple[int, bytes, Cmd]], history: dict[bytes, list[dict[str, Any]]]
 ) -> list[str]:
@@ -875,6 +905,8 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
             "worker_settings": {
                 "ack_timeout_s": r.worker_settings.ack_timeout_s,
+                "session_timeout_s": r.session_timeout_s,
+                "freeze_s": r.freeze_s,
             },
             "load": {
                 "asked_rate": cfg.rate,

@@ -1,6 +1,7 @@
-"""The chaos run, shortened: 2 workers, ~300 commands/s for 40 s, one SIGKILL + restart and one
-broker SIGSTOP; nothing may be lost or early, no acknowledged cancel or replace may lose to a
-forward, and every duplicate is the same job's forward.
+"""The chaos run, shortened: 2 workers, ~300 commands/s for 40 s, one SIGKILL + restart, one
+worker SIGSTOPped past its session timeout and one broker SIGSTOP; nothing may be lost or early,
+no acknowledged cancel or replace may lose to a forward, and every duplicate is the same job's
+forward.
 
 The reconciler itself is checked on made-up records in tests/unit/test_chaos_reconcile.py, so
 that a clean chaos result means something.
@@ -35,7 +36,7 @@ async def test_a_short_chaos_run_loses_nothing_and_fires_nothing_early(tmp_path:
         workers=2,
         partitions=8,
         max_delay_s=10,
-        events=(("kill", 0.25), ("pause", 0.6)),
+        events=(("kill", 0.2), ("freeze", 0.4), ("pause", 0.6)),
         pause_s=4,
         restart_after_s=2,
         grace_s=30,
@@ -54,7 +55,7 @@ async def test_a_short_chaos_run_loses_nothing_and_fires_nothing_early(tmp_path:
         shutil.copytree(result["run_dir"], kept, dirs_exist_ok=True)
         report += f"\nrun directory kept in {kept}"
     figures = result["figures"]
-    assert [w["recovered"] for w in result["disruptions"]] == [True, True], report
+    assert [w["recovered"] for w in result["disruptions"]] == [True, True, True], report
     assert figures["never_forwarded"] == 0, report
     assert figures["forwarded_early"] == 0, report
     # Every duplicate is a further forward of one schedule under its own job id and due time.

@@ -2,13 +2,15 @@
 
 A clean chaos result means something only if the reconciler notices what it must: a lost, an
 early, a foreign forward, and a cancel or replace that Kafka acknowledged before the due time
-yet lost to the forward (issue 17). Also the labels the forensics give duplicates, and the
-settings the run reads for its workers.
+yet lost to the forward (issue 17). Also the labels the forensics give duplicates, the
+settings the run reads for its workers, and the freeze of a worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -181,6 +183,7 @@ def test_the_run_reads_the_settings_its_workers_inherit(
     names = Names("chaosx", 4, (("out", 1),))
     cluster = Cluster(names, tmp_path, tmp_path / "data", DELAYQ_STANDBY_REPLICAS="0")
     assert cluster.worker_settings().ack_timeout_s == 300.0  # the worker's default
+    assert cluster.worker_session_timeout_s() == 2.0  # the embedded broker's default
 
     monkeypatch.setenv("DELAYQ_ACK_TIMEOUT_S", "42")
     monkeypatch.setenv("DELAYQ_SESSION_TIMEOUT_S", "3")
@@ -188,3 +191,34 @@ def test_the_run_reads_the_settings_its_workers_inherit(
 
     settings = cluster.worker_settings()
     assert (settings.ack_timeout_s, settings.standby_replicas) == (42.0, 0)
+    assert cluster.worker_session_timeout_s() == 3.0
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_frozen_worker_is_stopped_until_thawed_and_still_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    # Given a worker whose process is a plain sleep in its own group (no broker needed)
+    names = Names("chaosx", 4, (("out", 1),))
+    worker = Cluster(names, tmp_path, tmp_path / "data").new_worker()
+    worker.proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        # When it is frozen, then thawed
+        worker.freeze()
+        frozen = _state(worker.pid)
+        worker.thaw()
+        thawed = _state(worker.pid)
+        # Then it was stopped while frozen, and not after
+        assert frozen == "T" and thawed != "T"
+        # And a worker stopped while frozen is thawed first, so SIGTERM ends it at once
+        worker.freeze()
+        assert worker.stop(timeout=5) == -signal.SIGTERM
+        assert "SIGSTOP (frozen)" in worker.log_path.read_text()
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait()
