@@ -81,7 +81,8 @@ browser-deps:
 
 .PHONY: chaos
 
-## chaos: 3 workers under load, SIGKILL/add/SIGTERM/broker SIGSTOP, then a reconciliation
-## (bounded: at most 10 minutes; exit 1 if a job was lost, early or duplicated under another id)
+## chaos: 3 workers under load, SIGKILL/add/SIGTERM/worker SIGSTOP/broker SIGSTOP, then a
+## reconciliation (bounded: at most 10 minutes; exit 1 if a job was lost, early, duplicated under
+## another id, or forwarded although its cancel or replace was acknowledged before its due time)
 chaos: $(DEV_STAMP)
 	$(BIN)/python -m chaos

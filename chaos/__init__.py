@@ -1,4 +1,4 @@
-"""Chaos run for delayq: load, worker kills and a paused broker, then a reconciliation.
+"""Chaos run for delayq: load, killed and frozen workers, a paused broker, a reconciliation.
 
 ``make chaos`` / ``python -m chaos --help``. See ``chaos/run.py`` for the timeline and
 ``chaos/reconcile.py`` for what each figure means. Results: ``chaos/results/latest.json`` and one

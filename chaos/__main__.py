@@ -47,6 +47,12 @@ def parse(argv: list[str] | None) -> ChaosConfig:
         f"(default {default_events}; '' for none)",
     )
     p.add_argument("--pause", type=float, default=d.pause_s, help="broker SIGSTOP s (%(default)s)")
+    p.add_argument(
+        "--freeze",
+        type=float,
+        default=d.freeze_s,
+        help="worker SIGSTOP s (0: the longer of 3 session timeouts and 8 s; %(default)s)",
+    )
     p.add_argument("--restart-after", type=float, default=d.restart_after_s, help="s (%(default)s)")
     p.add_argument("--grace", type=float, default=d.grace_s, help="s after last due (%(default)s)")
     p.add_argument("--max-minutes", type=float, default=d.max_total_s / 60, help="(%(default)s)")
@@ -69,6 +75,7 @@ def parse(argv: list[str] | None) -> ChaosConfig:
         max_delay_s=a.max_delay,
         events=a.events,
         pause_s=a.pause,
+        freeze_s=a.freeze,
         restart_after_s=a.restart_after,
         grace_s=a.grace,
         max_total_s=a.max_minutes * 60,

@@ -2,7 +2,8 @@
 
 Every process runs in its own session (process group) and is stopped by its group id, never by
 name. :meth:`Cluster.close` stops everything that is still running (workers first, a paused broker
-is resumed before it is stopped); the run calls it on every way out, Ctrl-C and errors included.
+is resumed before it is stopped, so is a frozen worker); the run calls it on every way out, Ctrl-C
+and errors included.
 
 A worker is started exactly as in production and as the tests do, by :mod:`app.workerproc`.
 """
@@ -16,11 +17,14 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from app import tansu_compat
 from app.embedded import EmbeddedBroker, free_port
+from app.settings import Settings
 from app.times import now_ms
 from app.workerproc import DeploymentNames, WorkerProcess
 
@@ -69,6 +73,11 @@ class Broker(EmbeddedBroker):
         super().stop(timeout)
 
 
+def _worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The settings a run gives each of its workers, over the deployment's names."""
+    return {"DELAYQ_BROKER_KIND": "embedded", **env}
+
+
 class Worker(WorkerProcess):
     """One ``faust -A app worker`` process; :meth:`start` again restarts it (same data dir).
 
@@ -78,10 +87,11 @@ class Worker(WorkerProcess):
     def __init__(
         self, name: str, bootstrap: str, names: Names, data_dir: Path, log_path: Path, **env: str
     ) -> None:
-        extra_env = {"DELAYQ_BROKER_KIND": "embedded", **env}
+        extra_env = _worker_env(env)
         super().__init__(bootstrap, names, data_dir, log_path, extra_env, label=f"worker {name}")
         self.name = name
         self.starts = 0
+        self.frozen = False
 
     def start(self) -> Self:
         """Spawn the worker (a fresh web port each time: the old one may linger)."""
@@ -100,8 +110,22 @@ class Worker(WorkerProcess):
         """The worker's ``GET /health`` body (status "unreachable: ..." when it does not answer)."""
         return super().health(timeout)
 
+    def freeze(self) -> None:
+        """SIGSTOP the process group, as a long GC pause or a stalled VM would: it keeps its
+        memory and connections but sends nothing, heartbeats included, until :meth:`thaw`."""
+        self.frozen = True
+        self.mark("SIGSTOP (frozen)")
+        self.signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.frozen:
+            self.signal_group(signal.SIGCONT)
+            self.mark("SIGCONT (thawed)")
+        self.frozen = False
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM the process group (a clean leave), SIGKILL after ``timeout`` seconds."""
+        self.thaw()  # a stopped process would not act on SIGTERM
         return super().stop(timeout)
 
 
@@ -131,6 +155,19 @@ class Cluster:
         )
         self.workers.append(worker)
         return worker
+
+    def worker_settings(self) -> Settings:
+        """The settings the run's workers start with: they inherit this process's ``DELAYQ_*``
+        environment, with the run's own settings laid over it."""
+        env = {**self.names.env(), **_worker_env(self.worker_env)}
+        # Arguments override the environment, as the workers' own settings do theirs.
+        fields: dict[str, Any] = {k.removeprefix("DELAYQ_").lower(): v for k, v in env.items()}
+        return Settings(**fields)
+
+    def worker_session_timeout_s(self) -> float:
+        """The workers' consumer group session timeout: how long a silent one keeps its
+        partitions. The default app/service.py picks on the embedded broker, unless set."""
+        return self.worker_settings().session_timeout_s or tansu_compat.SESSION_TIMEOUT_S
 
     def live(self) -> list[Worker]:
         return [w for w in self.workers if w.running()]
@@ -163,6 +200,8 @@ class Cluster:
     def close(self) -> None:
         """Stop every process this run started (idempotent); workers before the broker."""
         self.broker.resume()
+        for worker in self.workers:
+            worker.thaw()
         live = self.live()
         for worker in live:  # all at once: SIGTERM, then SIGKILL whoever is still there
             worker.mark("SIGTERM (end of run)")

@@ -5,11 +5,11 @@ due key, with the worker's clock: a put when it applied a schedule (the value's 
 schedule's ingest offset), a delete when it applied a cancel, a replace with another due time,
 or a removal after a forward. Against the forward's timestamp that tells:
 
-For a forward of a schedule that a cancel or replace written well before its due time
+For a forward of a schedule that a cancel or replace acknowledged before its due time
 superseded (``superseded``):
 
-- ``ingest lag``: no worker had applied the cancel/replace when the job was forwarded. delayq
-  honours commands in the order it reads them; it had not read this one yet.
+- ``ingest lag``: no worker had applied the cancel/replace when the job was forwarded: it had
+  not read it yet, and fired the job without waiting for it.
 - ``replay``: a worker had applied the cancel/replace, then the old schedule was put back
   (the same version again) and fired: a worker re-read ingest commands it had already applied
   (a restart or rebalance resumes from the last *committed* ingest offset), re-applied the old
@@ -24,12 +24,12 @@ For a duplicate (a second forward of the same schedule, ``duplicate``):
 
 - ``replay``: the job was removed after its first forward, then put back (same version) and
   forwarded again: the same re-reading of already applied ingest commands.
-- ``ack timeout``: still in the table, forwarded again 29 s or more after the first: its removal
-  (the fired record, read by the same agent as the ingest topic) was not applied within
-  ``DELAYQ_ACK_TIMEOUT_S`` (30 s), so the worker forwarded it again.
-- ``re-forward < 29 s``: still in the table, forwarded again sooner: a new owner after a
-  rebalance or a kill (the in-flight marks are per worker), or a forward whose acknowledgement
-  took longer than ``DELAYQ_FORWARD_TIMEOUT_S`` and was retried.
+- ``ack timeout``: still in the table, forwarded again the workers' ``DELAYQ_ACK_TIMEOUT_S``
+  (less a second) or more after the first: its removal (the fired record, read by the same
+  agent as the ingest topic) was not applied within it, so the worker forwarded it again.
+- ``re-forward before ack timeout``: still in the table, forwarded again sooner: a new owner
+  after a rebalance or a kill (the in-flight marks are per worker), or a forward whose
+  acknowledgement took longer than ``DELAYQ_FORWARD_TIMEOUT_S`` and was retried.
 - ``removed, then forwarded``: removed and not put back, yet forwarded again (suspect).
 """
 
@@ -42,7 +42,9 @@ __all__ = ["Event", "duplicate_cause", "format_events", "superseded_cause"]
 
 Event = dict[str, Any]  # {"ts", "op": "put"/"delete", "due_ms", "version"?, "changelog"}
 
-ACK_TIMEOUT_GAP_MS = 29_000
+#: The worker starts the ack timeout when its firing pass begins, before the first forward's
+#: record timestamp: a second forward can follow the first by a little less than the timeout.
+ACK_TIMEOUT_SLACK_MS = 1_000
 #: A forward this soon after the cancel/replace was applied comes from a pass that had read the
 #: job before: the engine collects due jobs first, then awaits each send.
 SAME_PASS_MS = 1_000
@@ -98,9 +100,17 @@ def superseded_cause(
 
 
 def duplicate_cause(
-    due: int, version: int, first_ts: int, second_ts: int, events: Sequence[Event]
+    due: int,
+    version: int,
+    first_ts: int,
+    second_ts: int,
+    events: Sequence[Event],
+    ack_timeout_ms: int,
 ) -> str:
-    """The cause of a second forward of the same schedule (see the module docstring)."""
+    """The cause of a second forward of the same schedule (see the module docstring).
+
+    ``ack_timeout_ms``: the ``DELAYQ_ACK_TIMEOUT_S`` the workers ran with.
+    """
     removed = [
         e["offset"]
         for e in events
@@ -115,6 +125,6 @@ def duplicate_cause(
         if any(e["ts"] <= second_ts for e in put_back):
             return "replay"
         return "removed, then forwarded"
-    if second_ts - first_ts >= ACK_TIMEOUT_GAP_MS:
+    if second_ts - first_ts >= ack_timeout_ms - ACK_TIMEOUT_SLACK_MS:
         return "ack timeout"
-    return "re-forward < 29 s"
+    return "re-forward before ack timeout"

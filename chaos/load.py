@@ -15,7 +15,8 @@ A command is one of:
 
 Values are ``<job id>|<revision>|`` padded to 100 bytes, so a forwarded value names its job.
 What was sent is read back from the ingest topic by the reconciler: the generator's own
-bookkeeping only picks the jobs to replace and cancel.
+bookkeeping only picks the jobs to replace and cancel, and notes when the broker acknowledged
+each command (:class:`chaos.acks.AckTimes`), which the ingest topic does not tell.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from app.times import now_ms
+from chaos.acks import AckTimes
 
 __all__ = ["LoadConfig", "LoadGenerator", "LoadStats", "job_value"]
 
@@ -106,7 +109,13 @@ class LoadGenerator:
     """Sends the command mix to ``ingest`` for ``duration_s`` at ``rate`` commands/s."""
 
     def __init__(
-        self, bootstrap: str, ingest: str, targets: list[str], prefix: str, config: LoadConfig
+        self,
+        bootstrap: str,
+        ingest: str,
+        targets: list[str],
+        prefix: str,
+        config: LoadConfig,
+        acks: AckTimes | None = None,
     ) -> None:
         self.ingest = ingest
         self.targets = targets
@@ -122,7 +131,9 @@ class LoadGenerator:
             max_batch_size=256 * 1024,
             request_timeout_ms=120_000,
         )
-        self._acks: deque[asyncio.Future[object]] = deque()
+        self._acks: deque[asyncio.Future[Any]] = deque()
+        #: When the broker acknowledged each command sent, by its (partition, offset).
+        self.acked = AckTimes() if acks is None else acks
         #: Commands the workers have committed on the ingest topic (None: not known yet).
         self.ingested: int | None = None
         #: (monotonic time, commands sent by then), one per slice.
@@ -259,6 +270,8 @@ class LoadGenerator:
                 now = now_ms()
                 key, value, headers = self._next(now)
                 fut = await self.producer.send(self.ingest, value, key=key, headers=headers)
+                # On resolution, not when reaped: _reap runs once per slice, at best.
+                fut.add_done_callback(self._note_ack)
                 self._acks.append(fut)
                 stats.sent += 1
                 stats.first_ms = stats.first_ms or now
@@ -271,6 +284,12 @@ class LoadGenerator:
             await asyncio.gather(*self._acks, return_exceptions=True)
         self._reap()
         return stats
+
+    def _note_ack(self, fut: asyncio.Future[Any]) -> None:
+        """The broker's acknowledgement: when it came (one loop turn late at most)."""
+        if not fut.cancelled() and fut.exception() is None:
+            meta = fut.result()
+            self.acked.note(meta.partition, meta.offset, now_ms())
 
     def _reap(self) -> None:
         while self._acks and self._acks[0].done():

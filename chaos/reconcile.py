@@ -16,12 +16,12 @@ value). Then:
 - **duplicate**: a further forward of the same schedule. Allowed (at-least-once), counted; each
   must carry the same ``delayq-job-id`` as the first (a value forwarded under two job ids is a
   *foreign duplicate*, must be 0).
-- a forward of a schedule that a later command superseded (replace or cancel): fine if that
-  command was written at or after the schedule's due time (the job was due, the forward may have
-  gone first); within ``race_margin_ms`` before the due time it is a *race* (reported apart);
-  earlier than that it is *cancelled before due and still forwarded* / *replaced before due and
-  forwarded with the outdated value*: a figure, not a must-be-0, because delayq can only honour a
-  command it has read, and a worker reads the ingest topic with a lag (see the report).
+- a forward of a schedule that a later command superseded (replace or cancel), judged by when
+  the broker acknowledged that command to the load generator (:class:`chaos.acks.AckTimes`):
+  acknowledged before the schedule's due time, it must have won: *cancelled/replaced,
+  acknowledged before due, still forwarded*. Must be 0. Acknowledged at or after the due time,
+  the forward and the command raced (a *race*, reported apart); so does a command whose
+  acknowledgement the generator never saw (counted apart again, as *ack unknown*).
 - **never forwarded**: expected jobs without a forward of their final schedule once the run has
   waited long enough. Must be 0.
 """
@@ -32,28 +32,30 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.gaps import read_raw_range
 from app.jobs import job_version
+from chaos.acks import AckTimes
 
 __all__ = [
-    "AFTER_DUE",
     "BEFORE_DUE",
     "RACE",
     "Book",
     "Follower",
     "Forward",
+    "Superseded",
     "changelog_history",
     "parse_ingest",
     "read_to_end",
 ]
 
 CANCEL = -1
-#: When the command superseding a forwarded schedule was written, relative to its due time.
-AFTER_DUE, RACE, BEFORE_DUE = "after due", "race", "before due"
+#: When the broker acknowledged the command superseding a forwarded schedule: before its due
+#: time (it must have won), or at or after it or unknown (a race).
+BEFORE_DUE, RACE = "acked before due", "race"
 #: Buckets of the time between a duplicate and the first forward of its schedule.
 DUPLICATE_GAPS = (
     (1_000, "< 1 s"),
@@ -116,6 +118,16 @@ def parse_ingest(
     return due, hs[H_TARGET].decode(), hs.get(H_KEY)
 
 
+class Superseded(NamedTuple):
+    """How a forwarded schedule was superseded: ``what`` (cancel/replace), ``when``
+    (BEFORE_DUE/RACE), and how long before the due time the command was acknowledged (negative:
+    after it; None: the acknowledgement is unknown)."""
+
+    what: str
+    when: str
+    acked_before_due_ms: int | None
+
+
 @dataclass
 class Anomaly:
     kind: str
@@ -126,8 +138,9 @@ class Anomaly:
 class Book:
     """Ingest commands per job id, and the forwards matched against them."""
 
-    def __init__(self, race_margin_ms: int = 1_000) -> None:
-        self.race_margin_ms = race_margin_ms
+    def __init__(self, acks: AckTimes | None = None) -> None:
+        #: When the broker acknowledged each ingest command (filled by the load generator).
+        self.acks = AckTimes() if acks is None else acks
         self.jobs: dict[bytes, JobLog] = {}
         self.ingest_records = 0
         self.bad_ingest = 0
@@ -147,8 +160,10 @@ class Book:
         self.mismatched: list[Anomaly] = []
         self.foreign_duplicates: list[Anomaly] = []
         self._owner: dict[int, bytes] = {}  # vhash -> job id of its first forward
-        #: (job id, superseded schedule index) -> (cancel/replace, when), for their forwards.
-        self.superseded: dict[tuple[bytes, int], tuple[str, str]] = {}
+        #: (job id, superseded schedule index) -> how, for the forwards of such schedules.
+        self.superseded: dict[tuple[bytes, int], Superseded] = {}
+        #: Races among them whose command's acknowledgement the generator never saw.
+        self.ack_unknown = 0
         self.superseded_samples: list[Anomaly] = []
         #: Duplicates by time since the first forward of the same schedule.
         self.duplicate_gaps: dict[str, int] = {}
@@ -265,18 +280,16 @@ class Book:
     def _superseded(self, job_id: bytes, job: JobLog, index: int, fwd: Forward, where: str) -> None:
         sched, nxt = job.cmds[index], job.cmds[index + 1]
         what, done = ("cancel", "cancelled") if nxt.due == CANCEL else ("replace", "replaced")
-        ahead = sched.due - nxt.ts  # how long before the due time the command was written
-        if ahead <= 0:
-            when = AFTER_DUE
-        elif ahead <= self.race_margin_ms:
-            when = RACE
-        else:
-            when = BEFORE_DUE
-        self.superseded[(job_id, index)] = (what, when)
-        if when == BEFORE_DUE and len(self.superseded_samples) < 50:
+        acked = self.acks.get(job.partition, nxt.offset)
+        ahead = None if acked is None else sched.due - acked
+        # Acknowledged at the due time exactly is a race too: the worker may fire at due.
+        won = acked is not None and acked < sched.due
+        self.ack_unknown += acked is None
+        self.superseded[(job_id, index)] = Superseded(what, BEFORE_DUE if won else RACE, ahead)
+        if acked is not None and won and len(self.superseded_samples) < 50:
             self.superseded_samples.append(
                 Anomaly(
-                    f"{done} {ahead} ms before due, still forwarded",
+                    f"{done}, acknowledged {ahead} ms before due, still forwarded",
                     job_id.decode(errors="replace"),
                     {
                         "forward": where,
@@ -285,9 +298,10 @@ class Book:
                         "due_ms": sched.due,
                         f"{what}_offset": nxt.offset,
                         f"{what}_written_ms": nxt.ts,
-                        f"{what}_written_before_due_ms": ahead,
+                        f"{what}_acked_ms": acked,
+                        f"{what}_acked_before_due_ms": ahead,
                         "forwarded_ms": fwd.ts,
-                        f"forwarded_after_{what}_ms": fwd.ts - nxt.ts,
+                        f"forwarded_after_{what}_acked_ms": fwd.ts - acked,
                     },
                 )
             )
@@ -308,10 +322,10 @@ class Book:
     # -- figures --------------------------------------------------------------------------
 
     def superseded_counts(self) -> dict[tuple[str, str], int]:
-        """Forwards of superseded schedules by (cancel/replace, AFTER_DUE/RACE/BEFORE_DUE)."""
+        """Forwards of superseded schedules by (cancel/replace, BEFORE_DUE/RACE)."""
         counts: dict[tuple[str, str], int] = {}
-        for kind in self.superseded.values():
-            counts[kind] = counts.get(kind, 0) + 1
+        for what, when, _ahead in self.superseded.values():
+            counts[what, when] = counts.get((what, when), 0) + 1
         return counts
 
     def cancelled_jobs(self) -> tuple[int, int]:

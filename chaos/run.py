@@ -7,9 +7,11 @@ Timeline (``duration_s`` = D, every time bounded):
 2. the load generator for D seconds; meanwhile the disruptions, each at its fraction of D (or
    when the previous one has recovered, if later): ``kill`` (SIGKILL a worker, start it again
    with its data directory after ``restart_after_s``), ``add`` (one more worker), ``term``
-   (SIGTERM a worker: it leaves for good), ``pause`` (SIGSTOP the broker for ``pause_s``, then
-   SIGCONT). A disruption's window lasts until every live worker is ready again and every
-   partition is active somewhere;
+   (SIGTERM a worker: it leaves for good), ``freeze`` (SIGSTOP a worker for longer than its
+   session timeout, then SIGCONT: a long GC pause or a stalled VM; its partitions move while it
+   sleeps, and it wakes believing it still owns them), ``pause`` (SIGSTOP the broker for
+   ``pause_s``, then SIGCONT). A disruption's window lasts until every live worker is ready
+   again and every partition is active somewhere;
 3. the reconciler reads the ingest topic, then follows the target topics until every expected
    job has been forwarded, or until ``grace_s`` after the last due time with no progress for
    ``quiet_s``, or until the run's hard limit (``max_total_s`` from the start);
@@ -40,13 +42,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from app import tansu_compat
 from app.metrics import quantile
 from app.times import now_ms
+from chaos.acks import AckTimes
 from chaos.cluster import Cluster, Names, Worker
+from chaos.figures import book_figures, failures
 from chaos.forensics import duplicate_cause, format_events, superseded_cause
 from chaos.load import LoadConfig, LoadGenerator, LoadStats
 from chaos.reconcile import (
-    AFTER_DUE,
     BEFORE_DUE,
-    RACE,
     Book,
     Cmd,
     Follower,
@@ -58,7 +60,7 @@ from chaos.report import table
 
 __all__ = ["EVENTS", "ChaosConfig", "run"]
 
-EVENTS = ("kill", "add", "term", "pause")
+EVENTS = ("kill", "add", "term", "freeze", "pause")
 #: Setup (broker, topics, workers ready) and teardown, reserved out of ``max_total_s``.
 SETUP_RESERVE_S = 40.0
 TEARDOWN_RESERVE_S = 30.0
@@ -96,6 +98,9 @@ def _log_time_ms(line: str) -> int | None:
 
 #: Kept for reading the jobs changelog when there is something to explain.
 FORENSICS_RESERVE_S = 60.0
+#: The shortest automatic freeze: the group must notice the silence and move the frozen
+#: worker's partitions before it wakes, even with the embedded broker's 2 s session timeout.
+MIN_FREEZE_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -109,15 +114,18 @@ class ChaosConfig:
     #: (event, fraction of duration_s at which it starts), in order.
     events: tuple[tuple[str, float], ...] = (
         ("kill", 0.15),
-        ("add", 0.35),
-        ("term", 0.55),
+        ("add", 0.30),
+        ("term", 0.45),
+        ("freeze", 0.60),
         ("pause", 0.75),
     )
     pause_s: float = 10.0
+    #: How long ``freeze`` stops a worker (0: the longer of 3 session timeouts and
+    #: ``MIN_FREEZE_S``, so that its partitions surely move while it sleeps).
+    freeze_s: float = 0.0
     restart_after_s: float = 3.0
     grace_s: float = 45.0
     quiet_s: float = 20.0
-    race_margin_ms: int = 1_000
     #: Jobs due within this long after a disruption recovered still count as disrupted.
     settle_s: float = 10.0
     max_total_s: float = 600.0
@@ -137,8 +145,12 @@ class ChaosConfig:
                 raise ValueError(f"bad event {name}@{fraction}: events are {EVENTS} at [0, 1)")
         if self.workers < 1 or self.rate <= 0 or self.duration_s <= 0:
             raise ValueError("workers, rate and duration must be positive")
-        if ("term" in dict(self.events) or "kill" in dict(self.events)) and self.workers < 2:
-            raise ValueError("kill and term need at least 2 workers (someone must take over)")
+        if {"kill", "term", "freeze"} & dict(self.events).keys() and self.workers < 2:
+            raise ValueError(
+                "kill, term and freeze need at least 2 workers (someone must take over)"
+            )
+        if self.freeze_s < 0:
+            raise ValueError("freeze must be 0 (automatic) or positive")
         needed = (
             SETUP_RESERVE_S + self.duration_s + self.max_delay_s + self.grace_s
         ) + TEARDOWN_RESERVE_S
@@ -249,7 +261,13 @@ class Run:
         self.forwards: Follower | None = None
         self.committed: dict[int, int] = {}
         self.load_t0 = 0.0
-        self.book = Book(cfg.race_margin_ms)
+        #: When the broker acknowledged each command: noted by the generator, read by the book.
+        self.acks = AckTimes()
+        self.book = Book(self.acks)
+        #: What the workers run with (the forensics and the freeze depend on it).
+        self.worker_settings = self.cluster.worker_settings()
+        self.session_timeout_s = self.cluster.worker_session_timeout_s()
+        self.freeze_s = cfg.freeze_s or max(3 * self.session_timeout_s, MIN_FREEZE_S)
         self._progress_log = (self.run_dir / "progress.log").open("a")
 
     def say(self, line: str) -> None:
@@ -331,14 +349,20 @@ class Run:
                 self._disrupt(f"SIGTERM {victim.name}", window)
                 code = await asyncio.to_thread(victim.stop)
                 window.note = f"{victim.name} left (SIGTERM, exit code {code})"
+            elif name == "freeze":
+                victim = self._victim(touched)
+                touched.append(victim.name)
+                self._disrupt(f"SIGSTOP {victim.name} for {self.freeze_s:.0f} s", window)
+                await _suspended(victim.freeze, victim.thaw, self.freeze_s)
+                self._disrupt(f"{victim.name} resumed (SIGCONT)", window)
+                window.note = (
+                    f"{victim.name} frozen {self.freeze_s:.0f} s (SIGSTOP; session timeout "
+                    f"{self.session_timeout_s:g} s)"
+                )
             elif name == "pause":
                 broker = self.cluster.broker
                 self._disrupt(f"broker SIGSTOPped for {cfg.pause_s:.0f} s", window)
-                broker.pause()
-                try:
-                    await asyncio.sleep(cfg.pause_s)
-                finally:
-                    broker.resume()
+                await _suspended(broker.pause, broker.resume, cfg.pause_s)
                 self._disrupt("broker resumed (SIGCONT)", window)
                 window.note = f"broker paused {cfg.pause_s:.0f} s"
             self.state.disruption = f"{name}: waiting for every partition to be active"
@@ -411,6 +435,7 @@ class Run:
                 max_lag_s=cfg.max_lag_s,
                 seed=cfg.seed,
             ),
+            self.acks,
         )
         await load.start()
         self.forwards = Follower(self.cluster.broker.bootstrap, self.names.target_topics)
@@ -580,7 +605,7 @@ class Run:
 
     def never_forwarded(self, dead: dict[bytes, str]) -> list[dict[str, Any]]:
         """Up to 20 never-forwarded jobs, each with what the owning worker says about it."""
-        out = []
+        out: list[dict[str, Any]] = []
         live = self.cluster.live()
         # Those the workers did read first: they are the ones that would be lost.
         missing = sorted(self.book.missing, key=lambda j: (not self._read(j), j))
@@ -633,12 +658,13 @@ class Run:
     async def forensics(self, result: dict[str, Any]) -> None:
         """Explain suspicious forwards with the jobs changelog (see ``chaos/forensics.py``).
 
-        Every forward of a schedule cancelled or replaced before its due time, and every
-        duplicated schedule, is classified by cause; never-forwarded, early and mismatched
-        samples get their job's changelog history, lost ones their ingest neighbours' fate.
+        Every forward of a schedule whose cancel or replace was acknowledged before its due
+        time, and every duplicated schedule, is classified by cause; never-forwarded, early and
+        mismatched samples get their job's changelog history, lost ones their ingest
+        neighbours' fate.
         """
         book = self.book
-        superseded = [key for key, (_w, when) in book.superseded.items() if when == BEFORE_DUE]
+        superseded = [key for key, how in book.superseded.items() if how.when == BEFORE_DUE]
         samples = [
             sample
             for name in ("never_forwarded_samples", "early_samples", "mismatched_samples")
@@ -673,7 +699,7 @@ class Run:
                 neighbours.get(sample["job_id"], []), history
             )
         result["forensics"] = {
-            "superseded_before_due": self._superseded_causes(superseded, history),
+            "superseded_acked_before_due": self._superseded_causes(superseded, history),
             "duplicated_schedules": self._duplicate_causes(history),
         }
 
@@ -686,6 +712,7 @@ class Run:
         for job_id, index in superseded:
             job = book.jobs[job_id]
             sched, nxt = job.cmds[index], job.cmds[index + 1]
+            ahead = book.superseded[(job_id, index)].acked_before_due_ms
             fwd_ts = book.first[(job_id, sched.due, sched.vhash)]
             events = history.get(job_id, [])
             cause, text = superseded_cause(
@@ -699,7 +726,8 @@ class Run:
                         "ingest_partition": job.partition,
                         "schedule": f"offset {sched.offset}, due {sched.due}",
                         "superseded_by": f"{'cancel' if nxt.due < 0 else 'replace'} at offset "
-                        f"{nxt.offset}, written {sched.due - nxt.ts} ms before the due time",
+                        f"{nxt.offset}, written {sched.due - nxt.ts} ms and acknowledged "
+                        f"{ahead} ms before the due time",
                         "forwarded": f"{fwd_ts - sched.due:+d} ms after the due time",
                         "explanation": text,
                         "changelog (ms from due)": format_events(events, sched.due),
@@ -709,6 +737,7 @@ class Run:
 
     def _duplicate_causes(self, history: dict[bytes, list[dict[str, Any]]]) -> dict[str, Any]:
         book = self.book
+        ack_timeout_ms = int(self.worker_settings.ack_timeout_s * 1000)
         causes: dict[str, int] = {}
         examples: dict[str, list[dict[str, Any]]] = {}
         for (job_id, due, vhash), second_ts in book.second.items():
@@ -716,7 +745,7 @@ class Run:
             version = next(c.offset for c in job.cmds if c.due == due and c.vhash == vhash)
             first_ts = book.first[(job_id, due, vhash)]
             events = history.get(job_id, [])
-            cause = duplicate_cause(due, version, first_ts, second_ts, events)
+            cause = duplicate_cause(due, version, first_ts, second_ts, events, ack_timeout_ms)
             causes[cause] = causes.get(cause, 0) + 1
             if len(examples.setdefault(cause, [])) < 3:
                 examples[cause].append(
@@ -810,6 +839,15 @@ class Run:
         return {"max_records_behind": worst_records, "max_seconds_behind_approx": worst_s}
 
 
+async def _suspended(stop: Callable[[], None], resume: Callable[[], None], seconds: float) -> None:
+    """``stop()``, then ``resume()`` after ``seconds``, whatever happens (Ctrl-C included)."""
+    stop()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        resume()
+
+
 def _fates(
     neighbours: list[tuple[int, bytes, Cmd]], history: dict[bytes, list[dict[str, Any]]]
 ) -> list[str]:
@@ -831,48 +869,20 @@ def _fates(
     return lines
 
 
-def figures(run: Run, stats: LoadStats, extra: dict[str, Any]) -> dict[str, Any]:
+def figures(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
+    """The book's figures, and what the run learned besides (dead letters, the reader's skips)."""
     book = run.book
     dead: dict[bytes, str] = extra["dead_letters"]
-    cancelled, cancelled_before_due = book.cancelled_jobs()
-    superseded = book.superseded_counts()
-    forwarded = len(book.expected) - len(book.missing)
     return {
-        "commands": book.ingest_records,
-        "schedules": book.schedules,
-        "cancels": book.cancels,
-        "bad_ingest_records": book.bad_ingest,
-        "jobs_scheduled": book.scheduled_jobs,
-        "jobs_replaced": book.replaced_jobs(),
-        "jobs_cancelled": cancelled,
-        "jobs_cancelled_before_due": cancelled_before_due,
-        "expected_forwards": len(book.expected),
-        "forwarded": forwarded,
-        "forward_records": book.forwards,
+        **book_figures(book),
         "forward_ranges_read_again": run.forwards.skipped_ranges if run.forwards else 0,
         "missing_found_on_second_read": extra.get("found_on_second_read", 0),
         "forward_records_read_again": run.forwards.read_again if run.forwards else 0,
-        "cancelled_before_due_still_forwarded": superseded.get(("cancel", BEFORE_DUE), 0),
-        "cancel_races_forwarded": superseded.get(("cancel", RACE), 0),
-        "replaced_before_due_outdated_forwarded": superseded.get(("replace", BEFORE_DUE), 0),
-        "replace_races_outdated_forwarded": superseded.get(("replace", RACE), 0),
-        "forwarded_then_superseded_after_due": superseded.get(("cancel", AFTER_DUE), 0)
-        + superseded.get(("replace", AFTER_DUE), 0),
-        "never_forwarded": len(book.missing),
         "never_forwarded_dead_lettered": sum(1 for j in book.missing if j in dead),
         "never_forwarded_not_yet_read": extra["unread"],
         "dead_letters": len(dead),
-        "forwarded_early": book.early_count,
-        "mismatched_forwards": book.mismatched_count,
-        "duplicates": book.duplicates,
-        "duplicates_by_gap_to_first": book.duplicate_gaps,
-        "duplicate_rate": book.duplicates / book.forwards if book.forwards else 0.0,
-        "foreign_duplicates": book.foreign_count,
         "stop_reason": extra["stop_reason"],
     }
-
-
-MUST_BE_ZERO = ("never_forwarded", "forwarded_early", "mismatched_forwards", "foreign_duplicates")
 
 
 async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
@@ -893,6 +903,11 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(r.started_ms / 1000)),
             "run_dir": str(r.run_dir),
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+            "worker_settings": {
+                "ack_timeout_s": r.worker_settings.ack_timeout_s,
+                "session_timeout_s": r.session_timeout_s,
+                "freeze_s": r.freeze_s,
+            },
             "load": {
                 "asked_rate": cfg.rate,
                 "achieved_rate": round(stats.rate, 1),
@@ -901,11 +916,12 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
                 "replaces": stats.replaces,
                 "cancels": stats.cancels,
                 "send_errors": stats.errors,
+                "ack_times_noted": len(r.acks),
                 "send_error_samples": stats.error_samples,
                 "throttled_s": round(stats.throttled_s, 1),
                 "max_ingest_lag_s": round(stats.max_ingest_lag_s, 1),
             },
-            "figures": figures(r, stats, extra),
+            "figures": figures(r, extra),
             "lateness": r.lateness(),
             "ingest_lag": r.ingest_lag(),
             "committed_ingest_offsets_at_end": r.committed,
@@ -914,13 +930,13 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "early_samples": [asdict(a) for a in r.book.early[:20]],
             "mismatched_samples": [asdict(a) for a in r.book.mismatched[:20]],
             "foreign_duplicate_samples": [asdict(a) for a in r.book.foreign_duplicates[:20]],
-            "superseded_samples": [asdict(a) for a in r.book.superseded_samples[:20]],
+            "acked_before_due_samples": [asdict(a) for a in r.book.superseded_samples[:20]],
             "worker_logs": r.log_summary(),
             "load_average": {"start": r.loadavg_start, "end": list(os.getloadavg())},
             "timeline": r.state.timeline,
         }
         await r.forensics(result)
-        failed = [name for name in MUST_BE_ZERO if result["figures"][name]]
+        failed = failures(result["figures"])
         result["ok"] = not failed
         result["failed"] = failed
         result["took_s"] = round(time.monotonic() - r.started, 1)

@@ -1,0 +1,224 @@
+"""The chaos run's reconciler, on records made up here (no broker).
+
+A clean chaos result means something only if the reconciler notices what it must: a lost, an
+early, a foreign forward, and a cancel or replace that Kafka acknowledged before the due time
+yet lost to the forward (issue 17). Also the labels the forensics give duplicates, the
+settings the run reads for its workers, and the freeze of a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from app.times import now_ms
+from chaos.acks import AckTimes
+from chaos.cluster import Cluster, Names
+from chaos.figures import SUPERSEDED_ACKED_BEFORE_DUE, book_figures, failures
+from chaos.forensics import duplicate_cause
+from chaos.load import LoadConfig, LoadGenerator
+from chaos.reconcile import BEFORE_DUE, RACE, Book, Forward
+
+T = 1_000_000  # a made-up epoch ms
+DUE = T + 9_000
+
+
+def _schedule(book: Book, offset: int, job: bytes, due: int, value: bytes, ts: int) -> None:
+    headers = [("delayq-target", b"out"), ("delayq-due-ms", str(due).encode())]
+    book.add_ingest(0, offset, ts, job, value, headers)
+
+
+def _cancel(book: Book, offset: int, job: bytes, ts: int) -> None:
+    book.add_ingest(0, offset, ts, job, None, [])
+
+
+def _forward(job: bytes, due: int, value: bytes, ts: int, offset: int = 0) -> Forward:
+    headers = (("delayq-job-id", job), ("delayq-due-ms", str(due).encode()))
+    return Forward("out", 0, offset, ts, job, value, headers)
+
+
+def _cancelled_yet_forwarded(acked_ms: int | None) -> Book:
+    """A job scheduled at ``DUE``, cancelled (acknowledged at ``acked_ms``), forwarded at due."""
+    acks = AckTimes()
+    if acked_ms is not None:
+        acks.note(0, 1, acked_ms)
+    book = Book(acks)
+    _schedule(book, 0, b"job", DUE, b"job|0", T)
+    _cancel(book, 1, b"job", T + 10)  # written 9 s before due, whenever it was acknowledged
+    book.close_ingest()
+    book.add_forward(_forward(b"job", DUE, b"job|0", DUE + 1))
+    return book
+
+
+def test_the_reconciler_notices_lost_early_foreign_and_superseded_forwards() -> None:
+    acks = AckTimes()
+    acks.note(0, 4, T + 20)  # the cancel: acknowledged 8,980 ms before its due time
+    acks.note(0, 6, T + 9_100)  # the replace: acknowledged 100 ms after the due time
+    book = Book(acks)
+    _schedule(book, 0, b"ok", T + 100, b"ok|0", T)
+    _schedule(book, 1, b"lost", T + 100, b"lost|0", T)
+    _schedule(book, 2, b"early", T + 5_000, b"early|0", T)
+    _schedule(book, 3, b"cancelled", T + 9_000, b"cancelled|0", T)
+    _cancel(book, 4, b"cancelled", T + 10)
+    _schedule(book, 5, b"replaced", T + 9_000, b"replaced|0", T)
+    _schedule(book, 6, b"replaced", T + 9_500, b"replaced|1", T + 8_500)
+    book.add_ingest(0, 7, T, b"bad", b"no target", [])
+    book.close_ingest()
+    assert set(book.expected) == {b"ok", b"lost", b"early", b"replaced"}
+
+    book.add_forward(_forward(b"ok", T + 100, b"ok|0", T + 150))
+    book.add_forward(_forward(b"ok", T + 100, b"ok|0", T + 30_150))  # a duplicate
+    book.add_forward(_forward(b"early", T + 5_000, b"early|0", T + 4_999))
+    book.add_forward(_forward(b"cancelled", T + 9_000, b"cancelled|0", T + 9_001))
+    book.add_forward(_forward(b"replaced", T + 9_000, b"replaced|0", T + 9_002))
+    book.add_forward(_forward(b"replaced", T + 9_500, b"replaced|1", T + 9_600))
+    book.add_forward(_forward(b"ok", T + 100, b"lost|0", T + 200))  # another job's value
+    book.add_forward(_forward(b"lost", T + 100, b"ok|0", T + 200))  # ok's forward, other id
+    book.add_forward(_forward(b"ghost", T, b"ghost", T + 1))  # never scheduled
+
+    assert book.missing == {b"lost"}
+    assert book.early_count == 1
+    assert book.duplicates == 1
+    assert book.foreign_count == 1
+    assert book.mismatched_count == 3  # the two foreign values and the ghost
+    assert book.superseded_counts() == {("cancel", BEFORE_DUE): 1, ("replace", RACE): 1}
+    assert book.bad_ingest == 1
+    assert book.cancelled_jobs() == (1, 1)
+    assert sorted(late for _due, late in book.lateness()) == [-1, 50, 100]
+    assert set(failures(book_figures(book))) == {
+        "never_forwarded",
+        "forwarded_early",
+        "mismatched_forwards",
+        "foreign_duplicates",
+        SUPERSEDED_ACKED_BEFORE_DUE,
+    }
+
+
+def test_a_cancel_acknowledged_before_due_and_still_forwarded_fails_the_run() -> None:
+    book = _cancelled_yet_forwarded(acked_ms=DUE - 1)
+
+    figures = book_figures(book)
+    assert figures[SUPERSEDED_ACKED_BEFORE_DUE] == 1
+    assert figures["cancelled_acked_before_due_still_forwarded"] == 1
+    assert figures["cancel_races_forwarded"] == figures["races_ack_unknown"] == 0
+    assert failures(figures) == [SUPERSEDED_ACKED_BEFORE_DUE]
+    [sample] = book.superseded_samples
+    assert sample.detail["cancel_acked_before_due_ms"] == 1
+
+
+def test_a_replace_acknowledged_before_due_whose_old_value_is_forwarded_fails_the_run() -> None:
+    acks = AckTimes()
+    acks.note(0, 1, DUE - 5_000)
+    book = Book(acks)
+    _schedule(book, 0, b"job", DUE, b"job|0", T)
+    _schedule(book, 1, b"job", DUE + 60_000, b"job|1", T + 10)
+    book.close_ingest()
+    book.add_forward(_forward(b"job", DUE, b"job|0", DUE))  # the outdated value
+    book.add_forward(_forward(b"job", DUE + 60_000, b"job|1", DUE + 60_000))
+
+    figures = book_figures(book)
+    assert figures["replaced_acked_before_due_outdated_forwarded"] == 1
+    assert failures(figures) == [SUPERSEDED_ACKED_BEFORE_DUE]
+
+
+@pytest.mark.parametrize("acked_ms", [DUE, DUE + 250], ids=["at due", "after due"])
+def test_a_cancel_acknowledged_at_or_after_due_is_a_race_not_a_failure(acked_ms: int) -> None:
+    figures = book_figures(_cancelled_yet_forwarded(acked_ms))
+
+    assert figures[SUPERSEDED_ACKED_BEFORE_DUE] == 0
+    assert figures["cancel_races_forwarded"] == 1
+    assert figures["races_ack_unknown"] == 0
+    assert failures(figures) == []
+
+
+def test_a_cancel_whose_acknowledgement_is_unknown_is_a_race_counted_apart() -> None:
+    figures = book_figures(_cancelled_yet_forwarded(acked_ms=None))
+
+    assert figures[SUPERSEDED_ACKED_BEFORE_DUE] == 0
+    assert figures["cancel_races_forwarded"] == 1
+    assert figures["races_ack_unknown"] == 1
+    assert failures(figures) == []
+
+
+async def test_the_load_generator_notes_when_the_broker_acknowledged_each_command() -> None:
+    acks = AckTimes()
+    load = LoadGenerator("127.0.0.1:1", "ingest", ["out"], "p", LoadConfig(1, 1, 1), acks)
+    acked: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    for fut in (acked, failed):
+        fut.add_done_callback(load._note_ack)
+    before = now_ms()
+
+    acked.set_result(SimpleNamespace(partition=3, offset=41))
+    failed.set_exception(TimeoutError())
+    await asyncio.sleep(0)  # done callbacks run on the next loop turn
+
+    assert before <= (acks.get(3, 41) or 0) <= now_ms()
+    assert acks.get(3, 42) is None and acks.get(0, 0) is None
+    assert len(acks) == 1
+
+
+def test_a_duplicate_is_an_ack_timeout_only_after_the_workers_ack_timeout() -> None:
+    due, version, first = T, 7, T + 10
+    timeout_ms = 300_000
+
+    def cause(gap_ms: int) -> str:
+        return duplicate_cause(due, version, first, first + gap_ms, [], timeout_ms)
+
+    assert cause(40_000) == "re-forward before ack timeout"
+    assert cause(timeout_ms - 1_001) == "re-forward before ack timeout"
+    assert cause(timeout_ms - 1_000) == "ack timeout"
+
+
+def test_the_run_reads_the_settings_its_workers_inherit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("DELAYQ_ACK_TIMEOUT_S", "DELAYQ_SESSION_TIMEOUT_S", "DELAYQ_STANDBY_REPLICAS"):
+        monkeypatch.delenv(name, raising=False)
+    names = Names("chaosx", 4, (("out", 1),))
+    cluster = Cluster(names, tmp_path, tmp_path / "data", DELAYQ_STANDBY_REPLICAS="0")
+    assert cluster.worker_settings().ack_timeout_s == 300.0  # the worker's default
+    assert cluster.worker_session_timeout_s() == 2.0  # the embedded broker's default
+
+    monkeypatch.setenv("DELAYQ_ACK_TIMEOUT_S", "42")
+    monkeypatch.setenv("DELAYQ_SESSION_TIMEOUT_S", "3")
+    monkeypatch.setenv("DELAYQ_STANDBY_REPLICAS", "2")  # the run's own setting wins
+
+    settings = cluster.worker_settings()
+    assert (settings.ack_timeout_s, settings.standby_replicas) == (42.0, 0)
+    assert cluster.worker_session_timeout_s() == 3.0
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_frozen_worker_is_stopped_until_thawed_and_still_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    # Given a worker whose process is a plain sleep in its own group (no broker needed)
+    names = Names("chaosx", 4, (("out", 1),))
+    worker = Cluster(names, tmp_path, tmp_path / "data").new_worker()
+    worker.proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        # When it is frozen, then thawed
+        worker.freeze()
+        frozen = _state(worker.pid)
+        worker.thaw()
+        thawed = _state(worker.pid)
+        # Then it was stopped while frozen, and not after
+        assert frozen == "T" and thawed != "T"
+        # And a worker stopped while frozen is thawed first, so SIGTERM ends it at once
+        worker.freeze()
+        assert worker.stop(timeout=5) == -signal.SIGTERM
+        assert "SIGSTOP (frozen)" in worker.log_path.read_text()
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait()
