@@ -179,6 +179,10 @@ class PartitionState:
     probe: tuple[int, int] | None = None
     #: A pass held due jobs back for the guard: the probe loop asks the broker.
     held: bool = False
+    #: Job ids with a command acknowledged before ``safe_ms`` and not yet applied: their jobs
+    #: wait until the agent has applied up to ``blocked_until`` (app/guard.py).
+    blocked: frozenset[bytes] = frozenset()
+    blocked_until: int = -1
 
 
 @dataclass(slots=True)

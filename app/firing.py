@@ -29,7 +29,7 @@ from app.jobs import decode_job
 from app.settling import Settling
 from app.times import MAX_DUE_MS
 from app.upstream.producer import Record
-from tables.keys import DUE_END, due_of, due_prefix
+from tables.keys import DUE_END, due_of, due_prefix, split_due_key
 
 __all__ = ["Firing"]
 
@@ -99,7 +99,9 @@ class Firing(Settling, IngestGuard):
         from_front = state.cursor <= due_prefix(state.watermark_ms)
         first_due = self._scan_due(partition, state, now, limit, batch)
         if state.behind:
-            state.next_due_ms = min(state.next_due_ms, *(due_of(key) for key in state.behind))
+            # Jobs blocked by the guard wake nobody: unblocking them does (app/guard.py).
+            waiting = [due_of(k) for k in state.behind if not _blocked_key_of(state, k)]
+            state.next_due_ms = min([state.next_due_ms, *waiting])
         if from_front:
             front = now if first_due is None else first_due
             state.watermark_ms = min([front, *(due_of(key) for key in state.behind)])
@@ -129,7 +131,9 @@ class Firing(Settling, IngestGuard):
                     break
                 cursor = key + b"\0"
                 not_before = waits_until(state, key, now)
-                if not_before is None:
+                if _blocked_key_of(state, key):
+                    state.behind.add(key)  # its own command is on its way: looked up again
+                elif not_before is None:
                     batch.append(Forward(partition, key, decode_job(raw)))
                 else:
                     recheck(state, not_before)
@@ -148,6 +152,9 @@ class Firing(Settling, IngestGuard):
         for key in sorted(state.behind):
             if due_of(key) > limit or len(batch) >= self.config.fire_batch_max:
                 keep.add(key)
+                continue
+            if _blocked_key_of(state, key):
+                keep.add(key)  # its own command is on its way (app/guard.py)
                 continue
             raw = self.store.get(partition, key)
             if raw is None:
@@ -205,6 +212,10 @@ class Firing(Settling, IngestGuard):
             return
         for fwd, (ack, _index) in zip(sendable, placed, strict=True):
             fwd.ack = ack
+
+
+def _blocked_key_of(state: PartitionState, key: bytes) -> bool:
+    return bool(state.blocked) and split_due_key(key)[1] in state.blocked
 
 
 def _due_wake(state: PartitionState, now: int, limit: int, idle_wake: int) -> int:

@@ -8,13 +8,18 @@ at or before the partition's ``safe_ms``, which moves forward like this:
 2. the probe loop (app/timers.py) reads the clock, ``t``, then asks the broker for the ingest
    partitions' end offsets (high watermarks). The broker answers at or after ``t``, so every
    command it acknowledged before ``t`` lies below the end offset ``E`` it answers;
-3. once the partition has applied every offset below ``E`` (at once, or when the agent gets
-   there: :meth:`IngestGuard.note_applied`), ``safe_ms`` becomes ``t`` and the loop wakes.
+3. if the partition has applied every offset below ``E``, ``safe_ms`` becomes ``t``. If not,
+   the probe reads the commands not applied yet (a peek, one more round trip: they are on the
+   broker already) and ``safe_ms`` becomes ``t`` for every job but those whose ids these
+   commands name: those wait until the agent has applied them (:meth:`note_applied`). A peek
+   that cannot tell (too many commands, a gap in the offsets) leaves every job of the partition
+   waiting for the agent.
 
 When the worker is caught up this costs one end-offsets round trip between a job's due time and
-its forward; when it lags, due jobs wait for the agent (late, never wrong). "Acknowledged" is
-with ``acks=all``: with ``acks=1`` a record the leader acknowledged can still be above the high
-watermark for as long as replication takes.
+its forward; when commands are in flight to the agent, two. When the agent lags, the jobs named
+by its backlog wait for it (late, never wrong). "Acknowledged" is with ``acks=all``: with
+``acks=1`` a record the leader acknowledged can still be above the high watermark for as long as
+replication takes.
 """
 
 from __future__ import annotations
@@ -55,15 +60,31 @@ class IngestGuard(EngineState):
                 targets.append(partition)
         return targets
 
-    def observe_end_offsets(self, taken_ms: int, ends: Mapping[int, int]) -> None:
-        """A probe taken at ``taken_ms`` found these end offsets (step 2 of the module doc)."""
+    def observe_end_offsets(
+        self,
+        taken_ms: int,
+        ends: Mapping[int, int],
+        unapplied_ids: Mapping[int, frozenset[bytes] | None] | None = None,
+    ) -> None:
+        """A probe taken at ``taken_ms`` found these end offsets (steps 2 and 3 of the doc).
+
+        ``unapplied_ids``: per partition not caught up, the job ids of the commands between
+        its applied offset and its end offset (None: the peek could not tell).
+        """
         self.stats.ingest_probes += 1
+        peeked = unapplied_ids or {}
         for partition, end in ends.items():
             state = self._parts.get(partition)
             if state is None:  # revoked meanwhile
                 continue
             state.held = False
             if self.applied_offset(partition) >= end - 1:
+                self._advance(partition, taken_ms)
+                continue
+            ids = peeked.get(partition)
+            if ids is not None:
+                state.blocked = ids
+                state.blocked_until = end - 1
                 self._advance(partition, taken_ms)
             elif state.probe is None:
                 state.probe = (taken_ms, end)
@@ -72,6 +93,10 @@ class IngestGuard(EngineState):
         """The agent applied every command up to ``offset``: a waiting probe may be met."""
         state = self._state(partition)
         state.applied = offset
+        if state.blocked and offset >= state.blocked_until:
+            state.blocked = frozenset()
+            state.next_due_ms = 0  # the jobs they held are behind the cursor: look again
+            self._wake.set()
         probe = state.probe
         if probe is not None and offset >= probe[1] - 1:
             state.probe = None

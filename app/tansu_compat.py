@@ -56,7 +56,7 @@ _EARLIEST = -2  # OffsetResetStrategy.EARLIEST
 _PAST_THE_END = 2**62
 # Tansu answers a Fetch with max_wait_ms=0 with no partitions at all; a Fetch past the end
 # waits all of max_wait_ms.
-_FETCH_MAX_WAIT_MS = 10
+_FETCH_MAX_WAIT_MS = 1
 _PATCH_MARK = "_delayq_tansu_compat"
 #: Quirk 5: the longest a consumer's Fetch may be held (Tansu holds it this long every time).
 CONSUMER_FETCH_MAX_WAIT_MS = 100

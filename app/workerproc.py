@@ -99,6 +99,8 @@ class GroupProcess:
         self.log_path = log_path
         self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The working directory (a worker imports ``app`` from there first).
+        self.cwd = ROOT
         self._log_offset = 0
 
     @property
@@ -112,7 +114,7 @@ class GroupProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.cmd,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,

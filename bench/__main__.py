@@ -112,7 +112,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--contenders",
         default=None,
-        help="comma-separated, of limit,seed,delayq,delayq-2w: the contenders of steady, "
+        help="comma-separated, of limit,seed,delayq,delayq-2w,delayq@DIR (DIR: another "
+        "checkout, e.g. a git worktree of the commit before): the contenders of steady, "
         "throughput and burst (default: each scenario's own list)",
     )
     parser.add_argument("--partitions", type=int, default=8, help="partitions of every topic")

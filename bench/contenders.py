@@ -8,7 +8,9 @@
   for a spread workload its due time is first rounded to ``schedule time + round(d) s``
   (:meth:`Seed.adapt`), the only due times the seed can honour.
 - :class:`Delayq`: one or two real delayq workers; jobs go to the ingest topic with
-  ``delayq-target`` and ``delayq-due-ms`` at their schedule time.
+  ``delayq-target`` and ``delayq-due-ms`` at their schedule time. ``delayq@DIR`` runs the
+  worker from another checkout (e.g. ``git worktree add DIR <commit>``) with this checkout's
+  libraries: a before/after comparison in one run of the bench.
 
 Each :meth:`~Contender.start` creates fresh topics named after ``tag``, so runs never share
 records, and ends when the contender's processes are up (``warm_up`` in :mod:`bench.scenarios`
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -159,10 +162,13 @@ class Seed(Contender):
 class Delayq(Contender):
     """``workers`` delayq worker processes sharing one deployment (namespace)."""
 
-    def __init__(self, env: Env, workers: int = 1) -> None:
+    def __init__(self, env: Env, workers: int = 1, source: Path | None = None) -> None:
         super().__init__(env)
         self.workers = workers
+        self.source = source
         self.name = "delayq" if workers == 1 else f"delayq-{workers}w"
+        if source is not None:
+            self.name += f"@{_commit_of(source)}"
         self.ns: Namespace | None = None
         self.data_dirs: list[Path] = []
 
@@ -184,7 +190,10 @@ class Delayq(Contender):
         assert self.ns is not None
         data_dir = data_dir or self.env.workdir / f"{self.ns.prefix}-{name}-data"
         log = self.env.workdir / f"{self.ns.prefix}-{name}.log"
-        return DelayqWorker(self.env.bootstrap, self.ns, data_dir, log)
+        worker = DelayqWorker(self.env.bootstrap, self.ns, data_dir, log)
+        if self.source is not None:
+            worker.cwd = self.source
+        return worker
 
     async def add_worker(
         self, name: str, data_dir: Path | None = None, timeout: float = 120.0
@@ -225,8 +234,24 @@ class Delayq(Contender):
         self.data_dirs = []
 
 
+def _commit_of(source: Path) -> str:
+    """The short commit checked out in ``source`` (its directory name if it is no checkout)."""
+    found = subprocess.run(
+        ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() or source.name
+
+
 def make(name: str, env: Env) -> Contender:
-    """A contender by name: limit, seed, delayq, delayq-2w."""
+    """A contender by name: limit, seed, delayq, delayq-2w, delayq@DIR (another checkout)."""
+    if name.startswith("delayq@"):
+        source = Path(name.removeprefix("delayq@")).resolve()
+        if not (source / "app" / "__init__.py").exists():
+            raise ValueError(f"{source} is not a delayq checkout (no app/__init__.py)")
+        return Delayq(env, 1, source)
     if name == "limit":
         return Limit(env)
     if name == "seed":

@@ -224,8 +224,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
 
 
 def _columns(table: list[Row]) -> list[str]:
-    used = {name for _label, cells in table for name in cells}
-    return [c for c in COLUMNS if c in used]
+    used = list(dict.fromkeys(name for _label, cells in table for name in cells))
+    # Known contenders in their order, then others (e.g. delayq@<commit>) as they come.
+    return [c for c in COLUMNS if c in used] + [c for c in used if c not in COLUMNS]
 
 
 def render_text(table: list[Row]) -> str:

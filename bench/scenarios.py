@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import shutil
 import sys
 import time
@@ -122,7 +123,8 @@ async def session(
     collector: Collector | None = None
     try:
         started = time.monotonic()
-        await c.start(f"{tag}-{name}", start_at_ms)
+        # Topic names allow only [A-Za-z0-9._-] (a contender's name may hold a commit: "@").
+        await c.start(re.sub(r"[^A-Za-z0-9._-]", "-", f"{tag}-{c.name}"), start_at_ms)
         collector = await Collector(r.env.bootstrap, c.target).start(r.env.partitions)
         if warm:
             await warm_up(r, c, collector, tag)

@@ -79,3 +79,37 @@ async def test_a_held_partition_does_not_make_the_loop_spin(h: Harness) -> None:
     wake = await h.engine.fire_due(NOW, [0, 1])
     # Then the loop sleeps until something wakes it (the probe), not until the due time
     assert wake > NOW
+
+
+async def test_jobs_named_by_commands_in_flight_wait_and_the_others_fire(h: Harness) -> None:
+    # Given two jobs due, applied up to offset 5
+    h.schedule("a", NOW - 10)
+    h.schedule("b", NOW - 10)
+    h.engine.mark_applied(0, 5)
+    await fire(h, NOW)
+    # When a probe at NOW finds end offset 7, and a peek finds that offset 6 is a command for "a"
+    h.engine.observe_end_offsets(NOW, {0: 7}, {0: frozenset({b"a"})})
+    await fire(h, NOW + 1)
+    # Then "b" is forwarded at once, and "a" waits for its command
+    assert h.forwarded_ids() == [b"b"]
+    # When the agent applies it (a replace with a later due time)
+    h.schedule("a", NOW + 60_000)
+    h.engine.mark_applied(0, 6)
+    # Then the old schedule of "a" is never forwarded
+    assert h.engine.wake_requested
+    await fire(h, NOW + 2)
+    assert h.forwarded_ids() == [b"b"]
+
+
+async def test_a_peek_that_cannot_tell_leaves_the_partition_to_the_agent(h: Harness) -> None:
+    # Given a job due, applied up to offset 5, and a probe whose peek could not read offset 6
+    h.schedule("a", NOW - 10)
+    h.engine.mark_applied(0, 5)
+    await fire(h, NOW)
+    h.engine.observe_end_offsets(NOW, {0: 7}, {0: None})
+    # Then the job waits until the agent has applied offset 6
+    await fire(h, NOW + 1)
+    assert h.forwarded_ids() == []
+    h.engine.mark_applied(0, 6)
+    await fire(h, NOW + 2)
+    assert h.forwarded_ids() == [b"a"]
