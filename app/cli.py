@@ -403,6 +403,19 @@ def schedule(
 @cli.command()
 @click.argument("job_id", metavar="ID")
 @kafka_options
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Cancel through a worker's HTTP API (--url) and wait for the job's owner to apply "
+    "the cancel: says whether it won (exit 0), came too late (exit 1: forwarded, with when) "
+    "or found no such job (exit 1).",
+)
+@click.option(
+    "--url",
+    metavar="URL",
+    help="With --wait: any worker's HTTP API [default: http://127.0.0.1:$DELAYQ_WEB_PORT, "
+    f"or port {DEFAULT_WEB_PORT}].",
+)
 @json_option
 def cancel(
     job_id: str,
@@ -410,9 +423,14 @@ def cancel(
     ingest_topic: str | None,
     app_id: str | None,
     timeout: float,
+    wait: bool,
+    url: str | None,
     as_json: bool,
 ) -> None:
     """Cancel the pending job ID (a job that is not pending is left alone)."""
+    if wait:
+        _cancel_and_wait(job_id, url, timeout, as_json)
+        return
     with _client_errors(job_id="ID"):
         queue = _queue(bootstrap, ingest_topic, app_id, timeout)
         try:
@@ -420,6 +438,29 @@ def cancel(
         finally:
             queue.close()
     emit(as_json, {"job_id": job_id, "cancel_sent": True}, f"cancel of job {job_id} sent")
+
+
+def _cancel_and_wait(job_id: str, url: str | None, timeout: float, as_json: bool) -> None:
+    """``cancel --wait``: ``DELETE /jobs/{id}?wait=true`` on a worker; exit 1 unless it won."""
+    # The worker waits up to 10 s for the owner to apply the cancel: room for that.
+    api = _Api(url, max(timeout, 15.0))
+    path = f"/jobs/{urllib.parse.quote(job_id, safe='')}?wait=true"
+    data, status = api.call("DELETE", path)
+    outcome = data.get("status")
+    due = f" (due {format_time_ms(data['due_ms'])})" if data.get("due_ms") is not None else ""
+    if status == 202:
+        sentence = f"cancel of job {job_id} sent; its owner has not applied it yet"
+        emit(as_json, data, sentence)
+        raise SystemExit(EXIT_UNAVAILABLE)
+    if outcome == "cancelled":
+        emit(as_json, data, f"job {job_id} cancelled{due}")
+        return
+    if outcome == "too_late":
+        sentence = f"too late: job {job_id} was forwarded at {data['forwarded_at']}{due}"
+    else:
+        sentence = f"job {job_id} is not pending (never scheduled, cancelled or long forwarded)"
+    emit(as_json, data, sentence)
+    raise SystemExit(EXIT_FAILURE)
 
 
 # --- commands asking a worker's HTTP API ----------------------------------------------------------
@@ -478,8 +519,14 @@ class _Api:
 
     def get(self, path: str, not_found: str | None = None) -> Any:
         """The JSON answer to ``GET path``; ``not_found``: the message (exit 1) of a 404."""
+        data, _status = self.call("GET", path, not_found)
+        return data
+
+    def call(self, method: str, path: str, not_found: str | None = None) -> tuple[Any, int]:
+        """The JSON answer to ``method path`` (a 2xx) and its status; else a CommandError."""
         request = urllib.request.Request(
             self.url + path,
+            method=method,
             headers={"Accept": "application/json", "User-Agent": "delayq-cli"},
         )
         try:
@@ -498,8 +545,8 @@ class _Api:
             data = json.loads(body)
         except ValueError:
             data = None
-        if status == 200 and data is not None:
-            return data
+        if 200 <= status < 300 and data is not None:
+            return data, status
         raise self._error(status, data, retry_after, not_found)
 
     def _error(

@@ -2,8 +2,8 @@
 
 It only writes ingest records (README, "Wire contract") with aiokafka; it needs no worker code,
 and imports nothing of delayq but ``app.names``, ``app.durations``, ``app.times``, ``app.errors``,
-``app.endpoints`` (and ``app.settings``, lazily, for the ``DELAYQ_*`` defaults when an argument is
-omitted)::
+``app.endpoints``, ``app.outcomes`` (and ``app.settings``, lazily, for the ``DELAYQ_*`` defaults
+when an argument is omitted)::
 
     async with AsyncDelayQueue(bootstrap_servers="k1:9092") as queue:
         job = await queue.schedule(b"remind", target="reminders", delay="30m", key=b"user-7")
@@ -36,7 +36,11 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import json
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -57,9 +61,10 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from app import names
 from app.durations import Duration, Moment, parse_duration_ms, parse_time_ms
-from app.endpoints import bootstrap_list, default_bootstrap
-from app.errors import BrokerUnavailable, DelayqError, IngestTopicError
+from app.endpoints import bootstrap_list, default_bootstrap, default_web_url
+from app.errors import ApiUnavailable, BrokerUnavailable, DelayqError, IngestTopicError
 from app.names import MAX_JOB_ID_BYTES
+from app.outcomes import CancelOutcome
 from app.times import MAX_DUE_MS, ms_to_datetime, now_ms
 
 __all__ = [
@@ -266,6 +271,7 @@ class AsyncDelayQueue:
         client_id: str = "delayq-client",
         producer_options: Mapping[str, Any] | None = None,
         app_id: str | None = None,
+        api_url: str | None = None,
     ) -> None:
         if ingest_topic is None or app_id is None:
             from app.settings import load_settings  # only now: it needs pydantic
@@ -285,6 +291,8 @@ class AsyncDelayQueue:
             raise ValueError(f"app_id: expected a non-empty str, got {app_id!r}")
         self.app_id = app_id
         self.request_timeout = float(request_timeout)
+        #: Any worker's HTTP API, for ``cancel(..., wait=True)``.
+        self.api_url = (api_url or default_web_url()).rstrip("/")
         self._client_id = client_id
         self._options = dict(producer_options or {})
         self._producer: Any = None
@@ -491,10 +499,47 @@ class AsyncDelayQueue:
             value, target=target, at=at, key=key, job_id=job_id, headers=headers
         )
 
-    async def cancel(self, job_id: str) -> None:
-        """Cancel the pending job ``job_id``; nothing happens if there is none (any more)."""
+    async def cancel(self, job_id: str, *, wait: bool = False) -> CancelOutcome | None:
+        """Cancel the pending job ``job_id``; nothing happens if there is none (any more).
+
+        ``wait=True``: cancel through a worker's HTTP API (``api_url``) and return what the
+        job's owner found when it applied the cancel (:class:`app.outcomes.CancelOutcome`):
+        ``cancelled``, ``too_late`` (with when it was forwarded) or ``unknown``; None if the
+        owner did not apply it within 10 s. Raises :class:`~app.errors.ApiUnavailable` if the
+        API cannot be reached or refuses the request.
+        """
         encoded = _job_id(job_id)
+        if wait:
+            return await asyncio.to_thread(
+                _cancel_over_http, self.api_url, job_id, self.request_timeout + _CANCEL_WAIT_S
+            )
         await self._produce(f"cancel of job {job_id!r}", encoded, None, [])
+        return None
+
+
+#: How long a worker waits for the owner to apply a cancel (``DELETE /jobs/{id}?wait=true``).
+_CANCEL_WAIT_S = 10.0
+
+
+def _cancel_over_http(api_url: str, job_id: str, timeout: float) -> CancelOutcome | None:
+    """``DELETE /jobs/{id}?wait=true`` on ``api_url``: the outcome, None if not applied yet."""
+    request = urllib.request.Request(
+        f"{api_url}/jobs/{urllib.parse.quote(job_id, safe='')}?wait=true",
+        method="DELETE",
+        headers={"Accept": "application/json", "User-Agent": "delayq-client"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, body = response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise ApiUnavailable(
+            f"{api_url} refused the cancel of {job_id!r}: HTTP {exc.code}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ApiUnavailable(f"cannot cancel {job_id!r} through {api_url}: {exc}") from None
+    if status == 202:
+        return None
+    return CancelOutcome(body["status"], body.get("due_ms"), body.get("forwarded_ms"))
 
 
 # --- the blocking client ----------------------------------------------------------------------

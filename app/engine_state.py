@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.jobs import FENCE_PREFIX, Job
+from app.outcomes import Outcomes
 from app.times import now_ms
 from app.upstream.producer import Record
 from tables.keys import DUE_PREFIX, due_of
@@ -212,6 +213,8 @@ class EngineState:
         #: Epoch ms now (a fixed clock in tests); firing passes get ``now`` from their caller.
         self.clock = clock
         self.stats = Stats()
+        #: Cancel outcomes and recent forwards, for ``DELETE /jobs/{id}?wait`` (app/outcomes.py).
+        self.outcomes = Outcomes()
         self._parts: dict[int, PartitionState] = {}
         self._generation: int | None = None
         self._wake = asyncio.Event()

@@ -16,6 +16,7 @@ __all__ = [  # noqa: RUF022 (grouped like the tree below, not sorted)
     # the wire contract
     "InvalidRecord",
     # the broker
+    "ApiUnavailable",
     "BrokerUnavailable",
     "EmbeddedBrokerError",
     "ForwardFailed",
@@ -64,6 +65,11 @@ class InvalidRecord(DelayqError):
 
 class BrokerUnavailable(DelayqError):
     """The Kafka broker could not be reached, or did not acknowledge in time."""
+
+
+class ApiUnavailable(DelayqError):
+    """A worker's HTTP API could not be reached, or refused the request (the client's
+    ``cancel(..., wait=True)``)."""
 
 
 class ForwardFailed(DelayqError):

@@ -38,6 +38,7 @@ class Handover(Firing):
         for partition in list(self._parts):
             if partition not in active:
                 del self._parts[partition]
+                self.store.forget(partition)
         for partition in active:
             self._state(partition)
         if generation != self._generation:
@@ -64,6 +65,7 @@ class Handover(Firing):
             log.warning("a firing pass did not end before the partitions were handed over")
         for partition in revoked:
             self._parts.pop(partition, None)
+            self.store.forget(partition)
 
     async def send_fences(self, active: Collection[int], now: int) -> None:
         """Send the fence record of every active partition that waits for one."""

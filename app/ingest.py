@@ -20,6 +20,7 @@ from app.errors import InvalidRecord
 from app.guard import IngestGuard
 from app.jobs import FENCE_PREFIX, Header, Job, decode_fired, encode_job, job_version
 from app.names import HEADER_DELAY_MS
+from app.outcomes import CancelOutcome
 from app.times import now_ms
 from tables.keys import (
     APPLIED_KEY,
@@ -81,6 +82,17 @@ class TableWrites(IngestGuard):
         state.attempts.pop(new_key, None)
         self.stats.scheduled += 1
         self._note_due(state, new_key)
+
+    def cancel_outcome(self, partition: int, job_id: bytes) -> CancelOutcome:
+        """What a cancel of ``job_id`` applied now finds (app/outcomes.py)."""
+        index = self.store.read(partition, id_key(job_id))
+        if index is None:
+            return self.outcomes.not_pending(job_id)
+        due_ms = decode_due_ms(index)
+        flight = self._state(partition).in_flight.get(due_key(due_ms, job_id))
+        if flight is not None:  # sent, acknowledgement pending: it may well arrive
+            return CancelOutcome("too_late", due_ms, flight[1] - self.config.ack_timeout_ms)
+        return CancelOutcome("cancelled", due_ms)
 
     def cancel(self, partition: int, job_id: bytes) -> bool:
         """Remove the pending job ``job_id``; False if there is none."""
@@ -348,7 +360,9 @@ def _apply_command(
         )
         batch.dead_letters.append((message, parsed.reason, gap.hold() if gap else None))
     elif isinstance(parsed, Cancel):
+        outcome = engine.cancel_outcome(message.partition, parsed.job_id)
         engine.cancel(message.partition, parsed.job_id)
+        engine.outcomes.record(message.partition, message.offset, outcome)
     else:
         engine.schedule(message.partition, parsed, _received_ms(message.timestamp, now))
     batch.applied(message.partition, message.offset)

@@ -81,6 +81,9 @@ jobs_store = PartitionStore(
     ),
     failed=_changelog_failed,
     offset_entry=lambda offset: rocksdb.persisted_offset_entry(jobs_table, offset),
+    persisted_of=lambda partition: rocksdb.persisted_offset(
+        jobs_table, _changelog_topic(), partition
+    ),
 )
 
 

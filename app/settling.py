@@ -64,6 +64,7 @@ class Settling(EngineState):
             for fwd in forwards:
                 if fwd.error is None:
                     self.stats.fired += 1
+                    self.outcomes.forwarded(fwd.job.job_id, fwd.job.due_ms, now)
                     self.stats.lateness_ms.append(now - fwd.job.late_from_ms)
                 elif await self._give_up(fwd, now) is not None:
                     retrying = True

@@ -138,6 +138,10 @@ async def probe_ingest_ends() -> None:
 
 async def _probe(consumer: Any, active: list[int], stalled: dict[int, tuple[int, int]]) -> None:
     """Steps 2 and 3 of app/guard.py for the partitions holding due jobs back."""
+    owned = {TopicPartition(settings.ingest_topic, partition) for partition in active}
+    if consumer.assignment() != owned:  # paused but for a peek; assigned as rarely as it changes
+        consumer.assign(list(owned))
+        consumer.pause(*owned)
     targets = engine.probe_targets(active)
     if targets:
         taken = now_ms()  # before the request: the broker answers at or after it
@@ -165,10 +169,10 @@ async def _peek(
     ids: dict[TopicPartition, set[bytes]] = {tp: set() for tp in wanted}
     #: the next offset expected per partition; None once a hole was seen
     expected: dict[TopicPartition, int | None] = {tp: s for tp, (s, _e) in wanted.items()}
-    consumer.assign(list(wanted))
     try:
         for tp, (start, _end) in wanted.items():
             consumer.seek(tp, start)
+        consumer.resume(*wanted)
         async with asyncio.timeout(_PEEK_TIMEOUT_S):
             while any(_short(expected[tp], end) for tp, (_start, end) in wanted.items()):
                 fetched = await consumer.getmany(timeout_ms=_PEEK_TIMEOUT_S * 1000)
@@ -185,7 +189,7 @@ async def _peek(
     except TimeoutError:
         pass
     finally:
-        consumer.assign([])  # no fetching between probes
+        consumer.pause(*wanted)  # no fetching between probes
     return {
         tp.partition: None
         if expected[tp] is None or _short(expected[tp], end)

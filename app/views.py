@@ -125,7 +125,10 @@ class job(View):
         if not _authorized(request):
             return _unauthorized(self)
         call = handlers.cancel_job(
-            job_id, routed=_routed(request), path_qs=request.rel_url.raw_path_qs
+            job_id,
+            routed=_routed(request),
+            path_qs=request.rel_url.raw_path_qs,
+            wait=_query(request).get("wait"),
         )
         return await _answer(self, request, call)
 

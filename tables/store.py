@@ -71,6 +71,7 @@ class PartitionStore:
         persisted: PersistedOffset | None = None,
         failed: ChangelogFailed | None = None,
         offset_entry: OffsetEntry | None = None,
+        persisted_of: Callable[[int], int | None] | None = None,
     ) -> None:
         #: Called each time: Faust creates the store lazily and drops revoked partitions.
         self._dbs = dbs
@@ -81,6 +82,13 @@ class PartitionStore:
         self._offset_entry = offset_entry
         #: (partition, key, value, write locally once acknowledged) in write order.
         self._pending: list[tuple[int, bytes, bytes | None, bool]] = []
+        #: The persisted changelog offset of a partition's database (None: none yet).
+        self._persisted_of = persisted_of
+        #: partition -> the changelog offset its next record gets if nobody else writes there
+        self._next_offset: dict[int, int] = {}
+        #: Partitions whose changelog got records from another writer since this one's last:
+        #: their persisted offset stays where it was (see :meth:`_acked`).
+        self.diverged: set[int] = set()
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The value at ``key`` in ``partition``, or None (also if its database is not open)."""
@@ -152,7 +160,7 @@ class PartitionStore:
                     write = functools.partial(self._write_acked, partition, key, value)
                     asyncio.ensure_future(record_ack).add_done_callback(write)
             last, index = placed[-1]
-            callback = functools.partial(self._acked, partition, index)
+            callback = functools.partial(self._acked, partition, placed[0], index)
             asyncio.ensure_future(last).add_done_callback(callback)
 
     def _check(self, fut: asyncio.Future[Any]) -> None:
@@ -173,11 +181,48 @@ class PartitionStore:
         if db is not None:  # not revoked meanwhile (would reopen it)
             db.put(key, value)
 
-    def _acked(self, partition: int, index: int, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return  # reported by _check
-        if self._persisted is not None:
-            self._persisted(partition, fut.result().offset + index)
+    def _acked(
+        self,
+        partition: int,
+        first: tuple[Awaitable[Any], int],
+        index: int,
+        fut: asyncio.Future[Any],
+    ) -> None:
+        """Step 6 of the durability order: the persisted offset follows the changelog's acks.
+
+        Only while this process is the changelog partition's only writer: a first record that
+        does not land right after this process's previous one means another worker wrote there
+        in between (the old owner's late records, or this process was a frozen owner whose
+        partition moved). The local database lacks those records, so its persisted offset must
+        not pass them: it stays, and the next recovery of the partition replays them.
+        """
+        if fut.cancelled() or fut.exception() is not None or self._persisted is None:
+            return  # failed: reported by _check
+        last_offset = fut.result().offset + index
+        first_ack, first_index = first
+        first_offset = asyncio.ensure_future(first_ack).result().offset + first_index
+        expected = self._next_offset.get(partition)
+        if expected is None and self._persisted_of is not None:
+            persisted = self._persisted_of(partition)
+            expected = None if persisted is None else persisted + 1
+        self._next_offset[partition] = last_offset + 1
+        if expected is not None and first_offset != expected and partition not in self.diverged:
+            self.diverged.add(partition)
+            log.warning(
+                "changelog partition %d: records %d-%d were written by another worker; the "
+                "local database no longer records its changelog offset (the next recovery "
+                "replays them)",
+                partition,
+                expected,
+                first_offset - 1,
+            )
+        if partition not in self.diverged:
+            self._persisted(partition, last_offset)
+
+    def forget(self, partition: int) -> None:
+        """The partition left this worker: its next recovery sets where its changelog is."""
+        self._next_offset.pop(partition, None)
+        self.diverged.discard(partition)
 
     def index_restored(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Keep the id index in step with a due-key record replayed from the changelog."""

@@ -23,6 +23,7 @@ from app.api.models import (
     Reply,
     Schedule,
     ScheduleIn,
+    cancel_outcome_out,
     echo,
     invalid_request,
     job_out,
@@ -85,8 +86,8 @@ def _job_id_bytes(job_id: str) -> bytes:
     return encoded
 
 
-async def _produce(key: bytes, value: bytes | None, headers: list[Header]) -> int:
-    """Write one ingest record to the partition of ``key``; its partition once acknowledged."""
+async def _produce(key: bytes, value: bytes | None, headers: list[Header]) -> tuple[int, int]:
+    """Write one ingest record to the partition of ``key``: its partition and offset, acked."""
     partition = partition_of(key, settings.partitions)
     timeout = settings.forward_timeout_s
     try:
@@ -97,7 +98,7 @@ async def _produce(key: bytes, value: bytes | None, headers: list[Header]) -> in
             ),
             timeout,
         )
-        await asyncio.wait_for(asyncio.ensure_future(ack), timeout)
+        written = await asyncio.wait_for(asyncio.ensure_future(ack), timeout)
     except (TimeoutError, KafkaError) as exc:
         raise ApiError(
             503,
@@ -105,12 +106,15 @@ async def _produce(key: bytes, value: bytes | None, headers: list[Header]) -> in
             "it may or may not have been written: retrying with the same id is safe",
             retry_after=RETRY_AFTER_S,
         ) from None
-    return partition
+    return partition, int(written.offset)
 
 
 async def produce_schedule(schedule: Schedule) -> int:
     """Write a checked schedule; its partition once acknowledged."""
-    return await _produce(schedule.job_id_bytes, schedule.value, schedule.ingest_headers())
+    partition, _offset = await _produce(
+        schedule.job_id_bytes, schedule.value, schedule.ingest_headers()
+    )
+    return partition
 
 
 async def schedule_job(body: bytes) -> Reply:
@@ -141,12 +145,37 @@ async def get_job(job_id: str, *, routed: bool, path_qs: str) -> Reply:
     return Reply(200, job_out(job, engine.status(where.partition, job), where.partition))
 
 
-async def cancel_job(job_id: str, *, routed: bool, path_qs: str) -> Reply:
-    """``DELETE /jobs/{id}``: the owner checks the job is pending, then writes a cancel."""
+#: How long ``DELETE /jobs/{id}?wait=true`` waits for the owner to apply the cancel.
+CANCEL_WAIT_S = 10.0
+
+
+def _wait_s(wait: str | None) -> float | None:
+    """``?wait=true`` (or 1, yes): how long to wait for a cancel's outcome; None: do not."""
+    value = (wait or "").lower()
+    if value in {"", "0", "false", "no"}:
+        return None
+    if value in {"1", "true", "yes"}:
+        return CANCEL_WAIT_S
+    raise invalid_request([FieldError(field="wait", message="must be true or false")])
+
+
+async def cancel_job(job_id: str, *, routed: bool, path_qs: str, wait: str | None = None) -> Reply:
+    """``DELETE /jobs/{id}``: the owner checks the job is pending, then writes a cancel.
+
+    ``?wait=true``: write the cancel whatever the job's state, then answer with what applying
+    it found (app/outcomes.py), or 202 if it was not applied within :data:`CANCEL_WAIT_S`.
+    """
+    wait_s = _wait_s(wait)
     encoded = _job_id_bytes(job_id)
     where = router.locate(encoded, routed=routed)
     if isinstance(where, Remote):
         return await router.forward(where.url, "DELETE", path_qs)
+    if wait_s is not None:
+        partition, offset = await _produce(encoded, None, [])
+        outcome = await engine.outcomes.wait(partition, offset, wait_s)
+        if outcome is None:
+            return Reply(202, {"id": job_id, "status": "cancelling"})
+        return Reply(200, cancel_outcome_out(job_id, outcome))
     job = engine.get(where.partition, encoded)
     if job is None:
         raise ApiError(404, f"no pending job {echo(job_id)}")

@@ -32,6 +32,7 @@ from app.durations import format_time_ms, parse_duration_ms, parse_time_ms
 from app.errors import ApiError
 from app.jobs import Header, Job, JobStatus
 from app.names import MAX_JOB_ID_BYTES, valid_topic_name
+from app.outcomes import CancelOutcome
 from app.times import MAX_DUE_MS
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "ECHO_CHARS",
     "MAX_LIST_LIMIT",
     "CancelOut",
+    "CancelOutcomeOut",
     "ClusterStatsOut",
     "CompatAddIn",
     "CompatJobIdIn",
@@ -60,6 +62,7 @@ __all__ = [
     "ScheduledOut",
     "StatsOut",
     "TotalStats",
+    "cancel_outcome_out",
     "compat_http_error",
     "echo",
     "error_reply",
@@ -638,6 +641,36 @@ class JobListOut(BaseModel):
     limit: int
     before_ms: int | None
     active_partitions: list[int]
+
+
+class CancelOutcomeOut(BaseModel):
+    """200 of ``DELETE /jobs/{id}?wait=true``: what applying the cancel found.
+
+    ``cancelled``: the job was pending and will not be forwarded. ``too_late``: it was already
+    forwarded, or sent and awaiting the broker's acknowledgement (``forwarded_ms``). ``unknown``:
+    no such job was pending (never scheduled, cancelled before, or forwarded too long ago for
+    the worker to remember).
+    """
+
+    id: str
+    status: Literal["cancelled", "too_late", "unknown"]
+    due_ms: int | None = None
+    due_at: str | None = None
+    forwarded_ms: int | None = None
+    forwarded_at: str | None = None
+
+
+def cancel_outcome_out(job_id: str, outcome: CancelOutcome) -> dict[str, Any]:
+    """The JSON body of a cancel outcome (:class:`CancelOutcomeOut`)."""
+    body: dict[str, Any] = {"id": job_id, "status": outcome.outcome}
+    if outcome.due_ms is not None:
+        body |= {"due_ms": outcome.due_ms, "due_at": format_time_ms(outcome.due_ms)}
+    if outcome.forwarded_ms is not None:
+        body |= {
+            "forwarded_ms": outcome.forwarded_ms,
+            "forwarded_at": format_time_ms(outcome.forwarded_ms),
+        }
+    return body
 
 
 class CancelOut(BaseModel):

@@ -12,6 +12,7 @@ from app.api.models import (
     DEFAULT_LIST_LIMIT,
     MAX_LIST_LIMIT,
     CancelOut,
+    CancelOutcomeOut,
     ClusterStatsOut,
     CompatAddIn,
     CompatJobIdIn,
@@ -35,6 +36,7 @@ _OUTPUTS: tuple[type[BaseModel], ...] = (
     JobOut,
     JobListOut,
     CancelOut,
+    CancelOutcomeOut,
     StatsOut,
     ClusterStatsOut,
     HealthOut,
@@ -157,7 +159,18 @@ def _paths() -> dict[str, Any]:
             "delete": {
                 "tags": ["jobs"],
                 "summary": "Cancel a pending job",
+                "parameters": [
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "description": "true: write the cancel whatever the job's state and "
+                        "answer with what applying it found (200), or 202 if the owner did not "
+                        "apply it within 10 s.",
+                        "schema": {"type": "boolean", "default": False},
+                    }
+                ],
                 "responses": {
+                    "200": _json(_ref(CancelOutcomeOut), "With wait=true: who won."),
                     "202": _json(_ref(CancelOut), "The cancel record is acknowledged."),
                     "404": _error("No pending job with this id."),
                     "409": _error("The job was already forwarded."),

@@ -16,7 +16,13 @@ from faust.types import TP
 import app.upstream  # noqa: F401  (checks the library versions first)
 from tables.store import PartitionDB
 
-__all__ = ["open_dbs", "open_or_create_db", "persisted_offset_entry", "set_persisted_offset"]
+__all__ = [
+    "open_dbs",
+    "open_or_create_db",
+    "persisted_offset",
+    "persisted_offset_entry",
+    "set_persisted_offset",
+]
 
 
 def open_dbs(table: Any) -> Mapping[int, PartitionDB]:
@@ -39,6 +45,14 @@ def set_persisted_offset(table: Any, topic: str, partition: int, offset: int) ->
     """Record Faust's persisted changelog offset, unless the partition was revoked meanwhile."""
     if partition in table.data._dbs:  # not revoked meanwhile (would reopen it)
         table.data.set_persisted_offset(TP(topic, partition), offset)
+
+
+def persisted_offset(table: Any, topic: str, partition: int) -> int | None:
+    """Faust's persisted changelog offset of an open partition database (None if unknown)."""
+    if partition not in table.data._dbs:
+        return None
+    offset: int | None = table.data.persisted_offset(TP(topic, partition))
+    return offset
 
 
 def persisted_offset_entry(table: Any, offset: int) -> tuple[bytes, bytes]:

@@ -158,6 +158,15 @@ async def test_get_list_stats_then_cancel_through_the_http_api(
     remaining = await invoke(["list", *url, "--json"])
     assert [j["id"] for j in json.loads(remaining.stdout)["jobs"]] == ["cli-http-2"]
 
+    # When the second is cancelled with --wait, and then again
+    won = await invoke(["cancel", "cli-http-2", "--wait", *url])
+    again = await invoke(["cancel", "cli-http-2", "--wait", *url, "--json"])
+    # Then the first says it won (exit 0), the second that there is no such job (exit 1)
+    assert won.exit_code == EXIT_OK, won.output
+    assert won.stdout.startswith("job cli-http-2 cancelled (due "), won.stdout
+    assert again.exit_code == EXIT_FAILURE, again.output
+    assert json.loads(again.stdout) == {"id": "cli-http-2", "status": "unknown"}
+
 
 async def test_the_url_defaults_to_delayq_web_port_in_a_real_subprocess(
     kafka: Kafka, start_worker: WorkerFactory

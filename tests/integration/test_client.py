@@ -23,6 +23,7 @@ from app.commands import Cancel, parse_command
 from app.embedded import EmbeddedBroker, free_port
 from app.errors import BrokerUnavailable, IngestTopicError
 from app.jobs import Job
+from app.outcomes import CancelOutcome
 from app.times import now_ms
 from tests.conftest import WorkerFactory
 from tests.support import (
@@ -212,6 +213,26 @@ async def test_a_cancelled_job_is_not_forwarded(
     records = await kafka.collect([target], has_jobs("marker"))
     # ... the cancelled job never was
     assert [job_id_of(r) for r in records] == ["later", "marker"]
+
+
+async def test_a_cancel_that_waits_returns_who_won(
+    broker: EmbeddedBroker, ns: Namespace, kafka: Kafka, target: str, start_worker: WorkerFactory
+) -> None:
+    # Given a worker, a job due in an hour and one due at once (forwarded)
+    worker = start_worker()
+    api_url = f"http://127.0.0.1:{worker.web_port}"
+    async with AsyncDelayQueue(broker.bootstrap, ns.ingest, app_id=ns.app_id, api_url=api_url) as q:
+        later = await q.schedule(b"later", target=target, delay="1h", job_id="later")
+        await q.delay(b"now", 0, target=target, job_id="now")
+        await kafka.collect([target], has_jobs("now"))
+        # When each is cancelled with wait=True
+        cancelled = await q.cancel("later", wait=True)
+        too_late = await q.cancel("now", wait=True)
+    # Then the client says which cancel won, and when the other job was forwarded
+    assert cancelled == CancelOutcome("cancelled", later.due_ms)
+    assert too_late is not None and too_late.outcome == "too_late"
+    assert too_late.forwarded_ms is not None and too_late.due_ms is not None
+    assert too_late.forwarded_ms >= too_late.due_ms
 
 
 # --- the records written, as the worker reads them ----------------------------------------------

@@ -320,6 +320,32 @@ def test_get_and_delete_a_pending_job(setup: Setup) -> None:
     assert api.job("x" * 1025).status == 422
 
 
+def test_a_delete_that_waits_answers_who_won(setup: Setup) -> None:
+    api, target = setup.api, setup.ns.target("who-won")
+    # Given a job due in an hour, and one due at once
+    later, now = now_ms() + 3_600_000, now_ms()
+    assert api.post("/jobs", {"id": "w-later", "target": target, "at": later}).status == 201
+    assert api.post("/jobs", {"id": "w-now", "target": target, "at": now, "key": "k"}).status == 201
+    setup.collect([target], has_key(b"k"))
+    # When each is deleted with ?wait=true, and an id never scheduled too
+    cancelled = api.delete("/jobs/w-later?wait=true")
+    too_late = api.delete("/jobs/w-now?wait=true")
+    unknown = api.delete("/jobs/w-never?wait=true")
+    # Then the pending one was cancelled, with its due time
+    assert cancelled.status == 200, cancelled.text
+    assert (cancelled.json["status"], cancelled.json["due_ms"]) == ("cancelled", later)
+    # And the forwarded one was too late: its due time and when it was forwarded
+    assert too_late.status == 200, too_late.text
+    assert too_late.json["status"] == "too_late"
+    assert too_late.json["due_ms"] == now <= too_late.json["forwarded_ms"]
+    # And the unknown id is said to be unknown
+    assert unknown.json == {"id": "w-never", "status": "unknown"}
+    # And a wait that is neither true nor false is a 422 naming the field
+    bad = api.delete("/jobs/w-later?wait=soon")
+    assert bad.status == 422
+    assert "wait" in bad.text
+
+
 # --- GET /jobs --------------------------------------------------------------------------------
 
 

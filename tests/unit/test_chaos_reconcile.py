@@ -23,6 +23,7 @@ from chaos.figures import SUPERSEDED_ACKED_BEFORE_DUE, book_figures, failures
 from chaos.forensics import duplicate_cause
 from chaos.load import LoadConfig, LoadGenerator
 from chaos.reconcile import BEFORE_DUE, RACE, Book, Forward
+from tests.support import wait_for
 
 T = 1_000_000  # a made-up epoch ms
 DUE = T + 9_000
@@ -209,11 +210,10 @@ def test_a_frozen_worker_is_stopped_until_thawed_and_still_stops_on_sigterm(
     try:
         # When it is frozen, then thawed
         worker.freeze()
-        frozen = _state(worker.pid)
+        # Then it stops (signals arrive asynchronously: waited for), and runs again once thawed
+        wait_for(lambda: _state(worker.pid) == "T", "the frozen worker to stop", timeout=5)
         worker.thaw()
-        thawed = _state(worker.pid)
-        # Then it was stopped while frozen, and not after
-        assert frozen == "T" and thawed != "T"
+        wait_for(lambda: _state(worker.pid) != "T", "the thawed worker to run", timeout=5)
         # And a worker stopped while frozen is thawed first, so SIGTERM ends it at once
         worker.freeze()
         assert worker.stop(timeout=5) == -signal.SIGTERM

@@ -1,0 +1,71 @@
+"""tables/store.py: the changelog's persisted offset follows this process's acks only while it is
+the changelog partition's only writer (step 6 of the durability order in app/ingest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rocksdict import Options, Rdict
+
+from tables.store import PartitionDB, PartitionStore
+
+
+@dataclass
+class Acked:
+    offset: int
+
+
+class Changelog:
+    """A changelog partition that other writers may append to between this process's flushes."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+
+    async def send(
+        self, partition: int, records: Sequence[tuple[bytes, bytes | None]]
+    ) -> list[tuple[Awaitable[Any], int]]:
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ack.set_result(Acked(self.end))  # one record batch: its base offset
+        self.end += len(records)
+        return [(ack, index) for index in range(len(records))]
+
+
+async def test_the_persisted_offset_stops_at_records_another_worker_wrote(tmp_path: Path) -> None:
+    db: Any = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
+    dbs: dict[int, PartitionDB] = {0: db}
+    persisted: dict[int, int] = {0: 9}
+    changelog = Changelog(end=10)
+    store = PartitionStore(
+        lambda: dbs,
+        lambda partition: dbs[partition],
+        changelog.send,
+        persisted=lambda partition, offset: persisted.__setitem__(partition, offset),
+        persisted_of=persisted.get,
+    )
+    # Given a partition whose database recorded changelog offset 9, the changelog's last
+    # When this process writes two records, and the broker puts them at 10 and 11
+    store.put(0, b"a", b"1")
+    store.put(0, b"b", b"2")
+    await store.flush_changelog()
+    await asyncio.sleep(0)  # the ack callbacks
+    # Then the database records offset 11
+    assert persisted[0] == 11 and store.diverged == set()
+    # When another worker appends three records, then this process writes one more
+    changelog.end += 3
+    store.put(0, b"c", b"3")
+    await store.flush_changelog()
+    await asyncio.sleep(0)
+    # Then the database keeps offset 11: a recovery replays the other worker's records
+    assert persisted[0] == 11 and store.diverged == {0}
+    # And it stays there until the partition leaves this worker
+    store.put(0, b"d", b"4")
+    await store.flush_changelog()
+    await asyncio.sleep(0)
+    assert persisted[0] == 11
+    store.forget(0)
+    assert store.diverged == set()
+    db.close()
