@@ -17,6 +17,7 @@ __all__ = [  # noqa: RUF022 (grouped like the tree below, not sorted)
     "InvalidRecord",
     # the broker
     "ApiUnavailable",
+    "FrozenTooLong",
     "BrokerUnavailable",
     "EmbeddedBrokerError",
     "ForwardFailed",
@@ -65,6 +66,11 @@ class InvalidRecord(DelayqError):
 
 class BrokerUnavailable(DelayqError):
     """The Kafka broker could not be reached, or did not acknowledge in time."""
+
+
+class FrozenTooLong(DelayqError):
+    """The worker's process stood still longer than its group session allows: it writes no
+    more (app/freeze.py)."""
 
 
 class ApiUnavailable(DelayqError):

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from app import names
-from app.service import app, settings
+from app.errors import FrozenTooLong
+from app.service import app, freeze_watch, settings
 from app.upstream import rocksdb
 from app.upstream.producer import Record, send_batched_on
 from app.upstream.recovery import RestoringTableManager
@@ -19,7 +20,7 @@ from tables.rebuild import stop_for_rebuild
 from tables.restore import ChangelogRestorer
 from tables.store import PartitionStore
 
-__all__ = ["jobs_store", "jobs_table"]
+__all__ = ["check_not_frozen", "jobs_store", "jobs_table"]
 
 
 async def _index_restored(event: Any) -> None:
@@ -61,9 +62,19 @@ def _changelog_topic() -> str:
     return name
 
 
+def check_not_frozen() -> None:
+    """Before any write: stop the worker after a stand-still past its session (app/freeze.py)."""
+    try:
+        freeze_watch.check()
+    except FrozenTooLong as exc:
+        stop_for_rebuild(app, str(exc), exc)
+        raise
+
+
 async def _send_changelog(
     partition: int, records: Sequence[tuple[bytes, bytes | None]]
 ) -> Sequence[tuple[Awaitable[Any], int]]:
+    check_not_frozen()
     batch: list[Record] = [(key, value, []) for key, value in records]
     return await send_batched_on(app, _changelog_topic(), partition, batch)
 

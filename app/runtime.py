@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from app.engine import Engine, EngineConfig
-from app.jobs_table import jobs_store, jobs_table
+from app.jobs_table import check_not_frozen, jobs_store, jobs_table
 from app.service import app, settings
 from app.upstream.producer import Placed, Record, send_batched_on
 
@@ -14,7 +14,8 @@ __all__ = ["active_partitions", "engine"]
 
 
 class _AppProducer:
-    """Faust's producer, looked up at send time (Faust creates it lazily)."""
+    """Faust's producer, looked up at send time (Faust creates it lazily); no write after a
+    freeze past the session timeout (app/freeze.py)."""
 
     async def send(
         self,
@@ -25,6 +26,7 @@ class _AppProducer:
         timestamp: float | None,
         headers: Any,
     ) -> Awaitable[Any]:
+        check_not_frozen()
         fut: Awaitable[Any] = await app.producer.send(
             topic, key, value, partition, timestamp, headers
         )
@@ -33,6 +35,7 @@ class _AppProducer:
     async def send_many(
         self, topic: str, partition: int | None, records: Sequence[Record]
     ) -> list[Placed]:
+        check_not_frozen()
         return await send_batched_on(app, topic, partition, records)
 
 

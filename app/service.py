@@ -14,6 +14,7 @@ import faust
 
 from app import tansu_compat
 from app.errors import SettingsError
+from app.freeze import FreezeWatch
 from app.settings import Settings, load_settings
 from app.upstream.faust_app import TunedApp
 from tables.rebuild import rebuild_if_marked
@@ -59,6 +60,10 @@ if _heartbeat >= _session_timeout:
     )
     raise SystemExit(2)
 
+#: Past this stand-still the group may have expired the worker (its last heartbeat can predate
+#: the stall by one interval): every write checks it first (app/freeze.py).
+freeze_watch = FreezeWatch(_session_timeout - _heartbeat)
+
 
 def _credentials(settings: Settings) -> Any:
     """Faust's form of the Kafka security settings (None for PLAINTEXT)."""
@@ -82,7 +87,12 @@ class DelayqApp(TunedApp):
         # Before any table partition opens: a table marked as ahead of its changelog is
         # emptied here, so that recovery restores it from the changelog (tables/rebuild.py).
         rebuild_if_marked(Path(self.conf.tabledir))
+        freeze_watch.start()
         await super().on_first_start()
+
+    async def on_stop(self) -> None:
+        freeze_watch.stop()
+        await super().on_stop()
 
 
 app = DelayqApp(

@@ -19,11 +19,11 @@ from faust.types import TP
 from app.agents import catch_up
 from app.errors import SettingsError
 from app.runtime import active_partitions, engine
-from app.service import app, settings
+from app.service import app, freeze_watch, settings
 from app.times import now_ms
 from app.topics import dead_letter_topic
 
-__all__ = ["fire_due_jobs", "hand_over", "probe_ingest_ends"]
+__all__ = ["fire_due_jobs", "fresh_membership", "hand_over", "probe_ingest_ends"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,14 @@ async def hand_over(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None
 
 # mypy cannot match an async receiver against mode's union of receiver types.
 app.on_partitions_revoked.connect(cast(Any, hand_over))
+
+
+async def fresh_membership(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """A new assignment: the group's view is fresh, an earlier stand-still is past (freeze.py)."""
+    freeze_watch.assigned()
+
+
+app.on_partitions_assigned.connect(cast(Any, fresh_membership))
 
 
 def _freeze_startup_objects() -> None:
