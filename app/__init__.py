@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
     if name != "app":
         raise AttributeError(f"module 'app' has no attribute {name!r}")
     # Register the Faust primitives on the app: one module each.
-    from app import agents, timers, views  # noqa: F401
+    from app import agents, probes, timers, views  # noqa: F401
 
     if importlib.util.find_spec("app.dashboard") is not None:
         importlib.import_module("app.dashboard")

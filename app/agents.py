@@ -110,7 +110,7 @@ async def _apply_until_done(messages: Sequence[Any]) -> None:
 async def catch_up(partition: int, start: int, stop: int) -> int:
     """Read and apply the ingest commands at ``start <= offset < stop``; how many there were.
 
-    For the ingest guard (app/timers.py), when the stream has not delivered commands below an
+    For the ingest guard (app/probes.py), when the stream has not delivered commands below an
     end offset it observed: the stream delivers them later, and they are skipped as replays.
     """
     records = await _read_skipped(partition, start, stop)

@@ -5,7 +5,7 @@ acknowledged before T. The firing pass (app/firing.py) sends, per partition, onl
 at or before the partition's ``safe_ms``, which moves forward like this:
 
 1. a pass holds back due jobs (due after ``safe_ms``) and asks for a probe;
-2. the probe loop (app/timers.py) reads the clock, ``t``, then asks the broker for the ingest
+2. the probe loop (app/probes.py) reads the clock, ``t``, then asks the broker for the ingest
    partitions' end offsets (high watermarks). The broker answers at or after ``t``, so every
    command it acknowledged before ``t`` lies below the end offset ``E`` it answers;
 3. if the partition has applied every offset below ``E``, ``safe_ms`` becomes ``t``. If not,

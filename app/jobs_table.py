@@ -30,6 +30,7 @@ async def _index_restored(event: Any) -> None:
     and standby partitions while they follow the changelog.
     """
     message = event.message
+    jobs_store.replayed_at(message.partition, message.offset)
     jobs_store.index_restored(message.partition, message.key, message.value)
 
 
@@ -104,6 +105,7 @@ def _consumer_options() -> dict[str, Any]:
 
 _manager = app.tables
 assert isinstance(_manager, RestoringTableManager)
+_manager.add_gap_source(jobs_table, jobs_store.gap_before)
 _manager.add_restorer(
     jobs_table,
     ChangelogRestorer(

@@ -18,6 +18,7 @@ __all__ = [
     "APPLIED_KEY",
     "DUE_END",
     "DUE_PREFIX",
+    "GAP_KEY",
     "ID_END",
     "ID_PREFIX",
     "decode_due_ms",
@@ -33,6 +34,10 @@ __all__ = [
 #: ``b"A"`` -> ``be64(offset)``: the last ingest offset applied to this partition (changelogged),
 #: so that commands Faust delivers again after a crash are not applied twice.
 APPLIED_KEY = b"A"
+#: ``b"G"`` -> ``be64(offset)`` (local only): the changelog offset up to which a standby copy is
+#: known to hold every record; its replay skipped some after it (tables/store.py). The next
+#: active recovery starts from there.
+GAP_KEY = b"G"
 DUE_PREFIX = b"D"
 #: First key after the due key space: the exclusive upper bound of a full due scan.
 DUE_END = b"E"

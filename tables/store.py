@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from rocksdict import ReadOptions, WriteBatch
 
-from tables.keys import DUE_PREFIX, index_entry
+from tables.keys import DUE_PREFIX, GAP_KEY, decode_due_ms, encode_due_ms, index_entry
 
 __all__ = ["ChangelogSend", "PartitionDB", "PartitionStore"]
 
@@ -86,6 +86,8 @@ class PartitionStore:
         self._persisted_of = persisted_of
         #: partition -> the changelog offset its next record gets if nobody else writes there
         self._next_offset: dict[int, int] = {}
+        #: partition -> the changelog offset Faust's replay should give next (replayed_at)
+        self._replay_next: dict[int, int] = {}
         #: Partitions whose changelog got records from another writer since this one's last:
         #: their persisted offset stays where it was (see :meth:`_acked`).
         self.diverged: set[int] = set()
@@ -222,7 +224,51 @@ class PartitionStore:
     def forget(self, partition: int) -> None:
         """The partition left this worker: its next recovery sets where its changelog is."""
         self._next_offset.pop(partition, None)
+        self._replay_next.pop(partition, None)
         self.diverged.discard(partition)
+
+    def replayed_at(self, partition: int, offset: int) -> None:
+        """A changelog record at ``offset`` is being replayed into ``partition`` (Faust's replay).
+
+        Faust replays from the persisted offset on, one record after the other. A record beyond
+        the next one means some were dropped on the way (Faust can drop queued standby records
+        in a rebalance), and the persisted offset will pass them once later records are
+        applied: the offset before the hole is kept under :data:`GAP_KEY`, so that the next
+        active recovery replays from there (:meth:`gap_before`).
+        """
+        expected = self._replay_next.get(partition)
+        if expected is None and self._persisted_of is not None:
+            persisted = self._persisted_of(partition)
+            expected = None if persisted is None else persisted + 1
+        self._replay_next[partition] = offset + 1
+        if expected is None or offset <= expected:
+            return  # the next one, or a replay started again from an earlier offset
+        db = self._dbs().get(partition)
+        if db is None:
+            return
+        held = db.get(GAP_KEY)
+        if held is None or decode_due_ms(held) > expected - 1:
+            db.put(GAP_KEY, encode_due_ms(max(expected - 1, 0)))
+        log.warning(
+            "changelog partition %d: replay skipped offsets %d-%d; the next active recovery "
+            "replays from %d",
+            partition,
+            expected,
+            offset - 1,
+            expected,
+        )
+
+    def gap_before(self, partition: int) -> int | None:
+        """The offset a recovery must start after, if a replay skipped records; clears it."""
+        self._replay_next.pop(partition, None)
+        db = self._dbs().get(partition)
+        if db is None:
+            return None
+        held = db.get(GAP_KEY)
+        if held is None:
+            return None
+        db.delete(GAP_KEY)
+        return decode_due_ms(held)
 
     def index_restored(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Keep the id index in step with a due-key record replayed from the changelog."""
@@ -267,6 +313,7 @@ class PartitionStore:
                 index[index_key] = None
         batch.put(*self._offset_entry(offset))
         db.write(batch)
+        self._replay_next[partition] = offset + 1  # Faust's replay goes on from here
         return True
 
     def scan(

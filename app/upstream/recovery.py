@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from faust.tables import TableManager
@@ -91,11 +91,33 @@ class BulkRecovery(Recovery):
     ) -> None:
         await super()._build_offsets(consumer, tps, destination, title)
         if destination is self.active_offsets:
+            self._replay_from_gaps(tps, destination)
             # Faust's highwater is the offset of the last record (end offset - 1).
             ends = {
                 tp: self.active_highwaters[tp] + 1 for tp in tps if tp in self.active_highwaters
             }
             await self._restore(tps, destination, ends)
+
+    def _replay_from_gaps(self, tps: Iterable[TP], offsets: Any) -> None:
+        """Start an active partition's recovery before records its standby replay skipped.
+
+        Faust's persisted offset passes records its replay dropped (tables/store.py
+        ``replayed_at``); a partition that was a standby here would become active without them.
+        """
+        gaps: Mapping[Any, Any] = getattr(self.tables, "gap_sources", {})
+        for tp in tps:
+            table = self.tp_to_table.get(tp)
+            gap_before = gaps.get(table)
+            if gap_before is None:
+                continue
+            gap = gap_before(tp.partition)
+            if gap is not None and gap < offsets[tp]:
+                log.warning(
+                    "%s: recovering from offset %d, before the records its replay skipped",
+                    tp,
+                    gap + 1,
+                )
+                offsets[tp] = gap
 
     # Extends faust/tables/recovery.py Recovery._seek_offsets (lines 759-770): the bulk restore
     # of standby partitions (same gain, for a fail-over; not measured on its own).
@@ -154,6 +176,7 @@ class RestoringTableManager(TableManager):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.restorers: dict[Any, ChangelogRestorer] = {}
+        self.gap_sources: dict[Any, Callable[[int], int | None]] = {}
 
     # Replaces faust/tables/manager.py TableManager.changelog_queue (lines 108-116), building
     # a ChangelogQueue in the private _changelog_queue.
@@ -180,3 +203,7 @@ class RestoringTableManager(TableManager):
     def add_restorer(self, table: Any, restorer: ChangelogRestorer) -> None:
         """Restore ``table`` in bulk before Faust's recovery reads its changelog."""
         self.restorers[table] = restorer
+
+    def add_gap_source(self, table: Any, gap_before: Callable[[int], int | None]) -> None:
+        """Ask ``gap_before(partition)`` where an active recovery of ``table`` must start."""
+        self.gap_sources[table] = gap_before

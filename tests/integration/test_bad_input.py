@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.times import now_ms
 from tests.conftest import WorkerFactory
-from tests.support import Kafka, Namespace, headers_of, schedule_headers
+from tests.support import WAIT_S, Kafka, Namespace, headers_of, schedule_headers
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +90,32 @@ async def test_a_delay_from_a_future_timestamp_counts_from_receipt(
     due = int(headers_of(record)["delayq-due-ms"])
     assert sent_at + 500 <= due < ahead
     assert record.timestamp >= due
+
+
+async def test_the_offset_of_a_dead_lettered_record_is_committed_once_its_dead_letter_is_in(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+) -> None:
+    # Given a worker, and a bad record followed by a good one in ingest partition 0
+    start_worker()
+    bad = await kafka.send(ns.ingest, b"bad", b"v", [("delayq-delay-ms", b"0")], partition=0)
+    good = await kafka.send(
+        ns.ingest, b"good", b"g", schedule_headers(ns.target(), delay_ms=0), partition=0
+    )
+    # When its dead letter is written (in the background: the good job did not wait for it)
+    await kafka.collect([ns.dead_letters], lambda rs: len(rs) >= 1)
+    await kafka.collect([ns.target()], lambda rs: len(rs) >= 1)
+    # Then the worker's consumer group commits past both: the record held back the commit
+    # only until its dead letter was acknowledged
+    tp = TopicPartition(ns.ingest, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=ns.app_id)
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        committed = await consumer.committed(tp)
+        while (committed or 0) <= good.offset:
+            assert asyncio.get_running_loop().time() < deadline, f"committed {committed}"
+            await asyncio.sleep(0.2)
+            committed = await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+    assert bad.offset < good.offset < committed

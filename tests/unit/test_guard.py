@@ -5,7 +5,14 @@ given by hand (the worker's probe loop asks the broker: tests/integration/test_c
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
+from app.gaps import Record
+from app.ingest import apply_batch
 from tests.unit.engine_harness import NOW, Harness
+from tests.unit.test_ingest import Wiring, cancel, schedule
 
 
 async def fire(h: Harness, now: int) -> None:
@@ -113,3 +120,36 @@ async def test_a_peek_that_cannot_tell_leaves_the_partition_to_the_agent(h: Harn
     h.engine.mark_applied(0, 6)
     await fire(h, NOW + 2)
     assert h.forwarded_ids() == [b"a"]
+
+
+async def test_a_batch_that_failed_half_way_does_not_fire_what_it_superseded(h: Harness) -> None:
+    # Given a batch: a job "x" due already (offset 1), then a record at offset 4; offsets 2-3
+    # (the cancel of "x" at 3) were not delivered, and reading them back fails for now
+    wiring = Wiring(h)
+    wiring.topic[0, 3] = cancel(3, b"x")
+    reads_fail = True
+
+    async def read(partition: int, start: int, stop: int) -> list[Record]:
+        if reads_fail:
+            raise TimeoutError("the broker does not answer")
+        return [
+            wiring.topic[partition, o] for o in range(start, stop) if (partition, o) in wiring.topic
+        ]
+
+    ctx = dataclasses.replace(wiring.ctx, read_skipped=read)
+    await apply_batch(ctx, [schedule(0, b"other", NOW + 60_000)])
+    with pytest.raises(TimeoutError):
+        await apply_batch(ctx, [schedule(1, b"x", NOW - 10), schedule(4, b"y", NOW + 60_000)])
+    # When a pass runs meanwhile, after a probe that found end offset 5 and peeked at the
+    # commands not applied (offsets 1-4: "x", the cancel of "x", "y")
+    h.engine.observe_end_offsets(NOW, {0: 5}, {0: frozenset({b"x", b"y"})})
+    await fire(h, NOW)
+    # Then "x" is not forwarded: its own cancel is not applied yet
+    assert h.forwarded_ids() == []
+    # When the batch is applied again and the read-back works
+    reads_fail = False
+    await apply_batch(ctx, [schedule(1, b"x", NOW - 10), schedule(4, b"y", NOW + 60_000)])
+    await fire(h, NOW + 1)
+    # Then the cancel won: "x" is never forwarded
+    assert h.forwarded_ids() == []
+    assert h.engine.get(0, b"x") is None

@@ -69,3 +69,29 @@ async def test_the_persisted_offset_stops_at_records_another_worker_wrote(tmp_pa
     store.forget(0)
     assert store.diverged == set()
     db.close()
+
+
+def test_a_replay_that_skips_records_makes_the_next_recovery_start_before_them(
+    tmp_path: Path,
+) -> None:
+    db: Any = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
+    dbs: dict[int, PartitionDB] = {0: db}
+    persisted = {0: 99}
+
+    async def never(partition: int, records: Any) -> list[tuple[Awaitable[Any], int]]:
+        raise AssertionError("no writes here")
+
+    store = PartitionStore(lambda: dbs, lambda p: dbs[p], never, persisted_of=persisted.get)
+    # Given a standby copy whose replay starts after offset 99
+    # When the replay gives offsets 100 and 101, then 105 (102-104 were dropped on the way)
+    for offset in (100, 101, 105, 106):
+        store.replayed_at(0, offset)
+    persisted[0] = 106  # Faust applied them: its persisted offset passed the hole
+    # Then the next active recovery of the partition starts after 101, once
+    assert store.gap_before(0) == 101
+    assert store.gap_before(0) is None
+    # And that recovery, replaying from 102 on, is no hole
+    for offset in (102, 103, 104, 105):
+        store.replayed_at(0, offset)
+    assert store.gap_before(0) is None
+    db.close()

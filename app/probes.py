@@ -1,0 +1,160 @@
+"""The ingest guard's probe loop: end offsets, and peeks at the commands not applied yet.
+
+The guard's rules are in app/guard.py (steps 1-3); this Faust task asks the broker (step 2 and
+the peek of step 3) for the partitions whose due jobs a firing pass held back, and reads back
+what the stream has left undelivered for too long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app.agents import catch_up
+from app.runtime import active_partitions, engine
+from app.service import app, settings
+from app.times import now_ms
+
+__all__ = ["probe_ingest_ends"]
+
+log = logging.getLogger(__name__)
+
+#: The probe loop looks at least this often for probes the agent has not met.
+_PROBE_IDLE_S = 0.5
+#: A peek at the commands not applied yet gives up after this (their jobs wait for the agent).
+_PEEK_TIMEOUT_S = 1.0
+#: A probe unmet this long, with the agent's applied offset unchanged, is met by reading back.
+_STALL_MS = 2_000
+
+
+@app.task
+async def probe_ingest_ends() -> None:
+    """The ingest guard's probes (app/guard.py, step 2), for partitions holding due jobs back.
+
+    Its own consumer (no group; paused but for a peek): Faust's runs in another thread, and a call
+    into it waited for that thread's next fetch (~100 ms on the embedded broker).
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **settings.kafka_client_options(),
+    )
+    await consumer.start()
+    stalled: dict[int, tuple[int, int]] = {}  # partition -> (applied offset seen, since ms)
+    try:
+        while not app.should_stop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(engine.probe_wanted.wait(), _PROBE_IDLE_S)
+            engine.probe_wanted.clear()
+            if app.rebalancing or not app.tables.actives_ready:
+                continue
+            try:
+                await _probe(consumer, active_partitions(), stalled)
+            except Exception:  # the next round asks again
+                log.exception("ingest guard probe failed")
+                await asyncio.sleep(_PROBE_IDLE_S)
+                engine.probe_wanted.set()
+    finally:
+        await consumer.stop()
+
+
+async def _probe(consumer: Any, active: list[int], stalled: dict[int, tuple[int, int]]) -> None:
+    """Steps 2 and 3 of app/guard.py for the partitions holding due jobs back."""
+    owned = {TopicPartition(settings.ingest_topic, partition) for partition in active}
+    if consumer.assignment() != owned:  # paused but for a peek; assigned as rarely as it changes
+        consumer.assign(list(owned))
+        consumer.pause(*owned)
+    targets = engine.probe_targets(active)
+    if targets:
+        taken = now_ms()  # before the request: the broker answers at or after it
+        tps = [TopicPartition(settings.ingest_topic, partition) for partition in targets]
+        ends = {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
+        unapplied = {
+            partition: (engine.applied_offset(partition) + 1, end)
+            for partition, end in ends.items()
+            if engine.applied_offset(partition) + 1 < end
+        }
+        ids = await _peek(consumer, unapplied) if unapplied else {}
+        engine.observe_end_offsets(taken, ends, ids)
+    await _meet_stalled_probes(active, stalled)
+
+
+async def _peek(
+    consumer: Any, ranges: dict[int, tuple[int, int]]
+) -> dict[int, frozenset[bytes] | None]:
+    """The job ids of the ingest commands at ``start <= offset < end``, per partition.
+
+    None for a partition whose commands cannot all be read in time or whose offsets have a
+    hole (a record the broker skipped, or a transaction marker): its jobs wait for the agent.
+    """
+    wanted = {TopicPartition(settings.ingest_topic, p): span for p, span in ranges.items()}
+    ids: dict[TopicPartition, set[bytes]] = {tp: set() for tp in wanted}
+    #: the next offset expected per partition; None once a hole was seen
+    expected: dict[TopicPartition, int | None] = {tp: s for tp, (s, _e) in wanted.items()}
+    try:
+        for tp, (start, _end) in wanted.items():
+            consumer.seek(tp, start)
+        consumer.resume(*wanted)
+        async with asyncio.timeout(_PEEK_TIMEOUT_S):
+            while any(_short(expected[tp], end) for tp, (_start, end) in wanted.items()):
+                fetched = await consumer.getmany(timeout_ms=_PEEK_TIMEOUT_S * 1000)
+                for tp, records in fetched.items():
+                    for record in records:
+                        if record.offset >= wanted[tp][1] or expected[tp] is None:
+                            break
+                        if record.offset != expected[tp]:  # a hole: cannot tell
+                            expected[tp] = None
+                            break
+                        expected[tp] = record.offset + 1
+                        if record.key is not None:
+                            ids[tp].add(record.key)
+    except TimeoutError:
+        pass
+    finally:
+        consumer.pause(*wanted)  # no fetching between probes
+    return {
+        tp.partition: None
+        if expected[tp] is None or _short(expected[tp], end)
+        else frozenset(ids[tp])
+        for tp, (_start, end) in wanted.items()
+    }
+
+
+def _short(expected: int | None, end: int) -> bool:
+    """Whether a peek still has offsets to read before ``end`` (not after a hole)."""
+    return expected is not None and expected < end
+
+
+async def _meet_stalled_probes(active: list[int], stalled: dict[int, tuple[int, int]]) -> None:
+    """Read back what a probe waits for when the agent has not moved for ``_STALL_MS``.
+
+    The stream can leave the last commands of a partition undelivered (app/gaps.py): with no
+    later command to reveal the gap, the guard would hold the partition's due jobs for good.
+    """
+    now = now_ms()
+    for partition in active:
+        probe = engine.waiting_probe(partition)
+        if probe is None:
+            stalled.pop(partition, None)
+            continue
+        applied = engine.applied_offset(partition)
+        seen, since = stalled.get(partition, (None, now))
+        if seen != applied:
+            stalled[partition] = (applied, now)
+            continue
+        if now - since < _STALL_MS or applied < 0:
+            continue  # moving, or nothing applied yet: the stream's first record sets the start
+        log.warning(
+            "ingest partition %d: offsets %d-%d not delivered after %d ms; reading them back",
+            partition,
+            applied + 1,
+            probe[1] - 1,
+            now - since,
+        )
+        engine.stats.guard_read_back += await catch_up(partition, applied + 1, probe[1])
+        stalled.pop(partition, None)
