@@ -93,6 +93,8 @@ class EngineConfig:
     #: Removals wait this long to share one fired record per partition: each record is one
     #: more event for the agent, and passes come as often as jobs fall due.
     removal_linger_ms: int = 50
+    #: False: jobs fire when due, whatever commands are on their way (app/guard.py).
+    ingest_guard: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ engine = Engine(
         forward_retry_backoff_ms=settings.forward_retry_backoff_ms,
         ack_timeout_ms=int(settings.ack_timeout_s * 1000),
         max_forward_bytes=settings.max_forward_bytes,
+        ingest_guard=settings.ingest_guard,
     ),
 )
 

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         description="A delayq-delay-ms record timestamped further ahead of the worker's clock "
         "than this counts its delay from the time the worker reads it (and is counted).",
     )
+    ingest_guard: bool = Field(
+        True,
+        description="A job due at T is forwarded only once its partition has applied every "
+        "command the broker acknowledged before T, so a cancel or replace sent in time always "
+        "wins; it costs lateness (docs/architecture.md, the ingest guard). false: forward as "
+        "soon as due, and a cancel that the worker has not read yet loses.",
+    )
     routes: str = Field(
         "",
         description="Fixed-delay routes SOURCE=DELAY:TARGET, comma separated, e.g. "

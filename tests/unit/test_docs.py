@@ -53,6 +53,8 @@ def documented_default(default: object) -> str:
         return "unset"
     if default == "":
         return "empty"
+    if isinstance(default, bool):  # as an environment variable says it
+        return f"`{str(default).lower()}`"
     return f"`{default}`"
 
 

@@ -6,6 +6,7 @@ given by hand (the worker's probe loop asks the broker: tests/integration/test_c
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,16 @@ async def test_a_batch_that_failed_half_way_does_not_fire_what_it_superseded(h: 
     # Then the cancel won: "x" is never forwarded
     assert h.forwarded_ids() == []
     assert h.engine.get(0, b"x") is None
+
+
+async def test_with_the_guard_off_a_due_job_fires_without_a_probe(tmp_path: Path) -> None:
+    # Given an engine with DELAYQ_INGEST_GUARD=false, and a job due already
+    h = Harness(tmp_path, ingest_guard=False)
+    h.open_db(0)
+    h.schedule("a", NOW - 10)
+    # When a pass runs, with no probe ever made
+    await fire(h, NOW)
+    # Then the job is forwarded, and no probe was asked for
+    assert h.forwarded_ids() == [b"a"]
+    assert not h.engine.probe_wanted.is_set()
+    h.close()
