@@ -887,10 +887,6 @@ async def _partition_count(
     raise CommandError(f"topic {topic!r} does not exist on {servers}", EXIT_USAGE)
 
 
-#: The longest ``tail`` waits for its consumer to stop.
-_TAIL_STOP_S = 5.0
-
-
 async def _follow(
     servers: str,
     topic: str,
@@ -945,10 +941,7 @@ async def _follow(
                         )
                         printed += 1
     finally:
-        # Bounded: after Ctrl-C (the task cancelled) aiokafka's stop was seen to hang once in
-        # a full test run on a loaded machine, and a tail must end when asked.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(consumer.stop(), _TAIL_STOP_S)
+        await consumer.stop()
     return printed
 
 

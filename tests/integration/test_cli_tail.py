@@ -37,6 +37,12 @@ async def delayq(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+def _interruptible() -> None:
+    # Ctrl-C as in a terminal: a test run started in the background (`make test &`) has SIGINT
+    # ignored, and its children would inherit that and never see the Ctrl-C under test.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def start_tail(*args: str) -> asyncio.subprocess.Process:
     """``delayq tail ARGS`` running in the background, its output unbuffered."""
     return await asyncio.create_subprocess_exec(
@@ -46,6 +52,7 @@ async def start_tail(*args: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_interruptible,
     )
 
 
