@@ -16,6 +16,7 @@ from app.service import app, freeze_watch, settings
 from app.upstream import rocksdb
 from app.upstream.producer import Record, send_batched_on
 from app.upstream.recovery import RestoringTableManager
+from tables.keys import STALE_KEY
 from tables.rebuild import stop_for_rebuild
 from tables.restore import ChangelogRestorer
 from tables.store import PartitionStore
@@ -31,6 +32,12 @@ async def _index_restored(event: Any) -> None:
     """
     message = event.message
     jobs_store.replayed_at(message.partition, message.offset)
+    if not jobs_store.fresh(message.partition, message.headers or ()):
+        # A late writer's record (tables/store.py ``fresh``): Faust applies what the event
+        # holds once its buffer is full, with no veto, so the event is made a no-op first:
+        # the delete of a key nothing else uses.
+        message.key, message.value = STALE_KEY, None
+        return
     jobs_store.index_restored(message.partition, message.key, message.value)
 
 
@@ -73,10 +80,10 @@ def check_not_frozen() -> None:
 
 
 async def _send_changelog(
-    partition: int, records: Sequence[tuple[bytes, bytes | None]]
+    partition: int, records: Sequence[tuple[bytes, bytes | None]], headers: list[tuple[str, bytes]]
 ) -> Sequence[tuple[Awaitable[Any], int]]:
     check_not_frozen()
-    batch: list[Record] = [(key, value, []) for key, value in records]
+    batch: list[Record] = [(key, value, list(headers)) for key, value in records]
     return await send_batched_on(app, _changelog_topic(), partition, batch)
 
 
@@ -112,5 +119,7 @@ _manager.add_restorer(
         _consumer_options,
         jobs_store.apply_restored,
         min_records=settings.bulk_restore_min_records,
+        fresh=jobs_store.fresh,
+        begin=jobs_store.replay_begins,
     ),
 )

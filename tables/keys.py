@@ -21,6 +21,7 @@ __all__ = [
     "GAP_KEY",
     "ID_END",
     "ID_PREFIX",
+    "STALE_KEY",
     "decode_due_ms",
     "due_key",
     "due_of",
@@ -38,6 +39,8 @@ APPLIED_KEY = b"A"
 #: known to hold every record; its replay skipped some after it (tables/store.py). The next
 #: active recovery starts from there.
 GAP_KEY = b"G"
+#: A key no reader uses: a stale changelog record in Faust's replay is made a delete of it.
+STALE_KEY = b"Z"
 DUE_PREFIX = b"D"
 #: First key after the due key space: the exclusive upper bound of a full due scan.
 DUE_END = b"E"

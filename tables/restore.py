@@ -35,6 +35,8 @@ class ChangelogRestorer:
         *,
         min_records: int = 1_000,
         max_poll_records: int = 20_000,
+        fresh: Callable[[int, Any], bool] | None = None,
+        begin: Callable[[int], None] | None = None,
     ) -> None:
         #: Called at each restore: bootstrap servers and security options of the app's broker.
         self._consumer_options = consumer_options
@@ -43,6 +45,10 @@ class ChangelogRestorer:
         #: own); 0 turns the bulk restore off.
         self.min_records = min_records
         self._max_poll_records = max_poll_records
+        #: ``(partition, headers)`` -> False for a record to skip (a late writer's)
+        self._fresh = fresh
+        #: ``partition`` -> called when a restore of it starts
+        self._begin = begin
 
     async def restore(
         self,
@@ -82,6 +88,8 @@ class ChangelogRestorer:
             todo = {p for p in starts if ends[p] - starts[p] >= self.min_records}
             for p, tp in tps.items():
                 if p in todo:
+                    if self._begin is not None:
+                        self._begin(p)
                     consumer.seek(tp, starts[p])
                 else:
                     consumer.pause(tp)
@@ -92,12 +100,17 @@ class ChangelogRestorer:
                     wanted = [r for r in records if r.offset < ends[p]]
                     if p not in todo or not wanted:
                         continue
-                    rows = [(r.key, r.value) for r in wanted if r.key is not None]
-                    if len(rows) < len(wanted):
+                    if any(r.key is None for r in wanted):
                         # Faust's replay cannot apply these either: leave them to it.
                         log.warning("changelog %s[%d]: record without a key, stop", topic, p)
                         todo.discard(p)
                         continue
+                    fresh = self._fresh
+                    rows = [
+                        (r.key, r.value)
+                        for r in wanted
+                        if fresh is None or fresh(p, r.headers or ())
+                    ]
                     last = wanted[-1].offset
                     if not self._apply(p, rows, last):
                         todo.discard(p)  # revoked meanwhile

@@ -30,9 +30,15 @@ from typing import Any, Protocol
 
 from rocksdict import ReadOptions, WriteBatch
 
-from tables.keys import DUE_PREFIX, GAP_KEY, decode_due_ms, encode_due_ms, index_entry
+from tables.keys import (
+    DUE_PREFIX,
+    GAP_KEY,
+    decode_due_ms,
+    encode_due_ms,
+    index_entry,
+)
 
-__all__ = ["ChangelogSend", "PartitionDB", "PartitionStore"]
+__all__ = ["TAG_HEADER", "ChangelogSend", "PartitionDB", "PartitionStore"]
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +53,15 @@ class PartitionDB(Protocol):
     def write(self, batch: WriteBatch) -> None: ...
 
 
-#: ``(partition, [(key, value_or_None), ...])`` -> enqueue in order; per record, the ack future
-#: of its record batch (its result's ``offset`` is the batch's first) and its index in the batch.
+#: ``(partition, [(key, value_or_None), ...], headers)`` -> enqueue in order, each record with
+#: ``headers``; per record, the ack future of its record batch (its result's ``offset`` is the
+#: batch's first) and its index in the batch.
 ChangelogSend = Callable[
-    [int, Sequence[tuple[bytes, bytes | None]]], Awaitable[Sequence[tuple[Awaitable[Any], int]]]
+    [int, Sequence[tuple[bytes, bytes | None]], list[tuple[str, bytes]]],
+    Awaitable[Sequence[tuple[Awaitable[Any], int]]],
 ]
+#: The changelog header carrying the writer's applied ingest offset when it wrote the record.
+TAG_HEADER = "delayq-applied"
 #: ``(partition, changelog_offset)``: the change at this offset is in the local database.
 PersistedOffset = Callable[[int, int], None]
 #: Called with the error when the producer gave up on a changelog record.
@@ -88,6 +98,10 @@ class PartitionStore:
         self._next_offset: dict[int, int] = {}
         #: partition -> the changelog offset Faust's replay should give next (replayed_at)
         self._replay_next: dict[int, int] = {}
+        #: The writer's applied ingest offset of a partition (the tag of its changelog records).
+        self.tag_of: Callable[[int], int] | None = None
+        #: partition -> the highest tag a replay has met (see :meth:`fresh`)
+        self._replay_tag: dict[int, int] = {}
         #: Partitions whose changelog got records from another writer since this one's last:
         #: their persisted offset stays where it was (see :meth:`_acked`).
         self.diverged: set[int] = set()
@@ -149,7 +163,7 @@ class PartitionStore:
         for sent, (partition, entries) in enumerate(partitions):
             records = [(key, value) for key, value, _once_acked in entries]
             try:
-                placed = await self._send_changelog(partition, records)
+                placed = await self._send_changelog(partition, records, self._tag(partition))
             except BaseException:
                 # Writing a record twice is harmless (same key, same value, same order).
                 unsent = [(p, *entry) for p, batch in partitions[sent:] for entry in batch]
@@ -221,10 +235,44 @@ class PartitionStore:
         if partition not in self.diverged:
             self._persisted(partition, last_offset)
 
+    def _tag(self, partition: int) -> list[tuple[str, bytes]]:
+        tag = None if self.tag_of is None else self.tag_of(partition)
+        return [] if tag is None or tag < 0 else [(TAG_HEADER, encode_due_ms(tag))]
+
+    def fresh(self, partition: int, headers: Iterable[tuple[str, bytes | None]]) -> bool:
+        """Whether a replayed changelog record is to be applied: False for a stale one.
+
+        Each writer tags its records with its applied ingest offset, which only grows. A record
+        tagged below a tag the replay has already met comes from a writer that was behind: a
+        frozen former owner whose queued records reached the broker after the new owner's.
+        Applying it would bring back what the new owner had moved past. Untagged records (older
+        data) are applied.
+        """
+        tag = next((v for n, v in headers if n == TAG_HEADER and v is not None), None)
+        if tag is None:
+            return True
+        value = decode_due_ms(tag)
+        highest = self._replay_tag.get(partition, -1)
+        if value < highest:
+            log.warning(
+                "changelog partition %d: a record tagged %d after %d skipped (a late writer)",
+                partition,
+                value,
+                highest,
+            )
+            return False
+        self._replay_tag[partition] = value
+        return True
+
+    def replay_begins(self, partition: int) -> None:
+        """A replay of ``partition`` starts: tags are compared from its first record on."""
+        self._replay_tag.pop(partition, None)
+
     def forget(self, partition: int) -> None:
         """The partition left this worker: its next recovery sets where its changelog is."""
         self._next_offset.pop(partition, None)
         self._replay_next.pop(partition, None)
+        self._replay_tag.pop(partition, None)
         self.diverged.discard(partition)
 
     def replayed_at(self, partition: int, offset: int) -> None:
@@ -237,6 +285,8 @@ class PartitionStore:
         active recovery replays from there (:meth:`gap_before`).
         """
         expected = self._replay_next.get(partition)
+        if expected is None or offset < expected:
+            self.replay_begins(partition)  # a replay (re)starts here
         if expected is None and self._persisted_of is not None:
             persisted = self._persisted_of(partition)
             expected = None if persisted is None else persisted + 1
@@ -261,6 +311,7 @@ class PartitionStore:
     def gap_before(self, partition: int) -> int | None:
         """The offset a recovery must start after, if a replay skipped records; clears it."""
         self._replay_next.pop(partition, None)
+        self._replay_tag.pop(partition, None)
         db = self._dbs().get(partition)
         if db is None:
             return None

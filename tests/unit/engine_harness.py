@@ -93,7 +93,10 @@ class Harness:
         self.version = 0
 
     async def _log(
-        self, partition: int, records: Sequence[tuple[bytes, bytes | None]]
+        self,
+        partition: int,
+        records: Sequence[tuple[bytes, bytes | None]],
+        headers: list[tuple[str, bytes]],
     ) -> list[tuple[Awaitable[Any], int]]:
         if self.changelog_refusals:
             self.changelog_refusals -= 1
