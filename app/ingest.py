@@ -52,6 +52,7 @@ class TableWrites(IngestGuard):
         broker acknowledged it; until then this process goes by its own record of the mark.
         """
         self.note_applied(partition, offset)
+        self.store.tag = offset
         self.store.put_once_acked(partition, APPLIED_KEY, encode_due_ms(offset))
 
     def schedule(self, partition: int, job: Job, received_ms: int) -> None:
@@ -286,6 +287,8 @@ async def apply_batch(ctx: IngestContext, messages: Sequence[Any]) -> None:
             engine.stats.not_owned_skipped += 1
             continue
         if message.topic == ctx.fired_topic:
+            # A removal's records carry the partition's applied offset (tables/store.py fresh).
+            engine.store.tag = batch.last_applied(message.partition)
             if message.key is not None and message.key.startswith(FENCE_PREFIX):
                 engine.fence_passed(message.partition, message.key)
             else:
@@ -349,6 +352,7 @@ def _apply_command(
     """
     engine = ctx.engine
     now = ctx.clock()
+    engine.store.tag = message.offset  # what this command writes carries its offset
     parsed = _parse(ctx, message, message_headers(message), now)
     if isinstance(parsed, InvalidRecord):
         log.warning(

@@ -19,7 +19,7 @@ from app.upstream.recovery import RestoringTableManager
 from tables.keys import STALE_KEY
 from tables.rebuild import stop_for_rebuild
 from tables.restore import ChangelogRestorer
-from tables.store import PartitionStore
+from tables.store import ChangelogRecord, PartitionStore
 
 __all__ = ["check_not_frozen", "jobs_store", "jobs_table"]
 
@@ -80,10 +80,10 @@ def check_not_frozen() -> None:
 
 
 async def _send_changelog(
-    partition: int, records: Sequence[tuple[bytes, bytes | None]], headers: list[tuple[str, bytes]]
+    partition: int, records: Sequence[ChangelogRecord]
 ) -> Sequence[tuple[Awaitable[Any], int]]:
     check_not_frozen()
-    batch: list[Record] = [(key, value, list(headers)) for key, value in records]
+    batch: list[Record] = [(key, value, headers) for key, value, headers in records]
     return await send_batched_on(app, _changelog_topic(), partition, batch)
 
 

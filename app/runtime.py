@@ -56,10 +56,6 @@ engine = Engine(
 )
 
 
-#: Each changelog record carries its writer's applied ingest offset (tables/store.py ``fresh``).
-jobs_store.tag_of = engine.applied_offset
-
-
 def active_partitions() -> list[int]:
     """Partitions of the jobs table this worker owns as active (not standby), sorted."""
     changelog = jobs_table.changelog_topic.get_topic_name()

@@ -38,7 +38,7 @@ from tables.keys import (
     index_entry,
 )
 
-__all__ = ["TAG_HEADER", "ChangelogSend", "PartitionDB", "PartitionStore"]
+__all__ = ["TAG_HEADER", "ChangelogRecord", "ChangelogSend", "PartitionDB", "PartitionStore"]
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,16 @@ class PartitionDB(Protocol):
     def write(self, batch: WriteBatch) -> None: ...
 
 
-#: ``(partition, [(key, value_or_None), ...], headers)`` -> enqueue in order, each record with
-#: ``headers``; per record, the ack future of its record batch (its result's ``offset`` is the
-#: batch's first) and its index in the batch.
+#: A changelog record to send: key, value (None: a tombstone) and headers.
+ChangelogRecord = tuple[bytes, bytes | None, list[tuple[str, bytes | None]]]
+#: ``(partition, [record, ...])`` -> enqueue in order; per record, the ack future of its record
+#: batch (its result's ``offset`` is the batch's first) and its index in the batch.
 ChangelogSend = Callable[
-    [int, Sequence[tuple[bytes, bytes | None]], list[tuple[str, bytes]]],
-    Awaitable[Sequence[tuple[Awaitable[Any], int]]],
+    [int, Sequence[ChangelogRecord]], Awaitable[Sequence[tuple[Awaitable[Any], int]]]
 ]
-#: The changelog header carrying the writer's applied ingest offset when it wrote the record.
-TAG_HEADER = "delayq-applied"
+#: The changelog header carrying the ingest offset of the command that made the record (for a
+#: removal: the writer's applied offset then).
+TAG_HEADER = "delayq-command"
 #: ``(partition, changelog_offset)``: the change at this offset is in the local database.
 PersistedOffset = Callable[[int, int], None]
 #: Called with the error when the producer gave up on a changelog record.
@@ -91,15 +92,18 @@ class PartitionStore:
         self._failed = failed
         self._offset_entry = offset_entry
         #: (partition, key, value, write locally once acknowledged) in write order.
-        self._pending: list[tuple[int, bytes, bytes | None, bool]] = []
+        self._pending: list[
+            tuple[int, bytes, bytes | None, bool, list[tuple[str, bytes | None]]]
+        ] = []
         #: The persisted changelog offset of a partition's database (None: none yet).
         self._persisted_of = persisted_of
         #: partition -> the changelog offset its next record gets if nobody else writes there
         self._next_offset: dict[int, int] = {}
         #: partition -> the changelog offset Faust's replay should give next (replayed_at)
         self._replay_next: dict[int, int] = {}
-        #: The writer's applied ingest offset of a partition (the tag of its changelog records).
-        self.tag_of: Callable[[int], int] | None = None
+        #: The ingest offset of the command being applied (the tag of the records it writes);
+        #: set by the writer before each command (app.ingest). None: records go untagged.
+        self.tag: int | None = None
         #: partition -> the highest tag a replay has met (see :meth:`fresh`)
         self._replay_tag: dict[int, int] = {}
         #: Partitions whose changelog got records from another writer since this one's last:
@@ -123,7 +127,7 @@ class PartitionStore:
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Write locally now; the changelog record goes out with :meth:`flush_changelog`."""
         self._open_db(partition).put(key, value)
-        self._pending.append((partition, key, value, False))
+        self._pending.append((partition, key, value, False, self._tag_headers()))
 
     def put_once_acked(self, partition: int, key: bytes, value: bytes) -> None:
         """Changelog ``key`` with :meth:`flush_changelog`; write it locally once acknowledged.
@@ -132,12 +136,12 @@ class PartitionStore:
         mark: app.ingest.apply_batch). Not written if the partition's database was dropped
         meanwhile.
         """
-        self._pending.append((partition, key, value, True))
+        self._pending.append((partition, key, value, True, self._tag_headers()))
 
     def delete(self, partition: int, key: bytes) -> None:
         """Delete locally now; the tombstone goes out with :meth:`flush_changelog`."""
         self._open_db(partition).delete(key)
-        self._pending.append((partition, key, None, False))
+        self._pending.append((partition, key, None, False, self._tag_headers()))
 
     def put_local(self, partition: int, key: bytes, value: bytes) -> None:
         """Write a derived key (the id index): never changelogged."""
@@ -155,15 +159,18 @@ class PartitionStore:
         local database already holds them all). Records not handed over when the producer
         raises stay pending for the next flush.
         """
-        by_partition: dict[int, list[tuple[bytes, bytes | None, bool]]] = {}
-        for partition, key, value, once_acked in self._pending:
-            by_partition.setdefault(partition, []).append((key, value, once_acked))
+        by_partition: dict[
+            int, list[tuple[bytes, bytes | None, bool, list[tuple[str, bytes | None]]]]
+        ]
+        by_partition = {}
+        for partition, key, value, once_acked, headers in self._pending:
+            by_partition.setdefault(partition, []).append((key, value, once_acked, headers))
         self._pending = []
         partitions = list(by_partition.items())
         for sent, (partition, entries) in enumerate(partitions):
-            records = [(key, value) for key, value, _once_acked in entries]
+            records = [(key, value, headers) for key, value, _once_acked, headers in entries]
             try:
-                placed = await self._send_changelog(partition, records, self._tag(partition))
+                placed = await self._send_changelog(partition, records)
             except BaseException:
                 # Writing a record twice is harmless (same key, same value, same order).
                 unsent = [(p, *entry) for p, batch in partitions[sent:] for entry in batch]
@@ -171,7 +178,7 @@ class PartitionStore:
                 raise
             for ack in {asyncio.ensure_future(ack) for ack, _index in placed}:
                 ack.add_done_callback(self._check)
-            for (key, value, once_acked), (record_ack, _i) in zip(entries, placed, strict=True):
+            for (key, value, once_acked, _h), (record_ack, _i) in zip(entries, placed, strict=True):
                 if once_acked and value is not None:
                     write = functools.partial(self._write_acked, partition, key, value)
                     asyncio.ensure_future(record_ack).add_done_callback(write)
@@ -235,18 +242,19 @@ class PartitionStore:
         if partition not in self.diverged:
             self._persisted(partition, last_offset)
 
-    def _tag(self, partition: int) -> list[tuple[str, bytes]]:
-        tag = None if self.tag_of is None else self.tag_of(partition)
+    def _tag_headers(self) -> list[tuple[str, bytes | None]]:
+        tag = self.tag
         return [] if tag is None or tag < 0 else [(TAG_HEADER, encode_due_ms(tag))]
 
     def fresh(self, partition: int, headers: Iterable[tuple[str, bytes | None]]) -> bool:
         """Whether a replayed changelog record is to be applied: False for a stale one.
 
-        Each writer tags its records with its applied ingest offset, which only grows. A record
-        tagged below a tag the replay has already met comes from a writer that was behind: a
-        frozen former owner whose queued records reached the broker after the new owner's.
-        Applying it would bring back what the new owner had moved past. Untagged records (older
-        data) are applied.
+        Each record is tagged with the ingest offset of the command that made it, and a writer
+        applies commands in offset order. A record tagged below a tag the replay has already met
+        comes from a writer that was behind: a frozen former owner whose queued records reached
+        the broker after the new owner's (the new owner's own records for the same commands,
+        with the same effects, came first). Applying it would bring back what the new owner had
+        moved past. Untagged records (older data) are applied.
         """
         tag = next((v for n, v in headers if n == TAG_HEADER and v is not None), None)
         if tag is None:

@@ -95,13 +95,12 @@ class Harness:
     async def _log(
         self,
         partition: int,
-        records: Sequence[tuple[bytes, bytes | None]],
-        headers: list[tuple[str, bytes]],
+        records: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]],
     ) -> list[tuple[Awaitable[Any], int]]:
         if self.changelog_refusals:
             self.changelog_refusals -= 1
             raise RuntimeError("the producer refuses the changelog records")
-        self.changelog.extend((partition, key, value) for key, value in records)
+        self.changelog.extend((partition, key, value) for key, value, _headers in records)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.held_acks is None:
             done.set_result(None)

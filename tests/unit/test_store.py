@@ -29,8 +29,7 @@ class Changelog:
     async def send(
         self,
         partition: int,
-        records: Sequence[tuple[bytes, bytes | None]],
-        headers: list[tuple[str, bytes]],
+        records: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]],
     ) -> list[tuple[Awaitable[Any], int]]:
         ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         ack.set_result(Acked(self.end))  # one record batch: its base offset
