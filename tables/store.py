@@ -106,6 +106,9 @@ class PartitionStore:
         self.tag: int | None = None
         #: partition -> the highest tag a replay has met (see :meth:`fresh`)
         self._replay_tag: dict[int, int] = {}
+        self._late_logged: set[int] = set()
+        #: Replayed records skipped as a late writer's, since start.
+        self.late_skipped = 0
         #: Partitions whose changelog got records from another writer since this one's last:
         #: their persisted offset stays where it was (see :meth:`_acked`).
         self.diverged: set[int] = set()
@@ -262,12 +265,16 @@ class PartitionStore:
         value = decode_due_ms(tag)
         highest = self._replay_tag.get(partition, -1)
         if value < highest:
-            log.warning(
-                "changelog partition %d: a record tagged %d after %d skipped (a late writer)",
-                partition,
-                value,
-                highest,
-            )
+            if partition not in self._late_logged:  # once per replay: they come in runs
+                self._late_logged.add(partition)
+                log.warning(
+                    "changelog partition %d: records of a late writer skipped (the first "
+                    "tagged %d after %d)",
+                    partition,
+                    value,
+                    highest,
+                )
+            self.late_skipped += 1
             return False
         self._replay_tag[partition] = value
         return True
@@ -275,6 +282,7 @@ class PartitionStore:
     def replay_begins(self, partition: int) -> None:
         """A replay of ``partition`` starts: tags are compared from its first record on."""
         self._replay_tag.pop(partition, None)
+        self._late_logged.discard(partition)
 
     def forget(self, partition: int) -> None:
         """The partition left this worker: its next recovery sets where its changelog is."""

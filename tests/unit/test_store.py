@@ -119,6 +119,7 @@ def test_a_late_writers_records_are_skipped_by_a_replay(tmp_path: Path) -> None:
     # whose queued records reached the broker late)
     # Then it is skipped; records of the current writer, and untagged ones, are applied
     assert not store.fresh(0, tagged(6))
+    assert store.late_skipped == 1
     assert store.fresh(0, tagged(7))
     assert store.fresh(0, [("other", b"x")])
     # And a replay that starts again compares from its own first record on
