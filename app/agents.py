@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.gaps import Record, read_range
-from app.ingest import IngestContext, apply_batch, delay_base_ms, message_headers
+from app.ingest import IngestContext, apply_batch, delay_base_ms, message_headers, no_release
 from app.jobs import Header
 from app.names import HEADER_DUE_MS, HEADER_KEY, HEADER_PREFIX, HEADER_TARGET
 from app.runtime import active_partitions, engine
@@ -57,13 +57,9 @@ def _hold(message: Any) -> Callable[[], None]:
     """
     incref = getattr(message, "incref", None)
     if incref is None:
-        return _nothing
+        return no_release
     incref()
     return functools.partial(message.ack, app.consumer)
-
-
-def _nothing() -> None:
-    pass
 
 
 #: The worker's wiring of the ingest step.

@@ -180,8 +180,6 @@ class PartitionState:
     safe_ms: int = 0
     #: An end-offset probe waiting for the agent: (taken at ms, end offset). At most one.
     probe: tuple[int, int] | None = None
-    #: A pass held due jobs back for the guard: the probe loop asks the broker.
-    held: bool = False
     #: Job ids with a command acknowledged before ``safe_ms`` and not yet applied: their jobs
     #: wait until the agent has applied up to ``blocked_until`` (app/guard.py).
     blocked: frozenset[bytes] = frozenset()

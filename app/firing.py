@@ -58,11 +58,8 @@ class Firing(Settling, IngestGuard):
                     continue
                 batch, partition_wake = self._collect_due(partition, now)
                 forwards.extend(batch)
-                state = self._state(partition)
-                if state.next_due_ms <= now and state.safe_ms < now:
-                    # Due jobs held back by the ingest guard (app/guard.py): a probe frees them.
-                    state.held = True
-                    self.probe_wanted.set()
+                if self.holds_back(self._state(partition), now):
+                    self.probe_wanted.set()  # a probe frees them (app/guard.py)
                 wake = min(wake, partition_wake)
             if forwards:
                 # Across partitions too, send in due order (stable sort: ties keep key order).
@@ -90,7 +87,7 @@ class Firing(Settling, IngestGuard):
             state.recheck_ms = None
             rescan_from(state, due_prefix(state.watermark_ms))
         elif state.next_due_ms > limit:
-            return [], min(_due_wake(state, now, limit, idle_wake), recheck_ms or idle_wake)
+            return [], min(self._due_wake(state, now, idle_wake), recheck_ms or idle_wake)
         if len(state.behind) > _BEHIND_MAX:  # one walk costs less than so many lookups
             rescan_from(state, min(state.behind))
         batch: list[Forward] = []
@@ -109,7 +106,13 @@ class Firing(Settling, IngestGuard):
             state.watermark_ms = due_of(state.cursor) if len(state.cursor) > 1 else 0
         if len(batch) >= self.config.fire_batch_max:
             return batch, now
-        return batch, min(_due_wake(state, now, limit, idle_wake), state.recheck_ms or idle_wake)
+        return batch, min(self._due_wake(state, now, idle_wake), state.recheck_ms or idle_wake)
+
+    def _due_wake(self, state: PartitionState, now: int, idle_wake: int) -> int:
+        """When the partition's next due job needs a pass (held ones: when the guard wakes it)."""
+        if self.holds_back(state, now):
+            return idle_wake
+        return min(idle_wake, state.next_due_ms)
 
     def _scan_due(
         self, partition: int, state: PartitionState, now: int, limit: int, batch: list[Forward]
@@ -216,10 +219,3 @@ class Firing(Settling, IngestGuard):
 
 def _blocked_key_of(state: PartitionState, key: bytes) -> bool:
     return bool(state.blocked) and split_due_key(key)[1] in state.blocked
-
-
-def _due_wake(state: PartitionState, now: int, limit: int, idle_wake: int) -> int:
-    """When the partition's next due job needs a pass: the guard wakes the loop for held ones."""
-    if limit < state.next_due_ms <= now:
-        return idle_wake
-    return min(idle_wake, state.next_due_ms)

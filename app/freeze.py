@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from app.errors import FrozenTooLong
 
@@ -36,6 +37,8 @@ class FreezeWatch:
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
+        #: Called with the error before :meth:`check` raises it (the worker: stop to rebuild).
+        self.on_frozen: Callable[[FrozenTooLong], None] | None = None
         self._last_tick = time.monotonic()
         #: The longest gap seen since the last assignment (0: none over the limit).
         self._gap_s = 0.0
@@ -68,10 +71,13 @@ class FreezeWatch:
         """Raise :class:`FrozenTooLong` if the process stood still past the limit."""
         gap = self.frozen_for()
         if gap:
-            raise FrozenTooLong(
+            exc = FrozenTooLong(
                 f"the worker stood still for {gap:.1f} s, longer than the group allows "
                 f"({self.limit_s:.1f} s): its partitions may belong to another worker now"
             )
+            if self.on_frozen is not None:
+                self.on_frozen(exc)
+            raise exc
 
     def assigned(self) -> None:
         """A new assignment: the group's view is fresh; an earlier stand-still is past."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from app.engine_state import EngineState
+from app.engine_state import EngineState, PartitionState
 from tables.keys import APPLIED_KEY, decode_due_ms
 
 __all__ = ["IngestGuard"]
@@ -53,12 +53,16 @@ class IngestGuard(EngineState):
             return now
         return min(now, self._state(partition).safe_ms)
 
-    def probe_targets(self, active: Collection[int]) -> list[int]:
-        """Active partitions that held due jobs back and have no probe waiting for the agent."""
+    def holds_back(self, state: PartitionState, now: int) -> bool:
+        """Whether the guard holds due jobs of the partition back: due by ``now``, not safe."""
+        return self.config.ingest_guard and state.safe_ms < state.next_due_ms <= now
+
+    def probe_targets(self, active: Collection[int], now: int) -> list[int]:
+        """Active partitions holding due jobs back, with no probe waiting for the agent."""
         targets = []
         for partition in active:
             state = self._parts.get(partition)
-            if state is not None and state.held and state.probe is None:
+            if state is not None and state.probe is None and self.holds_back(state, now):
                 targets.append(partition)
         return targets
 
@@ -79,7 +83,6 @@ class IngestGuard(EngineState):
             state = self._parts.get(partition)
             if state is None:  # revoked meanwhile
                 continue
-            state.held = False
             if self.applied_offset(partition) >= end - 1:
                 self._advance(partition, taken_ms)
                 continue
@@ -114,8 +117,8 @@ class IngestGuard(EngineState):
         lag = 0
         for partition in active:
             state = self._parts.get(partition)
-            if state is not None and state.next_due_ms <= now and state.safe_ms < now:
-                lag = max(lag, now - max(state.safe_ms, state.next_due_ms))
+            if state is not None and self.holds_back(state, now):
+                lag = max(lag, now - state.next_due_ms)
         return lag
 
     def _advance(self, partition: int, safe_ms: int) -> None:

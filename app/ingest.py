@@ -34,7 +34,14 @@ from tables.keys import (
 if TYPE_CHECKING:
     from app.engine import Engine
 
-__all__ = ["IngestContext", "TableWrites", "apply_batch", "delay_base_ms", "message_headers"]
+__all__ = [
+    "IngestContext",
+    "TableWrites",
+    "apply_batch",
+    "delay_base_ms",
+    "message_headers",
+    "no_release",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +91,26 @@ class TableWrites(IngestGuard):
         self.stats.scheduled += 1
         self._note_due(state, new_key)
 
-    def cancel_outcome(self, partition: int, job_id: bytes) -> CancelOutcome:
-        """What a cancel of ``job_id`` applied now finds (app/outcomes.py)."""
-        index = self.store.read(partition, id_key(job_id))
-        if index is None:
-            return self.outcomes.not_pending(job_id)
-        due_ms = decode_due_ms(index)
-        flight = self._state(partition).in_flight.get(due_key(due_ms, job_id))
-        if flight is not None:  # sent, acknowledgement pending: it may well arrive
-            return CancelOutcome("too_late", due_ms, flight[1] - self.config.ack_timeout_ms)
-        return CancelOutcome("cancelled", due_ms)
+    def cancel(self, partition: int, job_id: bytes) -> CancelOutcome:
+        """Remove the pending job ``job_id``; what that found (app/outcomes.py).
 
-    def cancel(self, partition: int, job_id: bytes) -> bool:
-        """Remove the pending job ``job_id``; False if there is none."""
+        ``too_late`` for a job sent and awaiting its acknowledgement: it is removed too, but its
+        forward may well arrive.
+        """
         index = self.store.read(partition, id_key(job_id))
         if index is None:
             self.stats.cancel_unknown += 1
-            return False
-        self.store.delete(partition, due_key(decode_due_ms(index), job_id))
+            return self.outcomes.not_pending(job_id)
+        due_ms = decode_due_ms(index)
+        key = due_key(due_ms, job_id)
+        flight = self._state(partition).in_flight.get(key)
+        self.store.delete(partition, key)
         self.store.delete_local(partition, id_key(job_id))
         self._uncount(partition)
         self.stats.cancelled += 1
-        return True
+        if flight is not None:  # its expiry is its send time plus the ack timeout
+            return CancelOutcome("too_late", due_ms, flight[1] - self.config.ack_timeout_ms)
+        return CancelOutcome("cancelled", due_ms)
 
     async def flush(self) -> None:
         """Send the changelog records of the commands applied so far (the agent calls it)."""
@@ -156,12 +161,12 @@ class IngestContext:
     acknowledge_skipped: Callable[[int, int, int], Awaitable[None]]
     #: Keep the consumer from committing past a delivered record until the returned callable
     #: is called (the worker: one more reference on Faust's message).
-    hold: Callable[[Any], Callable[[], None]] = lambda _message: _no_release
+    hold: Callable[[Any], Callable[[], None]] = lambda _message: no_release
     clock: Callable[[], int] = now_ms
 
 
-def _no_release() -> None:
-    pass
+def no_release() -> None:
+    """A hold that holds nothing (records the consumer does not track)."""
 
 
 def _record_ms(timestamp_s: float | None) -> int | None:
@@ -364,8 +369,7 @@ def _apply_command(
         )
         batch.dead_letters.append((message, parsed.reason, gap.hold() if gap else None))
     elif isinstance(parsed, Cancel):
-        outcome = engine.cancel_outcome(message.partition, parsed.job_id)
-        engine.cancel(message.partition, parsed.job_id)
+        outcome = engine.cancel(message.partition, parsed.job_id)
         engine.outcomes.record(message.partition, message.offset, outcome)
     else:
         engine.schedule(message.partition, parsed, _received_ms(message.timestamp, now))

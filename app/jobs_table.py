@@ -11,17 +11,16 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from app import names
-from app.errors import FrozenTooLong
 from app.service import app, freeze_watch, settings
 from app.upstream import rocksdb
 from app.upstream.producer import Record, send_batched_on
-from app.upstream.recovery import RestoringTableManager
+from app.upstream.recovery import RestoringTableManager, void_replayed
 from tables.keys import STALE_KEY
 from tables.rebuild import stop_for_rebuild
 from tables.restore import ChangelogRestorer
 from tables.store import ChangelogRecord, PartitionStore
 
-__all__ = ["check_not_frozen", "jobs_store", "jobs_table"]
+__all__ = ["jobs_store", "jobs_table"]
 
 
 async def _index_restored(event: Any) -> None:
@@ -33,10 +32,7 @@ async def _index_restored(event: Any) -> None:
     message = event.message
     jobs_store.replayed_at(message.partition, message.offset)
     if not jobs_store.fresh(message.partition, message.headers or ()):
-        # A late writer's record (tables/store.py ``fresh``): Faust applies what the event
-        # holds once its buffer is full, with no veto, so the event is made a no-op first:
-        # the delete of a key nothing else uses.
-        message.key, message.value = STALE_KEY, None
+        void_replayed(event, STALE_KEY)  # a late writer's record (tables/store.py fresh)
         return
     jobs_store.index_restored(message.partition, message.key, message.value)
 
@@ -70,19 +66,10 @@ def _changelog_topic() -> str:
     return name
 
 
-def check_not_frozen() -> None:
-    """Before any write: stop the worker after a stand-still past its session (app/freeze.py)."""
-    try:
-        freeze_watch.check()
-    except FrozenTooLong as exc:
-        stop_for_rebuild(app, str(exc), exc)
-        raise
-
-
 async def _send_changelog(
     partition: int, records: Sequence[ChangelogRecord]
 ) -> Sequence[tuple[Awaitable[Any], int]]:
-    check_not_frozen()
+    freeze_watch.check()
     batch: list[Record] = [(key, value, headers) for key, value, headers in records]
     return await send_batched_on(app, _changelog_topic(), partition, batch)
 

@@ -69,16 +69,13 @@ async def _probe(consumer: Any, active: list[int], stalled: dict[int, tuple[int,
     if consumer.assignment() != owned:  # paused but for a peek; assigned as rarely as it changes
         consumer.assign(list(owned))
         consumer.pause(*owned)
-    targets = engine.probe_targets(active)
+    targets = engine.probe_targets(active, now_ms())
     if targets:
         taken = now_ms()  # before the request: the broker answers at or after it
         tps = [TopicPartition(settings.ingest_topic, partition) for partition in targets]
         ends = {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
-        unapplied = {
-            partition: (engine.applied_offset(partition) + 1, end)
-            for partition, end in ends.items()
-            if engine.applied_offset(partition) + 1 < end
-        }
+        starts = {partition: engine.applied_offset(partition) + 1 for partition in ends}
+        unapplied = {p: (starts[p], end) for p, end in ends.items() if starts[p] < end}
         ids = await _peek(consumer, unapplied) if unapplied else {}
         engine.observe_end_offsets(taken, ends, ids)
     await _meet_stalled_probes(active, stalled)

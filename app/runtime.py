@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from app.engine import Engine, EngineConfig
-from app.jobs_table import check_not_frozen, jobs_store, jobs_table
-from app.service import app, settings
+from app.jobs_table import jobs_store, jobs_table
+from app.service import app, freeze_watch, settings
 from app.upstream.producer import Placed, Record, send_batched_on
 
 __all__ = ["active_partitions", "engine"]
@@ -26,7 +26,7 @@ class _AppProducer:
         timestamp: float | None,
         headers: Any,
     ) -> Awaitable[Any]:
-        check_not_frozen()
+        freeze_watch.check()
         fut: Awaitable[Any] = await app.producer.send(
             topic, key, value, partition, timestamp, headers
         )
@@ -35,7 +35,7 @@ class _AppProducer:
     async def send_many(
         self, topic: str, partition: int | None, records: Sequence[Record]
     ) -> list[Placed]:
-        check_not_frozen()
+        freeze_watch.check()
         return await send_batched_on(app, topic, partition, records)
 
 

@@ -17,7 +17,7 @@ from app.errors import SettingsError
 from app.freeze import FreezeWatch
 from app.settings import Settings, load_settings
 from app.upstream.faust_app import TunedApp
-from tables.rebuild import rebuild_if_marked
+from tables.rebuild import rebuild_if_marked, stop_for_rebuild
 
 __all__ = ["app", "embedded", "settings"]
 
@@ -127,3 +127,5 @@ app = DelayqApp(
     # A POST /jobs body carries the value base64-encoded: room for the largest forward.
     web_application_options={"client_max_size": settings.max_forward_bytes * 2 + 65_536},
 )
+# A worker that stood still past its session stops as one whose table is ahead of its changelog.
+freeze_watch.on_frozen = lambda exc: stop_for_rebuild(app, str(exc), exc)

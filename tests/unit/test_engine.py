@@ -183,8 +183,8 @@ async def test_a_replacement_during_flight_survives_the_old_removal(h: Harness) 
 
 async def test_cancel_removes_a_pending_job_and_counts_unknown_ids(h: Harness) -> None:
     h.schedule("a", NOW + 10)
-    assert h.engine.cancel(0, b"a") is True
-    assert h.engine.cancel(0, b"nope") is False
+    assert h.engine.cancel(0, b"a").outcome == "cancelled"
+    assert h.engine.cancel(0, b"nope").outcome == "unknown"
     await h.fire(NOW + 100)
     assert h.forwarded_ids() == []
     assert (h.engine.stats.cancelled, h.engine.stats.cancel_unknown) == (1, 1)
@@ -395,7 +395,7 @@ async def test_the_id_index_is_rebuilt_from_replayed_changelog_records(h: Harnes
     assert job is not None and job.due_ms == NOW + 20
     assert fresh.engine.get(0, b"b") is None
     assert fresh.engine.pending_count([0]) == 1
-    assert fresh.engine.cancel(0, b"a") is True
+    assert fresh.engine.cancel(0, b"a").outcome == "cancelled"
     fresh.close()
 
 

@@ -31,7 +31,7 @@ async def test_a_due_job_waits_for_a_probe_and_asks_for_one(h: Harness) -> None:
     # Then nothing is forwarded, and the pass asked for a probe of that partition only
     assert h.forwarded_ids() == []
     assert h.engine.probe_wanted.is_set()
-    assert h.engine.probe_targets([0, 1]) == [0]
+    assert h.engine.probe_targets([0, 1], NOW) == [0]
     # When the probe finds the partition caught up (taken at NOW)
     h.engine.observe_end_offsets(NOW, {0: 0})
     # Then the loop is woken, and the next pass forwards the job
@@ -56,7 +56,7 @@ async def test_a_cancel_acknowledged_before_the_due_time_wins_while_the_agent_la
     assert h.engine.waiting_probe(0) == (NOW, 7)
     assert h.engine.guard_lag_ms([0, 1], NOW + 5) == 15  # held since its due time
     # When the agent applies the cancel (offset 6)
-    assert h.engine.cancel(0, b"a")
+    assert h.engine.cancel(0, b"a").outcome == "cancelled"
     h.engine.mark_applied(0, 6)
     # Then the probe is met and the cancelled job is never forwarded
     assert h.engine.waiting_probe(0) is None
@@ -73,7 +73,7 @@ async def test_jobs_due_after_the_probe_wait_for_the_next_probe(h: Harness) -> N
     await fire(h, NOW + 100)
     # Then only the job due by the probe's time is forwarded; the other asks for a probe
     assert h.forwarded_ids() == [b"early"]
-    assert h.engine.probe_targets([0, 1]) == [0]
+    assert h.engine.probe_targets([0, 1], NOW + 100) == [0]
     h.engine.observe_end_offsets(NOW + 100, {0: 0})
     await fire(h, NOW + 100)
     assert h.forwarded_ids() == [b"early", b"late"]
@@ -166,4 +166,19 @@ async def test_with_the_guard_off_a_due_job_fires_without_a_probe(tmp_path: Path
     # Then the job is forwarded, and no probe was asked for
     assert h.forwarded_ids() == [b"a"]
     assert not h.engine.probe_wanted.is_set()
+    h.close()
+
+
+async def test_with_the_guard_off_a_full_pass_asks_for_no_probe(tmp_path: Path) -> None:
+    # Given DELAYQ_INGEST_GUARD=false, passes of one job at most, and two jobs due
+    h = Harness(tmp_path, ingest_guard=False, fire_batch_max=1)
+    h.open_db(0)
+    h.schedule("a", NOW - 20)
+    h.schedule("b", NOW - 10)
+    # When a pass stops at its batch limit with a due job left
+    await fire(h, NOW)
+    # Then the job left waits for the next pass, not for a probe the guard does not need
+    assert h.forwarded_ids() == [b"a"]
+    assert not h.engine.probe_wanted.is_set()
+    assert h.engine.guard_lag_ms([0], NOW) == 0
     h.close()
