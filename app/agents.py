@@ -73,6 +73,7 @@ worker_ingest = IngestContext(
     read_skipped=_read_skipped,
     acknowledge_skipped=_acknowledge_skipped,
     hold=_hold,
+    partitions=settings.partitions,
 )
 
 

@@ -10,6 +10,7 @@ A job's path, top to bottom:
 5. app/settling.py: acks, retries, dead letters, and the removal records that the agent applies
    (back to 2), which delete the job.
 
+app/moving.py sends commands that landed off their job's home partition there (back to 1).
 app/handover.py keeps a partition from being fired twice when it moves between workers;
 app/pending.py reads for the views; app/engine_state.py holds what the steps share.
 
@@ -23,12 +24,13 @@ from __future__ import annotations
 from app.engine_state import DeadLetter, EngineConfig, Producer, Stats
 from app.handover import Handover
 from app.ingest import TableWrites
+from app.moving import Moving
 from app.pending import PendingReads
 
 __all__ = ["DeadLetter", "Engine", "EngineConfig", "Producer", "Stats"]
 
 
-class Engine(TableWrites, Handover, PendingReads):
+class Engine(TableWrites, Moving, Handover, PendingReads):
     """Table writes for the agent, the firing pass and hand-over for the loop, reads for views.
 
     Built as ``Engine(store, producer, config, clock=now_ms)``

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from app.jobs import FENCE_PREFIX, Job
 from app.outcomes import Outcomes
 from app.times import now_ms
-from app.upstream.producer import Record
+from app.upstream.producer import Record, TimedRecord
 from tables.keys import DUE_PREFIX, due_of
 from tables.store import PartitionStore
 
@@ -35,6 +35,7 @@ __all__ = [
     "PartitionState",
     "Producer",
     "Stats",
+    "TimedRecord",
     "as_future",
     "new_fence",
     "recheck",
@@ -65,6 +66,16 @@ class Producer(Protocol):
         """Enqueue ``records`` in order; per record, its batch's ack future and its index in it.
 
         ``partition`` None: each record goes where its key hashes (app/upstream/producer.py).
+        """
+        ...
+
+    async def send_record_batch(
+        self, topic: str, partition: int, records: Sequence[TimedRecord]
+    ) -> tuple[Awaitable[Any], int]:
+        """Send the first of ``records`` (at least one) that fit in one record batch.
+
+        The broker appends a record batch whole or not at all. Returns the batch's ack future
+        and how many records it holds.
         """
         ...
 
@@ -132,11 +143,17 @@ class Stats:
     not_owned_skipped: int = 0
     #: Schedules whose due time had passed when delayq received them (late from receipt).
     arrived_past_due: int = 0
+    #: Commands moved to their job's home partition, acknowledged (app/moving.py).
+    moved: int = 0
+    #: Moved commands that reached their home again (sent again after a crash): skipped.
+    moves_skipped: int = 0
     #: End-offset probes of the ingest guard (app/guard.py).
     ingest_probes: int = 0
     #: Ingest commands read back because the stream had not delivered them to the guard.
     guard_read_back: int = 0
     lateness_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
+    #: Moved commands applied at home: ms from their record's timestamp (app/moving.py).
+    move_lag_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     recent_dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=100))
 
     def count_dead_letter(self, key: bytes | None, reason: str, at_ms: int) -> None:
@@ -184,6 +201,9 @@ class PartitionState:
     #: wait until the agent has applied up to ``blocked_until`` (app/guard.py).
     blocked: frozenset[bytes] = frozenset()
     blocked_until: int = -1
+    #: Source partition -> highest offset of it whose move this process applied here (the
+    #: database's copy may lag: app/moving.py, step 4). Absent: see the database.
+    moved: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -232,6 +252,9 @@ class EngineState:
         self._removals_now = asyncio.Event()
         #: Dead letters of ingest records on their way (app/settling.py).
         self._dead_lettering: set[asyncio.Task[None]] = set()
+        #: Commands on their way to their home partition, and their senders (app/moving.py).
+        self._moves: dict[int, list[Any]] = {}
+        self._movers: dict[int, asyncio.Future[None]] = {}
         #: Set by a pass that held due jobs back for the ingest guard (app/guard.py).
         self.probe_wanted = asyncio.Event()
 

@@ -19,7 +19,8 @@ from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
 from app.guard import IngestGuard
 from app.jobs import FENCE_PREFIX, Header, Job, decode_fired, encode_job, job_version
-from app.names import HEADER_DELAY_MS
+from app.moving import encode_moved_from, home_partition, parse_moved_from, producer_partitioner
+from app.names import HEADER_DELAY_MS, HEADER_MOVED_FROM
 from app.outcomes import CancelOutcome
 from app.times import now_ms
 from tables.keys import (
@@ -28,6 +29,7 @@ from tables.keys import (
     due_key,
     encode_due_ms,
     id_key,
+    moved_key,
     split_due_key,
 )
 
@@ -61,6 +63,20 @@ class TableWrites(IngestGuard):
         self.note_applied(partition, offset)
         self.store.tag = offset
         self.store.put_once_acked(partition, APPLIED_KEY, encode_due_ms(offset))
+
+    def moved_offset(self, partition: int, source: int) -> int:
+        """The highest offset of ingest partition ``source`` moved here and applied (-1: none)."""
+        state = self._parts.get(partition)
+        if state is not None and source in state.moved:
+            return state.moved[source]
+        raw = self.store.read(partition, moved_key(source))
+        return -1 if raw is None else decode_due_ms(raw)
+
+    def mark_moved(self, partition: int, source: int, offset: int) -> None:
+        """Record that the moves from ``source`` up to ``offset`` are applied (step 4 of
+        app/moving.py), changelogged and written locally like :meth:`mark_applied`."""
+        self._state(partition).moved[source] = offset
+        self.store.put_once_acked(partition, moved_key(source), encode_due_ms(offset))
 
     def schedule(self, partition: int, job: Job, received_ms: int) -> None:
         """Store ``job``, replacing any pending job with the same id.
@@ -163,6 +179,9 @@ class IngestContext:
     #: is called (the worker: one more reference on Faust's message).
     hold: Callable[[Any], Callable[[], None]] = lambda _message: no_release
     clock: Callable[[], int] = now_ms
+    #: The ingest topic's partition count, which decides each job's home partition
+    #: (app/moving.py). 0: every command is applied where it lands (tests of one partition).
+    partitions: int = 0
 
 
 def no_release() -> None:
@@ -218,6 +237,8 @@ class _Batch:
         #: partition -> highest ingest offset handled (read from the table once per batch)
         self._applied: dict[int, int] = {}
         self._marked: set[int] = set()
+        #: (home partition, source partition) -> highest source offset moved there and applied
+        self._moved: dict[tuple[int, int], int] = {}
         #: partition -> (first, last, count) of the replayed commands skipped
         self._replays: dict[int, tuple[int, int, int]] = {}
         #: Records that break the contract, with the reason: dead-lettered after the batch.
@@ -233,12 +254,25 @@ class _Batch:
         self._applied[partition] = offset
         self._marked.add(partition)
 
+    def first_move(self, partition: int, source: int, offset: int) -> bool:
+        """Whether a move from ``source`` @ ``offset`` is new here; if so, it is noted."""
+        where = (partition, source)
+        last = self._moved.get(where)
+        if last is None:
+            last = self._engine.moved_offset(partition, source)
+        if offset <= last:
+            return False
+        self._moved[where] = offset
+        return True
+
     def replayed(self, partition: int, offset: int) -> None:
         first, _last, count = self._replays.get(partition, (offset, offset, 0))
         self._replays[partition] = (first, offset, count + 1)
 
     def finish(self) -> None:
         """Write the replay marks; log the replays skipped."""
+        for (partition, source), offset in self._moved.items():
+            self._engine.mark_moved(partition, source, offset)
         for partition in self._marked:
             self._engine.mark_applied(partition, self._applied[partition])
         for partition, (first, last, count) in self._replays.items():
@@ -319,10 +353,13 @@ async def _apply_ingest(ctx: IngestContext, message: Any, batch: _Batch) -> None
     if message.offset <= last:  # delivered again after a crash: applied before
         ctx.engine.stats.replays_skipped += 1
         batch.replayed(message.partition, message.offset)
-        # Its dead letter may not have been acknowledged before the crash: send it again.
-        parsed = _parse(ctx, message, message_headers(message), ctx.clock())
+        # Its dead letter or move may not have been acknowledged before the crash: again.
+        headers = message_headers(message)
+        parsed = _parse(ctx, message, headers, ctx.clock())
         if isinstance(parsed, InvalidRecord):
             batch.dead_letters.append((message, parsed.reason, None))
+        else:
+            _move_if_away(ctx, message, headers, parsed.job_id, None)
         return
     if last >= 0 and message.offset > last + 1:
         await _apply_skipped(ctx, message.partition, last + 1, message.offset, batch)
@@ -358,7 +395,8 @@ def _apply_command(
     engine = ctx.engine
     now = ctx.clock()
     engine.store.tag = message.offset  # what this command writes carries its offset
-    parsed = _parse(ctx, message, message_headers(message), now)
+    headers = message_headers(message)
+    parsed = _parse(ctx, message, headers, now)
     if isinstance(parsed, InvalidRecord):
         log.warning(
             "dead-lettering %s[%d]@%d: %s",
@@ -368,12 +406,79 @@ def _apply_command(
             parsed.reason,
         )
         batch.dead_letters.append((message, parsed.reason, gap.hold() if gap else None))
+    elif not _applies_here(ctx, message, headers, parsed.job_id, batch, gap):
+        pass  # moved to its home partition, or a move applied before
     elif isinstance(parsed, Cancel):
         outcome = engine.cancel(message.partition, parsed.job_id)
         engine.outcomes.record(message.partition, message.offset, outcome)
     else:
         engine.schedule(message.partition, parsed, _received_ms(message.timestamp, now))
     batch.applied(message.partition, message.offset)
+
+
+def _applies_here(
+    ctx: IngestContext,
+    message: Any,
+    headers: list[Header],
+    job_id: bytes,
+    batch: _Batch,
+    gap: _GapRelease | None,
+) -> bool:
+    """Whether a valid command is for this partition: not one to move, nor a move seen before."""
+    moved_from = parse_moved_from(headers)
+    if moved_from is None:
+        return not _move_if_away(ctx, message, headers, job_id, gap)
+    source, offset = moved_from
+    if not batch.first_move(message.partition, source, offset):
+        ctx.engine.stats.moves_skipped += 1
+        return False
+    timestamp_ms = _record_ms(message.timestamp)
+    if timestamp_ms is not None:
+        ctx.engine.stats.move_lag_ms.append(max(0, ctx.clock() - timestamp_ms))
+    return True
+
+
+def _move_if_away(
+    ctx: IngestContext,
+    message: Any,
+    headers: list[Header],
+    job_id: bytes,
+    gap: _GapRelease | None,
+) -> bool:
+    """Move a command that landed off its job's home partition there (app/moving.py, step 1).
+
+    False if the command is home (or carries :data:`HEADER_MOVED_FROM`: applied where it lands).
+    """
+    if not ctx.partitions or parse_moved_from(headers) is not None:
+        return False
+    home = home_partition(job_id, ctx.partitions)
+    if home == message.partition:
+        return False
+    _note_partitioner(ctx, job_id, message.partition)
+    moved = [(n, v) for n, v in headers if n != HEADER_MOVED_FROM]
+    moved.append((HEADER_MOVED_FROM, encode_moved_from(message.partition, message.offset)))
+    record = (message.key, message.value, moved, _record_ms(message.timestamp))
+    release = gap.hold() if gap is not None else ctx.hold(message)
+    ctx.engine.move_in_background(ctx.ingest_topic, home, record, release)
+    return True
+
+
+#: Producer partitioners already logged by this process (one line each).
+_partitioners_logged: set[str] = set()
+
+
+def _note_partitioner(ctx: IngestContext, job_id: bytes, partition: int) -> None:
+    pattern = producer_partitioner(job_id, partition, ctx.partitions)
+    if pattern in _partitioners_logged:
+        return
+    _partitioners_logged.add(pattern)
+    log.info(
+        "ingest partition %d: commands partitioned %s are moved to their job's home partition "
+        "(murmur2 of the job id); producers that partition by murmur2 save that hop "
+        "(README, 'Producing from any client')",
+        partition,
+        pattern,
+    )
 
 
 async def _apply_skipped(

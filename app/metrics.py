@@ -53,6 +53,8 @@ COUNTERS: Mapping[str, str] = {
     "arrived_past_due": "Jobs already past due when delayq received them (late from receipt).",
     "ingest_probes": "End-offset probes of the ingest guard.",
     "guard_read_back": "Ingest commands read back for the ingest guard (not delivered).",
+    "moved": "Commands moved from the partition they landed on to their job's home partition.",
+    "moves_skipped": "Moved commands that reached their home again (after a crash): skipped.",
 }
 QUANTILES = (0.5, 0.9, 0.99)
 

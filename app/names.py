@@ -19,6 +19,7 @@ __all__ = [
     "HEADER_ERROR",
     "HEADER_JOB_ID",
     "HEADER_KEY",
+    "HEADER_MOVED_FROM",
     "HEADER_PREFIX",
     "HEADER_TARGET",
     "JOBS_TABLE",
@@ -38,6 +39,9 @@ HEADER_DELAY_MS = "delayq-delay-ms"
 HEADER_KEY = "delayq-key"
 #: Forwarded and dead-lettered records: the job id, stable across re-deliveries.
 HEADER_JOB_ID = "delayq-job-id"
+#: Internal, set by delayq: a command moved to its job's home partition, from
+#: ``"{partition}:{offset}"`` of the ingest topic (app/moving.py). Applied where it lands.
+HEADER_MOVED_FROM = "delayq-moved-from"
 #: Dead-lettered records: why.
 HEADER_ERROR = "delayq-error"
 

@@ -8,7 +8,13 @@ from typing import Any
 from app.engine import Engine, EngineConfig
 from app.jobs_table import jobs_store, jobs_table
 from app.service import app, freeze_watch, settings
-from app.upstream.producer import Placed, Record, send_batched_on
+from app.upstream.producer import (
+    Placed,
+    Record,
+    TimedRecord,
+    send_batched_on,
+    send_record_batch_on,
+)
 
 __all__ = ["active_partitions", "engine"]
 
@@ -37,6 +43,12 @@ class _AppProducer:
     ) -> list[Placed]:
         freeze_watch.check()
         return await send_batched_on(app, topic, partition, records)
+
+    async def send_record_batch(
+        self, topic: str, partition: int, records: Sequence[TimedRecord]
+    ) -> tuple[Awaitable[Any], int]:
+        freeze_watch.check()
+        return await send_record_batch_on(app, topic, partition, records)
 
 
 engine = Engine(

@@ -21,6 +21,7 @@ __all__ = [
     "GAP_KEY",
     "ID_END",
     "ID_PREFIX",
+    "MOVED_PREFIX",
     "STALE_KEY",
     "decode_due_ms",
     "due_key",
@@ -29,6 +30,7 @@ __all__ = [
     "encode_due_ms",
     "id_key",
     "index_entry",
+    "moved_key",
     "split_due_key",
 ]
 
@@ -41,6 +43,9 @@ APPLIED_KEY = b"A"
 GAP_KEY = b"G"
 #: A key no reader uses: a stale changelog record in Faust's replay is made a delete of it.
 STALE_KEY = b"Z"
+#: ``b"M" + be64(source partition)`` -> ``be64(offset)``: the highest offset of that ingest
+#: partition whose command was moved here and applied (changelogged, like ``APPLIED_KEY``).
+MOVED_PREFIX = b"M"
 DUE_PREFIX = b"D"
 #: First key after the due key space: the exclusive upper bound of a full due scan.
 DUE_END = b"E"
@@ -91,3 +96,8 @@ def id_key(job_id: bytes) -> bytes:
 def index_entry(key: bytes) -> tuple[bytes, bytes]:
     """``(id_key, be64(due_ms))``: the id-index entry that the due key ``key`` implies."""
     return ID_PREFIX + key[9:], key[1:9]
+
+
+def moved_key(source: int) -> bytes:
+    """The key of the moved-commands mark for commands from ingest partition ``source``."""
+    return MOVED_PREFIX + _U64.pack(source)

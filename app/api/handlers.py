@@ -261,6 +261,7 @@ def _local_stats() -> dict[str, Any]:
         "guard_lag_ms": engine.guard_lag_ms(active, now_ms()),
         "counters": _counters(),
         "lateness_ms": _lateness(list(engine.stats.lateness_ms)),
+        "move_lag_ms": _lateness(list(engine.stats.move_lag_ms)),
     }
 
 

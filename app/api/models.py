@@ -709,6 +709,16 @@ class Counters(BaseModel):
         description="Jobs whose due time had passed when delayq received them; their "
         "lateness counts from the receipt (the ingest record's timestamp)."
     )
+    moved: int = Field(
+        default=0,
+        description="Commands a producer wrote off their job's home partition (murmur2 of the "
+        "job id), moved there: one more hop each.",
+    )
+    moves_skipped: int = Field(
+        default=0,
+        description="Moved commands that reached their home again (sent again after a crash), "
+        "not applied twice.",
+    )
 
 
 class Lateness(BaseModel):
@@ -738,6 +748,13 @@ class StatsOut(BaseModel):
     )
     counters: Counters
     lateness_ms: Lateness
+    move_lag_ms: Lateness | None = Field(
+        default=None,
+        description="Moved commands applied by this worker: application time minus the "
+        "record's timestamp, over the most recent ones. A moved cancel is sure to win against "
+        "a job due at least this long after it was written (README, 'Producing from any "
+        "client').",
+    )
 
 
 class TotalStats(BaseModel):

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiokafka.partitioner import murmur2
 from yarl import URL
 
 from app.api.models import Reply
 from app.errors import ApiError
+from app.moving import home_partition as partition_of
 
 __all__ = [
     "RETRY_AFTER_S",
@@ -48,12 +48,6 @@ ROUTED_HEADER = "X-Delayq-Routed"
 RETRY_AFTER_S = 1
 #: The longest a forwarded request may take (the owner itself waits at most for one produce).
 FORWARD_TIMEOUT_S = 30.0
-
-
-def partition_of(job_id: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a record keyed ``job_id``."""
-    hashed: int = murmur2(job_id)
-    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def same_worker(a: str, b: str) -> bool:

@@ -18,12 +18,21 @@ from aiokafka.structs import TopicPartition
 
 import app.upstream  # noqa: F401  (checks the library versions first)
 
-__all__ = ["Placed", "Record", "send_batched", "send_batched_on"]
+__all__ = [
+    "Placed",
+    "Record",
+    "TimedRecord",
+    "send_batched",
+    "send_batched_on",
+    "send_record_batch_on",
+]
 
 
 #: Key, value and headers of one record to produce (a list: aiokafka's batch builder, written
 #: in Cython, takes no other sequence).
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]
+#: Key, value, headers and timestamp (epoch ms; None: the producer's clock) of a record.
+TimedRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], int | None]
 #: Where an enqueued record went: the ack future of its record batch (its result's ``offset`` is
 #: the batch's first offset), and the record's index in that batch.
 Placed = tuple["asyncio.Future[Any]", int]
@@ -91,3 +100,27 @@ async def send_batched_on(
     Calls faust/transport/drivers/aiokafka.py ``Producer._ensure_producer``.
     """
     return await send_batched(app.producer._ensure_producer(), topic, partition, records)
+
+
+async def send_record_batch_on(
+    app: Any,
+    topic: str,
+    partition: int,
+    records: Sequence[TimedRecord],
+) -> tuple[asyncio.Future[Any], int]:
+    """Send the first of ``records`` that fit in one record batch; its ack and their count.
+
+    aiokafka's public ``create_batch`` and ``send_batch`` on a Faust app's producer (the one
+    private call is Faust's ``_ensure_producer``, as in :func:`send_batched_on`). An empty
+    batch takes any record, so at least one is sent.
+    """
+    producer = app.producer._ensure_producer()
+    batch = producer.create_batch()
+    count = 0
+    for key, value, headers, timestamp_ms in records:
+        if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
+            break
+        count += 1
+    batch.close()
+    ack: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
+    return ack, count

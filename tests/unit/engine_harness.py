@@ -15,7 +15,7 @@ from rocksdict import Options, Rdict
 
 from app.engine import Engine, EngineConfig
 from app.jobs import Job, decode_fired
-from app.upstream.producer import Record
+from app.upstream.producer import Record, TimedRecord
 from tables.store import PartitionDB, PartitionStore
 
 __all__ = ["NOW", "RECEIVED", "Harness", "RecordingProducer"]
@@ -31,6 +31,12 @@ class RecordingProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
         self.failing: set[str] = set()
+        #: Record batches sent whole: (topic, partition, records), with their ack futures,
+        #: which a test resolves (the broker acknowledges) or fails.
+        self.record_batches: list[tuple[str, int, list[TimedRecord]]] = []
+        self.batch_acks: list[asyncio.Future[Any]] = []
+        #: The most records one record batch takes.
+        self.batch_room = 2
 
     async def send(
         self,
@@ -57,6 +63,15 @@ class RecordingProducer:
         for key, value, headers in records:
             placed.append((await self.send(topic, key, value, partition, None, headers), 0))
         return placed
+
+    async def send_record_batch(
+        self, topic: str, partition: int, records: Sequence[TimedRecord]
+    ) -> tuple[Awaitable[Any], int]:
+        taken = list(records[: self.batch_room])
+        self.record_batches.append((topic, partition, taken))
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.batch_acks.append(ack)
+        return ack, len(taken)
 
     def to(self, topic: str) -> list[tuple[str, bytes | None, bytes | None, int | None, Any]]:
         return [s for s in self.sent if s[0] == topic]

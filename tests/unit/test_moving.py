@@ -1,0 +1,160 @@
+"""Moving commands to their job's home partition (app/moving.py), with a stub producer.
+
+Two ingest partitions, both owned here. The recording producer's record batches wait for the
+test to acknowledge or fail them, as a broker would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from app.gaps import Record
+from app.names import HEADER_DUE_MS, HEADER_MOVED_FROM
+from tables.keys import moved_key
+from tests.unit.engine_harness import NOW, Harness
+from tests.unit.test_ingest import Wiring, cancel, schedule
+
+PARTITIONS = 2
+
+
+def home(job_id: bytes) -> int:
+    partition: int = DefaultPartitioner()(job_id, [0, 1], [0, 1])
+    return partition
+
+
+def ids_at_home(partition: int, count: int) -> list[bytes]:
+    found = [f"job-{n}".encode() for n in range(100)]
+    return [job_id for job_id in found if home(job_id) == partition][:count]
+
+
+def moving(h: Harness) -> Wiring:
+    wiring = Wiring(h)
+    wiring.ctx = dataclasses.replace(wiring.ctx, partitions=PARTITIONS)
+    return wiring
+
+
+def moved(record: Record, source: int, offset: int, at: int) -> Record:
+    """``record`` as it lands on its home partition at offset ``at``."""
+    headers = [*record.headers, (HEADER_MOVED_FROM, f"{source}:{offset}".encode())]
+    partition = home(record.key or b"")
+    return dataclasses.replace(record, partition=partition, offset=at, headers=headers)
+
+
+async def turn() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def ack(h: Harness, index: int, error: BaseException | None = None) -> None:
+    future: asyncio.Future[Any] = h.producer.batch_acks[index]
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+async def test_a_command_off_its_home_is_moved_there_whole_and_held_until_acknowledged(
+    h: Harness,
+) -> None:
+    # Given a schedule written to partition 0 for a job whose home is partition 1
+    wiring = moving(h)
+    [job_id] = ids_at_home(1, 1)
+    record = dataclasses.replace(schedule(7, job_id, NOW + 5, partition=0), timestamp=1_700.5)
+    # When it is applied
+    await wiring.apply(record)
+    await turn()
+    # Then it is not scheduled in partition 0, and counts as handled there
+    assert h.engine.get(0, job_id) is None
+    assert h.engine.applied_offset(0) == 7
+    # And it is sent to partition 1 of the ingest topic: key, value, headers, timestamp, origin
+    [(topic, partition, [(key, value, headers, timestamp_ms)])] = h.producer.record_batches
+    assert (topic, partition, key, value, timestamp_ms) == ("ingest", 1, job_id, b"v", 1_700_500)
+    assert headers == [*record.headers, (HEADER_MOVED_FROM, b"0:7")]
+    # And the consumer may not commit past it until the broker acknowledges the move
+    assert wiring.held == {(0, 7)}
+    ack(h, 0)
+    await h.engine.moves_settled()
+    assert wiring.held == set()
+    assert h.engine.stats.moved == 1
+
+
+async def test_moves_to_one_partition_go_one_batch_at_a_time_and_a_failed_one_first(
+    h: Harness,
+) -> None:
+    # Given five commands on partition 0 for jobs at home in partition 1 (two per record batch)
+    wiring = moving(h)
+    job_ids = ids_at_home(1, 5)
+    await wiring.apply(*(schedule(n, job_id, NOW + 5) for n, job_id in enumerate(job_ids)))
+    await turn()
+    # Then only the first batch is sent until the broker answers
+    assert len(h.producer.record_batches) == 1
+    # When it fails
+    ack(h, 0, RuntimeError("broker away"))
+    await asyncio.sleep(0.15)  # the mover's first backoff (0.1 s)
+    # Then the same two commands are sent again before any later one
+    assert len(h.producer.record_batches) == 2
+    first, again = h.producer.record_batches
+    assert [r[0] for r in again[2]] == [r[0] for r in first[2]] == job_ids[:2]
+    # When each batch is acknowledged in turn
+    for index in range(1, 4):
+        ack(h, index)
+        await turn()
+    await h.engine.moves_settled()
+    # Then every command went out in its source order, each once after the failure
+    sent = [r[0] for batch in h.producer.record_batches[1:] for r in batch[2]]
+    assert sent == job_ids
+    assert wiring.held == set()
+
+
+async def test_a_moved_command_is_applied_once_at_home(h: Harness) -> None:
+    # Given a job at home in partition 1, scheduled by a command moved from partition 0
+    wiring = moving(h)
+    [job_id] = ids_at_home(1, 1)
+    first = moved(schedule(3, job_id, NOW + 5, partition=0), 0, 3, at=10)
+    await wiring.apply(first)
+    assert h.engine.get(1, job_id) is not None
+    # And a cancel of it, moved after it, applied
+    await wiring.apply(moved(cancel(4, job_id, partition=0), 0, 4, at=11))
+    assert h.engine.get(1, job_id) is None
+    # When the schedule is moved again (its source partition's new owner after a crash)
+    await wiring.apply(moved(schedule(3, job_id, NOW + 5, partition=0), 0, 3, at=12))
+    # Then it is skipped: the cancelled job stays cancelled
+    assert h.engine.get(1, job_id) is None
+    assert h.engine.stats.moves_skipped == 1
+    # And the mark of the moves from partition 0 is changelogged with the commands
+    assert (1, moved_key(0), (4).to_bytes(8, "big")) in h.changelog
+    assert h.engine.moved_offset(1, 0) == 4
+
+
+async def test_a_command_replayed_after_a_crash_is_moved_again(h: Harness) -> None:
+    # Given a command off its home, applied (moved) before a crash
+    wiring = moving(h)
+    [job_id] = ids_at_home(1, 1)
+    await wiring.apply(schedule(0, job_id, NOW + 5))
+    await turn()
+    ack(h, 0)
+    await h.engine.moves_settled()
+    # When Faust delivers it again (the consumer had not committed past it)
+    await wiring.apply(schedule(0, job_id, NOW + 5))
+    await turn()
+    # Then it is moved again (its first move may not have reached the broker)
+    assert len(h.producer.record_batches) == 2
+    ack(h, 1)
+    await h.engine.moves_settled()
+
+
+async def test_a_bad_command_off_its_home_is_dead_lettered_where_it_landed_not_moved(
+    h: Harness,
+) -> None:
+    # Given a record with a value and no target, on partition 0, keyed for partition 1
+    wiring = moving(h)
+    [job_id] = ids_at_home(1, 1)
+    await wiring.apply(Record("ingest", 0, 0, job_id, b"v", [(HEADER_DUE_MS, b"1")], None))
+    await h.engine.dead_letters_settled()
+    # Then it is dead-lettered and nothing is moved
+    assert len(h.producer.to("dlq")) == 1
+    assert h.producer.record_batches == []
