@@ -33,7 +33,7 @@ worker: $(RUN_STAMP)
 	$(BIN)/python -m app.embedded worker
 
 ## test: lint, type-check, unit and integration tests against the embedded broker
-test: $(DEV_STAMP) lint typecheck browser-deps
+test: $(DEV_STAMP) lint typecheck browser-deps go-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(DEV_STAMP)
@@ -77,6 +77,25 @@ browser-deps:
 	else \
 		echo "browser-deps: no chromium/chromedriver (install them as root:" \
 			"apt-get install chromium chromium-driver): the dashboard's browser test will be skipped"; \
+	fi
+
+.PHONY: go-deps
+
+SARAMA_SRC := /usr/share/gocode/src/github.com/Shopify/sarama
+
+## go-deps: Debian's Go and sarama for the Go example's test, examples/go-sarama (installed as
+## root with apt-get when missing; otherwise, or if that fails, the test is skipped, saying so)
+go-deps:
+	@if command -v go >/dev/null 2>&1 && [ -d $(SARAMA_SRC) ]; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "go-deps: installing golang-go and golang-github-shopify-sarama-dev"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			golang-go golang-github-shopify-sarama-dev >/dev/null; } \
+		|| echo "go-deps: could not install them: the Go example's test will be skipped"; \
+	else \
+		echo "go-deps: no go/sarama (install them as root:" \
+			"apt-get install golang-go golang-github-shopify-sarama-dev): the Go example's test will be skipped"; \
 	fi
 
 .PHONY: chaos
