@@ -26,8 +26,8 @@ broker that cannot be reached, or does not answer within ``request_timeout`` sec
 sending it again is safe when the job id is known (a schedule with the same id replaces the job,
 a second cancel does nothing), so pass ``job_id=`` to make retries exact.
 
-Cancel relies on Kafka's default key partitioner (murmur2, as in the Java client), which puts a
-cancel in the same ingest partition as the schedule with the same job id.
+Commands go out with Kafka's default key partitioner (murmur2, as in the Java client), which puts
+them in their job's home partition: no extra hop (app/moving.py), whichever client scheduled it.
 """
 
 from __future__ import annotations

@@ -238,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     producer = Producer(
         {
             "bootstrap.servers": args.bootstrap,
-            # Java's and aiokafka's partitioner: a job's schedule, replace and cancel must land on
-            # the same ingest partition whichever client wrote them (librdkafka's default,
-            # consistent_random, hashes differently).
+            # Java's and aiokafka's partitioner puts each command in its job's home partition.
+            # librdkafka's default (consistent_random) works too, one hop later: delayq moves
+            # what lands elsewhere (README, "Producing from any client").
             "partitioner": "murmur2_random",
             "acks": "all",
             "allow.auto.create.topics": False,
