@@ -144,11 +144,22 @@ async def test_jobs_scheduled_by_other_partitioners_are_found_cancelled_and_forw
     for job_id in all_ids:
         assert partitions[job_id] == home(job_id, ns.partitions)
 
-    # When one of each is deleted over HTTP
+    # And by the go-delayqueue endpoints
+    compat = "/delay-queue/api/jobs"
+    for job_id in all_ids:
+        status, body = http(worker, "POST", f"{compat}/get", {"job_id": job_id.decode()})
+        assert status == 200 and body["data"]["id"] == job_id.decode(), body
+
+    # When one of each is deleted: over the native API, and the go-delayqueue one
     deleted = [job_ids[0] for job_ids in ids.values()]
-    for job_id in deleted:
-        status, body = http(worker, "DELETE", f"/jobs/{job_id.decode()}?wait=true")
-        assert status == 200 and body["status"] == "cancelled", (status, body)
+    status, body = http(worker, "DELETE", f"/jobs/{deleted[0].decode()}?wait=true")
+    assert status == 200 and body["status"] == "cancelled", (status, body)
+    status, body = http(worker, "POST", f"{compat}/remove", {"job_id": deleted[1].decode()})
+    assert status == 200 and body["code"] == 0, body
+    wait_for(
+        lambda: http(worker, "GET", f"/jobs/{deleted[1].decode()}")[0] == 404,
+        "the go-delayqueue remove applied",
+    )
 
     # Then the rest are forwarded, each with its own value, and the deleted never
     expected = set(all_ids) - set(deleted)
