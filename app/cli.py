@@ -657,6 +657,8 @@ def _stats_rows(stats: Mapping[str, Any]) -> list[tuple[str, str]]:
     lateness = stats.get("lateness_ms", {})
     rows.append(("lateness samples", str(lateness.get("samples"))))
     rows += [(f"lateness {q}", _ms(lateness.get(q))) for q in ("p50", "p90", "p99", "max")]
+    move_lag = stats.get("move_lag_ms") or {}
+    rows += [(f"move lag {q}", _ms(move_lag.get(q))) for q in ("p99", "max")]
     return rows
 
 
