@@ -201,6 +201,10 @@ class PartitionState:
     #: wait until the agent has applied up to ``blocked_until`` (app/guard.py).
     blocked: frozenset[bytes] = frozenset()
     blocked_until: int = -1
+    #: Commands written to other ingest partitions for jobs whose home this is, seen by the
+    #: probe and not yet moved here: source partition -> {job id: offset}, in offset order.
+    #: Their jobs wait like ``blocked`` ones (app/guard.py, "Commands on other partitions").
+    inbound: dict[int, dict[bytes, int]] = field(default_factory=dict)
     #: Source partition -> highest offset of it whose move this process applied here (the
     #: database's copy may lag: app/moving.py, step 4). Absent: see the database.
     moved: dict[int, int] = field(default_factory=dict)
@@ -255,6 +259,8 @@ class EngineState:
         #: Commands on their way to their home partition, and their senders (app/moving.py).
         self._moves: dict[int, list[Any]] = {}
         self._movers: dict[int, asyncio.Future[None]] = {}
+        #: Ingest partition -> the next offset the probe reads for commands to move here.
+        self._inbound_cursor: dict[int, int] = {}
         #: Set by a pass that held due jobs back for the ingest guard (app/guard.py).
         self.probe_wanted = asyncio.Event()
 

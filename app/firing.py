@@ -218,4 +218,7 @@ class Firing(Settling, IngestGuard):
 
 
 def _blocked_key_of(state: PartitionState, key: bytes) -> bool:
-    return bool(state.blocked) and split_due_key(key)[1] in state.blocked
+    if not state.blocked and not state.inbound:
+        return False
+    job_id = split_due_key(key)[1]
+    return job_id in state.blocked or any(job_id in ids for ids in state.inbound.values())

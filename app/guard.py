@@ -15,6 +15,18 @@ at or before the partition's ``safe_ms``, which moves forward like this:
    that cannot tell (too many commands, a gap in the offsets) leaves every job of the partition
    waiting for the agent.
 
+Commands on other partitions. A command for a job may be written to any ingest partition and
+moved to the job's home (app/moving.py); until it is there, the home's end offset does not cover
+it. So the probe also reads, from every other ingest partition, the commands written since the
+consumer group's committed offset (each once: a cursor per partition), and notes those for jobs
+at home here (:meth:`expect_move`). Below the committed offset every command was moved and
+acknowledged: the committed offsets are read before the end offsets, so those moves lie below the
+home's end offset and step 3 covers them. Above it, the noted jobs wait until their moves are
+applied here (:meth:`moved_in`); a probe that could not read every other partition up to its end
+offset advances nothing. A partition expecting moves is probed even with nothing held back: a
+bad command is dead-lettered where it landed, never moved, and only a probe (the committed offset
+passing it) ends the wait of its job.
+
 When the worker is caught up this costs one end-offsets round trip between a job's due time and
 its forward; when commands are in flight to the agent, two. When the agent lags, the jobs named
 by its backlog wait for it (late, never wrong). "Acknowledged" is with ``acks=all``: with
@@ -24,10 +36,10 @@ replication takes.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from app.engine_state import EngineState, PartitionState
-from tables.keys import APPLIED_KEY, decode_due_ms
+from tables.keys import APPLIED_KEY, decode_due_ms, moved_key
 
 __all__ = ["IngestGuard"]
 
@@ -58,11 +70,14 @@ class IngestGuard(EngineState):
         return self.config.ingest_guard and state.safe_ms < state.next_due_ms <= now
 
     def probe_targets(self, active: Collection[int], now: int) -> list[int]:
-        """Active partitions holding due jobs back, with no probe waiting for the agent."""
+        """Active partitions holding due jobs back, with no probe waiting for the agent; and
+        those expecting moves (a command that is never moved, being bad, waits for a probe)."""
         targets = []
         for partition in active:
             state = self._parts.get(partition)
-            if state is not None and state.probe is None and self.holds_back(state, now):
+            if state is None or state.probe is not None:
+                continue
+            if state.inbound or self.holds_back(state, now):
                 targets.append(partition)
         return targets
 
@@ -71,13 +86,18 @@ class IngestGuard(EngineState):
         taken_ms: int,
         ends: Mapping[int, int],
         unapplied_ids: Mapping[int, frozenset[bytes] | None] | None = None,
+        inbound_read: bool = True,
     ) -> None:
         """A probe taken at ``taken_ms`` found these end offsets (steps 2 and 3 of the doc).
 
         ``unapplied_ids``: per partition not caught up, the job ids of the commands between
         its applied offset and its end offset (None: the peek could not tell).
+        ``inbound_read``: whether the probe read the other partitions up to their end offsets
+        (module doc, "Commands on other partitions"); if not, nothing advances.
         """
         self.stats.ingest_probes += 1
+        if not inbound_read:
+            return
         peeked = unapplied_ids or {}
         for partition, end in ends.items():
             state = self._parts.get(partition)
@@ -107,6 +127,60 @@ class IngestGuard(EngineState):
             state.probe = None
             self._advance(partition, probe[0])
 
+    def inbound_start(self, source: int, committed: int) -> int:
+        """Where the probe reads ingest partition ``source`` for commands to move here."""
+        return max(self._inbound_cursor.get(source, committed), committed)
+
+    def inbound_read_to(self, source: int, offset: int) -> None:
+        """The probe read ``source`` up to (not including) ``offset``."""
+        self._inbound_cursor[source] = offset
+
+    def expect_move(self, home: int, job_id: bytes, source: int, offset: int) -> None:
+        """A command for ``job_id`` at ``source``@``offset`` is to be moved to ``home``."""
+        state = self._parts.get(home)
+        if state is None or offset <= self.moved_offset(home, source):
+            return
+        ids = state.inbound.setdefault(source, {})
+        ids.pop(job_id, None)  # re-inserted: the dict stays in offset order
+        ids[job_id] = offset
+
+    def inbound_committed(self, committed: Mapping[int, int], probed: Collection[int]) -> None:
+        """Forget the expected moves below the committed offsets in the ``probed`` partitions:
+        step 3 of the same probe covers them (not in others: their safe time may be ahead)."""
+        for partition in probed:
+            state = self._parts.get(partition)
+            if state is None:
+                continue
+            for source, offset in committed.items():
+                self._drop_inbound(partition, state, source, offset - 1)
+
+    def moved_in(self, partition: int, source: int, offset: int) -> None:
+        """Moves from ``source`` up to ``offset`` are applied in ``partition``."""
+        state = self._parts.get(partition)
+        if state is not None:
+            self._drop_inbound(partition, state, source, offset)
+
+    def _drop_inbound(self, partition: int, state: PartitionState, source: int, last: int) -> None:
+        ids = state.inbound.get(source)
+        if not ids:
+            return
+        done = list(_leading(ids.items(), last))
+        for job_id in done:
+            del ids[job_id]
+        if not ids:
+            del state.inbound[source]
+        if done:
+            state.next_due_ms = 0  # the jobs they held are behind the cursor: look again
+            self._wake.set()
+
+    def moved_offset(self, partition: int, source: int) -> int:
+        """The highest offset of ingest partition ``source`` moved here and applied (-1: none)."""
+        state = self._parts.get(partition)
+        if state is not None and source in state.moved:
+            return state.moved[source]
+        raw = self.store.read(partition, moved_key(source))
+        return -1 if raw is None else decode_due_ms(raw)
+
     def waiting_probe(self, partition: int) -> tuple[int, int] | None:
         """The probe ``(taken at ms, end offset)`` still waiting for the agent, if any."""
         state = self._parts.get(partition)
@@ -127,3 +201,11 @@ class IngestGuard(EngineState):
             state.safe_ms = safe_ms
             if state.next_due_ms <= safe_ms:
                 self._wake.set()
+
+
+def _leading(items: Iterable[tuple[bytes, int]], last: int) -> Iterable[bytes]:
+    """The job ids at the front of an offset-ordered mapping with offsets up to ``last``."""
+    for job_id, offset in items:
+        if offset > last:
+            return
+        yield job_id

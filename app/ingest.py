@@ -64,19 +64,12 @@ class TableWrites(IngestGuard):
         self.store.tag = offset
         self.store.put_once_acked(partition, APPLIED_KEY, encode_due_ms(offset))
 
-    def moved_offset(self, partition: int, source: int) -> int:
-        """The highest offset of ingest partition ``source`` moved here and applied (-1: none)."""
-        state = self._parts.get(partition)
-        if state is not None and source in state.moved:
-            return state.moved[source]
-        raw = self.store.read(partition, moved_key(source))
-        return -1 if raw is None else decode_due_ms(raw)
-
     def mark_moved(self, partition: int, source: int, offset: int) -> None:
         """Record that the moves from ``source`` up to ``offset`` are applied (step 4 of
         app/moving.py), changelogged and written locally like :meth:`mark_applied`."""
         self._state(partition).moved[source] = offset
         self.store.put_once_acked(partition, moved_key(source), encode_due_ms(offset))
+        self.moved_in(partition, source, offset)
 
     def schedule(self, partition: int, job: Job, received_ms: int) -> None:
         """Store ``job``, replacing any pending job with the same id.

@@ -13,8 +13,10 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.agents import catch_up
+from app.moving import home_partition, parse_moved_from
 from app.runtime import active_partitions, engine
 from app.service import app, settings
 from app.times import now_ms
@@ -42,9 +44,14 @@ async def probe_ingest_ends() -> None:
         bootstrap_servers=settings.bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
+        auto_offset_reset="earliest",  # an inbound read below the log start: from its start
         **settings.kafka_client_options(),
     )
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options()
+    )
     await consumer.start()
+    await admin.start()
     stalled: dict[int, tuple[int, int]] = {}  # partition -> (applied offset seen, since ms)
     try:
         while not app.should_stop:
@@ -54,31 +61,102 @@ async def probe_ingest_ends() -> None:
             if app.rebalancing or not app.tables.actives_ready:
                 continue
             try:
-                await _probe(consumer, active_partitions(), stalled)
+                await _probe(consumer, admin, active_partitions(), stalled)
             except Exception:  # the next round asks again
                 log.exception("ingest guard probe failed")
                 await asyncio.sleep(_PROBE_IDLE_S)
                 engine.probe_wanted.set()
     finally:
+        await admin.close()
         await consumer.stop()
 
 
-async def _probe(consumer: Any, active: list[int], stalled: dict[int, tuple[int, int]]) -> None:
+async def _probe(
+    consumer: Any, admin: Any, active: list[int], stalled: dict[int, tuple[int, int]]
+) -> None:
     """Steps 2 and 3 of app/guard.py for the partitions holding due jobs back."""
-    owned = {TopicPartition(settings.ingest_topic, partition) for partition in active}
-    if consumer.assignment() != owned:  # paused but for a peek; assigned as rarely as it changes
-        consumer.assign(list(owned))
-        consumer.pause(*owned)
+    every = {TopicPartition(settings.ingest_topic, p) for p in range(settings.partitions)}
+    if consumer.assignment() != every:  # paused but for a read
+        consumer.assign(list(every))
+        consumer.pause(*every)
     targets = engine.probe_targets(active, now_ms())
     if targets:
-        taken = now_ms()  # before the request: the broker answers at or after it
-        tps = [TopicPartition(settings.ingest_topic, partition) for partition in targets]
-        ends = {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
+        taken = now_ms()  # before the requests: the broker answers at or after it
+        # Committed offsets first: the moves below them lie below the end offsets read next.
+        committed = await _committed(admin)
+        all_ends = {tp.partition: end for tp, end in (await consumer.end_offsets(every)).items()}
+        ends = {partition: all_ends[partition] for partition in targets}
         starts = {partition: engine.applied_offset(partition) + 1 for partition in ends}
         unapplied = {p: (starts[p], end) for p, end in ends.items() if starts[p] < end}
         ids = await _peek(consumer, unapplied) if unapplied else {}
-        engine.observe_end_offsets(taken, ends, ids)
+        inbound_read = await _read_inbound(consumer, active, targets, committed, all_ends)
+        engine.observe_end_offsets(taken, ends, ids, inbound_read)
+        if not inbound_read:
+            engine.probe_wanted.set()  # the next probe reads on from where this one stopped
     await _meet_stalled_probes(active, stalled)
+
+
+async def _committed(admin: Any) -> dict[int, int]:
+    """The consumer group's committed offset of every ingest partition (0 where none)."""
+    tps = [TopicPartition(settings.ingest_topic, p) for p in range(settings.partitions)]
+    offsets = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
+    committed = {tp.partition: 0 for tp in tps}
+    for tp, meta in offsets.items():
+        if tp.topic == settings.ingest_topic and meta.offset >= 0:
+            committed[tp.partition] = meta.offset
+    return committed
+
+
+async def _read_inbound(
+    consumer: Any,
+    active: list[int],
+    targets: list[int],
+    committed: dict[int, int],
+    ends: dict[int, int],
+) -> bool:
+    """Note the commands on other partitions for jobs at home here (app/guard.py, "Commands on
+    other partitions"); whether every partition was read up to its end offset in time."""
+    engine.inbound_committed(committed, targets)
+    homes = set(active)
+    ranges = {}
+    for source, end in ends.items():
+        start = engine.inbound_start(source, committed[source])
+        if start < end:
+            ranges[TopicPartition(settings.ingest_topic, source)] = (start, end)
+    if not ranges:
+        return True
+    reached = {tp: start for tp, (start, _end) in ranges.items()}
+    try:
+        for tp, (start, _end) in ranges.items():
+            consumer.seek(tp, start)
+        consumer.resume(*ranges)
+        async with asyncio.timeout(_PEEK_TIMEOUT_S):
+            while any(reached[tp] < end for tp, (_start, end) in ranges.items()):
+                fetched = await consumer.getmany(*ranges, timeout_ms=_PEEK_TIMEOUT_S * 1000)
+                for tp, records in fetched.items():
+                    end = ranges[tp][1]
+                    for record in records:
+                        if record.offset >= end:
+                            break
+                        _note_inbound(record, tp.partition, homes)
+                for tp, (_start, end) in ranges.items():  # past transaction markers too
+                    reached[tp] = min(end, await consumer.position(tp))
+
+    except TimeoutError:
+        pass
+    finally:
+        consumer.pause(*ranges)
+        for tp, offset in reached.items():
+            engine.inbound_read_to(tp.partition, offset)
+    return all(reached[tp] >= end for tp, (_start, end) in ranges.items())
+
+
+def _note_inbound(record: Any, source: int, homes: set[int]) -> None:
+    if not record.key or parse_moved_from([(str(n), v) for n, v in record.headers]) is not None:
+        return
+    home = home_partition(record.key, settings.partitions)
+    if home != source and home in homes:
+        engine.expect_move(home, record.key, source, record.offset)
 
 
 async def _peek(

@@ -6,6 +6,12 @@ checks that the superseded schedule is never forwarded.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from app.moving import home_partition
 from app.times import now_ms
 from tests.conftest import WorkerFactory
 from tests.support import Kafka, Namespace, schedule_headers, wait_for
@@ -16,25 +22,36 @@ pytestmark = __import__("pytest").mark.integration
 BACKLOG = 60_000
 
 
+def ids(prefix: bytes, partitions: int, *, home: bool) -> Iterator[bytes]:
+    """Job ids whose home is partition 0 (``home``) or another one."""
+    candidates = (b"%s-%d" % (prefix, n) for n in itertools.count())
+    return (i for i in candidates if (home_partition(i, partitions) == 0) == home)
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["at-home", "moved"])
 async def test_a_cancel_behind_a_backlog_wins_when_the_worker_lags_past_the_due_time(
-    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory, moved: bool
 ) -> None:
-    # Given, in one ingest partition: a job and a job to replace, due at T; a backlog of other
-    # jobs; then the cancel of the first and the replacement of the second; a marker due after T
+    # Given, all written to ingest partition 0: a job and a job to replace, due at T; a backlog
+    # of other jobs; then the cancel of the first and the replacement of the second; a marker
+    # due after T. At home there, or (moved) jobs whose home is another partition
     due = now_ms() + 8_000
     target = ns.target()
+    cancelled, replaced, marker = (
+        next(ids(n, ns.partitions, home=not moved)) for n in (b"cancelled", b"replaced", b"marker")
+    )
+    fillers = itertools.islice(ids(b"filler", ns.partitions, home=not moved), BACKLOG)
     first = [
-        (b"cancelled", b"old", schedule_headers(target, due_ms=due)),
-        (b"replaced", b"old", schedule_headers(target, due_ms=due)),
+        (cancelled, b"old", schedule_headers(target, due_ms=due)),
+        (replaced, b"old", schedule_headers(target, due_ms=due)),
     ]
     backlog = [
-        (b"filler-%d" % i, b"f", schedule_headers(target, due_ms=due + 3_600_000))
-        for i in range(BACKLOG)
+        (filler, b"f", schedule_headers(target, due_ms=due + 3_600_000)) for filler in fillers
     ]
     last = [
-        (b"cancelled", None, []),
-        (b"replaced", b"new", schedule_headers(target, due_ms=due)),
-        (b"marker", b"m", schedule_headers(target, due_ms=due + 1)),
+        (cancelled, None, []),
+        (replaced, b"new", schedule_headers(target, due_ms=due)),
+        (marker, b"m", schedule_headers(target, due_ms=due + 1)),
     ]
     await kafka.send_many(ns.ingest, [*first, *backlog, *last], partition=lambda _i: 0)
     # And the broker acknowledged all of it before T
@@ -43,10 +60,10 @@ async def test_a_cancel_behind_a_backlog_wins_when_the_worker_lags_past_the_due_
     # When the worker starts only after T: it reaches the cancel seconds after the job is due
     wait_for(lambda: now_ms() > due, "the due time to pass")
     start_worker()
-    records = await kafka.collect([target], lambda rs: any(r.key == b"marker" for r in rs))
+    records = await kafka.collect([target], lambda rs: any(r.key == marker for r in rs))
     # Then the cancelled job was never forwarded, and the replaced one only with its new value
     forwarded = sorted((r.key, r.value) for r in records)
-    assert forwarded == [(b"marker", b"m"), (b"replaced", b"new")]
+    assert forwarded == sorted([(marker, b"m"), (replaced, b"new")])
 
 
 async def test_jobs_fire_without_waiting_for_new_commands_when_the_worker_is_caught_up(

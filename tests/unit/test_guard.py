@@ -182,3 +182,72 @@ async def test_with_the_guard_off_a_full_pass_asks_for_no_probe(tmp_path: Path) 
     assert not h.engine.probe_wanted.is_set()
     assert h.engine.guard_lag_ms([0], NOW) == 0
     h.close()
+
+
+async def test_a_job_with_a_command_on_another_partition_waits_until_it_is_moved_here(
+    h: Harness,
+) -> None:
+    # Given jobs a and b due now in partition 0, caught up there
+    h.schedule("a", NOW - 10)
+    h.schedule("b", NOW - 10)
+    h.engine.mark_applied(0, 5)
+    # And a probe that read, on partition 1, a command for a at offset 40 not moved here yet
+    h.engine.expect_move(0, b"a", 1, 40)
+    h.engine.observe_end_offsets(NOW, {0: 6})
+    # When a pass runs
+    await fire(h, NOW)
+    # Then b fires and a waits for its command
+    assert h.forwarded_ids() == [b"b"]
+    # When the moved command (a cancel) is applied here
+    assert h.engine.cancel(0, b"a").outcome == "cancelled"
+    h.engine.mark_moved(0, 1, 40)
+    # Then the loop looks again, and a is gone
+    assert h.engine.wake_requested
+    await fire(h, NOW)
+    assert h.forwarded_ids() == [b"b"]
+
+
+async def test_a_command_never_moved_stops_holding_its_job_once_committed_past(
+    h: Harness,
+) -> None:
+    # Given a job a due now in partition 0, caught up, and a command for it read on partition 1
+    # that will never be moved (it breaks the contract: dead-lettered where it landed)
+    h.schedule("a", NOW - 10)
+    h.engine.mark_applied(0, 5)
+    h.engine.expect_move(0, b"a", 1, 40)
+    h.engine.observe_end_offsets(NOW, {0: 6})
+    await fire(h, NOW)
+    assert h.forwarded_ids() == []
+    # Then the partition is probed although nothing is held back by its safe time
+    assert h.engine.probe_targets([0, 1], NOW) == [0]
+    # When a probe of partition 0 finds partition 1 committed past offset 40
+    h.engine.inbound_committed({1: 41}, [0])
+    h.engine.observe_end_offsets(NOW + 1, {0: 6})
+    # Then a fires
+    await fire(h, NOW + 1)
+    assert h.forwarded_ids() == [b"a"]
+
+
+async def test_committed_offsets_release_only_the_partitions_probed_with_them(
+    h: Harness,
+) -> None:
+    # Given a command for a job of partition 0, read on partition 1, not moved yet
+    h.schedule("a", NOW - 10)
+    h.engine.mark_applied(0, 5)
+    h.engine.expect_move(0, b"a", 1, 40)
+    h.engine.observe_end_offsets(NOW, {0: 6})
+    # When a probe of partition 1 alone sees partition 1 committed past it (its move is on
+    # partition 0's log, not applied: only a probe of partition 0 covers it)
+    h.engine.inbound_committed({1: 41}, [1])
+    # Then the job still waits
+    await fire(h, NOW)
+    assert h.forwarded_ids() == []
+
+
+def test_an_expected_move_already_applied_is_not_noted(h: Harness) -> None:
+    # Given moves from partition 1 applied here up to offset 50
+    h.engine.mark_moved(0, 1, 50)
+    # When a probe reads a command at offset 40 of partition 1 for a job here
+    h.engine.expect_move(0, b"a", 1, 40)
+    # Then nothing waits for it
+    assert h.engine.probe_targets([0, 1], NOW) == []
