@@ -184,16 +184,21 @@ async def test_with_the_guard_off_a_full_pass_asks_for_no_probe(tmp_path: Path) 
     h.close()
 
 
+def expecting_a_move(h: Harness) -> None:
+    """Job a due now in partition 0, caught up; a command for it at offset 40 of partition 1."""
+    h.schedule("a", NOW - 10)
+    h.engine.mark_applied(0, 5)
+    h.engine.expect_move(0, b"a", 1, 40)
+    h.engine.observe_end_offsets(NOW, {0: 6})
+
+
 async def test_a_job_with_a_command_on_another_partition_waits_until_it_is_moved_here(
     h: Harness,
 ) -> None:
-    # Given jobs a and b due now in partition 0, caught up there
-    h.schedule("a", NOW - 10)
+    # Given jobs a and b due now in partition 0, caught up there, and a probe that read, on
+    # partition 1, a command for a at offset 40 not moved here yet
     h.schedule("b", NOW - 10)
-    h.engine.mark_applied(0, 5)
-    # And a probe that read, on partition 1, a command for a at offset 40 not moved here yet
-    h.engine.expect_move(0, b"a", 1, 40)
-    h.engine.observe_end_offsets(NOW, {0: 6})
+    expecting_a_move(h)
     # When a pass runs
     await fire(h, NOW)
     # Then b fires and a waits for its command
@@ -212,10 +217,7 @@ async def test_a_command_never_moved_stops_holding_its_job_once_committed_past(
 ) -> None:
     # Given a job a due now in partition 0, caught up, and a command for it read on partition 1
     # that will never be moved (it breaks the contract: dead-lettered where it landed)
-    h.schedule("a", NOW - 10)
-    h.engine.mark_applied(0, 5)
-    h.engine.expect_move(0, b"a", 1, 40)
-    h.engine.observe_end_offsets(NOW, {0: 6})
+    expecting_a_move(h)
     await fire(h, NOW)
     assert h.forwarded_ids() == []
     # Then the partition is probed although nothing is held back by its safe time
@@ -232,10 +234,7 @@ async def test_committed_offsets_release_only_the_partitions_probed_with_them(
     h: Harness,
 ) -> None:
     # Given a command for a job of partition 0, read on partition 1, not moved yet
-    h.schedule("a", NOW - 10)
-    h.engine.mark_applied(0, 5)
-    h.engine.expect_move(0, b"a", 1, 40)
-    h.engine.observe_end_offsets(NOW, {0: 6})
+    expecting_a_move(h)
     # When a probe of partition 1 alone sees partition 1 committed past it (its move is on
     # partition 0's log, not applied: only a probe of partition 0 covers it)
     h.engine.inbound_committed({1: 41}, [1])
