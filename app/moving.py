@@ -22,9 +22,9 @@ landed. The home applies it like any command. The order of a command's path, wri
 
 A moved command is applied when it reaches its home, one produce round trip after it was
 read: commands for one job written to different partitions are applied in the order they
-reach the home. The ingest guard (app/guard.py) covers a moved cancel once it is there; how long
-that takes after its own acknowledgement is ``move_lag_ms`` in the stats (README, "Producing
-from any client").
+reach the home. The ingest guard (app/guard.py, "Commands on other partitions") holds a job
+while a command for it waits on another partition, so a moved cancel or replace acknowledged
+before the due time wins.
 """
 
 from __future__ import annotations

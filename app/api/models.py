@@ -751,9 +751,8 @@ class StatsOut(BaseModel):
     move_lag_ms: Lateness | None = Field(
         default=None,
         description="Moved commands applied by this worker: application time minus the "
-        "record's timestamp, over the most recent ones. A moved cancel is sure to win against "
-        "a job due at least this long after it was written (README, 'Producing from any "
-        "client').",
+        "record's timestamp, over the most recent ones (the extra hop of a producer that does "
+        "not partition by murmur2).",
     )
 
 
