@@ -52,6 +52,7 @@ async def probe_ingest_ends() -> None:
     )
     await consumer.start()
     await admin.start()
+    committed = _Committed(admin)
     stalled: dict[int, tuple[int, int]] = {}  # partition -> (applied offset seen, since ms)
     try:
         while not app.should_stop:
@@ -61,7 +62,7 @@ async def probe_ingest_ends() -> None:
             if app.rebalancing or not app.tables.actives_ready:
                 continue
             try:
-                await _probe(consumer, admin, active_partitions(), stalled)
+                await _probe(consumer, committed, active_partitions(), stalled)
             except Exception:  # the next round asks again
                 log.exception("ingest guard probe failed")
                 await asyncio.sleep(_PROBE_IDLE_S)
@@ -72,7 +73,10 @@ async def probe_ingest_ends() -> None:
 
 
 async def _probe(
-    consumer: Any, admin: Any, active: list[int], stalled: dict[int, tuple[int, int]]
+    consumer: Any,
+    committed_offsets: _Committed,
+    active: list[int],
+    stalled: dict[int, tuple[int, int]],
 ) -> None:
     """Steps 2 and 3 of app/guard.py for the partitions holding due jobs back."""
     every = {TopicPartition(settings.ingest_topic, p) for p in range(settings.partitions)}
@@ -83,7 +87,7 @@ async def _probe(
     if targets:
         taken = now_ms()  # before the requests: the broker answers at or after it
         # Committed offsets first: the moves below them lie below the end offsets read next.
-        committed = await _committed(admin)
+        committed = await committed_offsets.read()
         all_ends = {tp.partition: end for tp, end in (await consumer.end_offsets(every)).items()}
         ends = {partition: all_ends[partition] for partition in targets}
         starts = {partition: engine.applied_offset(partition) + 1 for partition in ends}
@@ -96,15 +100,30 @@ async def _probe(
     await _meet_stalled_probes(active, stalled)
 
 
-async def _committed(admin: Any) -> dict[int, int]:
-    """The consumer group's committed offset of every ingest partition (0 where none)."""
-    tps = [TopicPartition(settings.ingest_topic, p) for p in range(settings.partitions)]
-    offsets = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
-    committed = {tp.partition: 0 for tp in tps}
-    for tp, meta in offsets.items():
-        if tp.topic == settings.ingest_topic and meta.offset >= 0:
-            committed[tp.partition] = meta.offset
-    return committed
+class _Committed:
+    """The consumer group's committed offsets, asked of its coordinator (found once)."""
+
+    def __init__(self, admin: Any) -> None:
+        self._admin = admin
+        self._coordinator: int | None = None
+
+    async def read(self) -> dict[int, int]:
+        """The committed offset of every ingest partition (0 where none)."""
+        tps = [TopicPartition(settings.ingest_topic, p) for p in range(settings.partitions)]
+        if self._coordinator is None:
+            self._coordinator = await self._admin.find_coordinator(settings.app_id)
+        try:
+            offsets = await self._admin.list_consumer_group_offsets(
+                settings.app_id, self._coordinator, tps
+            )
+        except Exception:
+            self._coordinator = None  # moved, perhaps: found again next time
+            raise
+        committed = {tp.partition: 0 for tp in tps}
+        for tp, meta in offsets.items():
+            if tp.topic == settings.ingest_topic and meta.offset >= 0:
+                committed[tp.partition] = meta.offset
+        return committed
 
 
 async def _read_inbound(
