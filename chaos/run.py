@@ -53,6 +53,7 @@ from chaos.reconcile import (
     Cmd,
     Follower,
     Forward,
+    JobLog,
     changelog_history,
     read_to_end,
 )
@@ -263,7 +264,7 @@ class Run:
         self.load_t0 = 0.0
         #: When the broker acknowledged each command: noted by the generator, read by the book.
         self.acks = AckTimes()
-        self.book = Book(self.acks)
+        self.book = Book(self.acks, cfg.partitions)
         #: What the workers run with (the forensics and the freeze depend on it).
         self.worker_settings = self.cluster.worker_settings()
         self.session_timeout_s = self.cluster.worker_session_timeout_s()
@@ -600,8 +601,15 @@ class Run:
 
     def _read(self, job_id: bytes) -> bool:
         """Whether the workers had committed the job's final command when the run stopped."""
-        partition = self.book.jobs[job_id].partition
-        return self.book.expected[job_id].offset < self.committed.get(partition, 0)
+        return self.was_committed(self.book.jobs[job_id], self.book.expected[job_id])
+
+    def was_committed(self, job: JobLog, cmd: Cmd) -> bool:
+        """Whether the workers had committed a command when the run stopped: its applied place
+        in the home partition, or for a command not moved there, where it was written."""
+        partition, offset = job.partition, cmd.offset
+        if offset < 0 and cmd.landed is not None:
+            partition, offset = cmd.landed
+        return offset < self.committed.get(partition, 0)
 
     def never_forwarded(self, dead: dict[bytes, str]) -> list[dict[str, Any]]:
         """Up to 20 never-forwarded jobs, each with what the owning worker says about it."""
@@ -623,6 +631,7 @@ class Run:
                         "offset": c.offset,
                         "written_ms": c.ts,
                         "what": "cancel" if c.due < 0 else f"schedule due {c.due}",
+                        **({} if c.landed is None else {"written_to": _at(*c.landed)}),
                     }
                     for c in job.cmds
                 ],
@@ -640,6 +649,25 @@ class Run:
             if len(out) < 5:
                 entry["worker_logs_around"] = self.log_excerpt(cmd.ts - 10_000, cmd.due + 30_000)
             out.append(entry)
+        return out
+
+    def never_applied(self) -> list[dict[str, Any]]:
+        """Up to 20 moved commands without an applied copy in their job's home partition."""
+        out = []
+        for job_id, cmd in self.book.never_applied[:20]:
+            job = self.book.jobs[job_id]
+            assert cmd.landed is not None
+            out.append(
+                {
+                    "job_id": job_id.decode(errors="replace"),
+                    "what": "cancel" if cmd.due < 0 else f"schedule due {cmd.due}",
+                    "written_to": _at(*cmd.landed),
+                    "home_partition": job.partition,
+                    "acked_ms": cmd.acked,
+                    "read_by_workers": self.was_committed(job, cmd),
+                    "committed_offset_of_partition": self.committed.get(cmd.landed[0]),
+                }
+            )
         return out
 
     def log_excerpt(self, lo_ms: int, hi_ms: int, limit: int = 80) -> list[str]:
@@ -727,7 +755,7 @@ class Run:
                         "schedule": f"offset {sched.offset}, due {sched.due}",
                         "superseded_by": f"{'cancel' if nxt.due < 0 else 'replace'} at offset "
                         f"{nxt.offset}, written {sched.due - nxt.ts} ms and acknowledged "
-                        f"{ahead} ms before the due time",
+                        f"{ahead} ms before the due time" + _moved_note(nxt, sched.due),
                         "forwarded": f"{fwd_ts - sched.due:+d} ms after the due time",
                         "explanation": text,
                         "changelog (ms from due)": format_events(events, sched.due),
@@ -848,6 +876,18 @@ async def _suspended(stop: Callable[[], None], resume: Callable[[], None], secon
         resume()
 
 
+def _at(partition: int, offset: int) -> str:
+    return f"{partition}@{offset}"
+
+
+def _moved_note(cmd: Cmd, due: int) -> str:
+    """For a moved command: where it was written, and when its copy was acknowledged at home."""
+    if cmd.landed is None:
+        return ""
+    at_home = "?" if cmd.home_acked is None else f"{due - cmd.home_acked}"
+    return f" (written to {_at(*cmd.landed)}; its moved copy acknowledged {at_home} ms before it)"
+
+
 def _fates(
     neighbours: list[tuple[int, bytes, Cmd]], history: dict[bytes, list[dict[str, Any]]]
 ) -> list[str]:
@@ -880,6 +920,9 @@ def figures(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
         "forward_records_read_again": run.forwards.read_again if run.forwards else 0,
         "never_forwarded_dead_lettered": sum(1 for j in book.missing if j in dead),
         "never_forwarded_not_yet_read": extra["unread"],
+        "moved_never_applied_not_yet_read": sum(
+            not run.was_committed(book.jobs[job_id], cmd) for job_id, cmd in book.never_applied
+        ),
         "dead_letters": len(dead),
         "stop_reason": extra["stop_reason"],
     }
@@ -931,6 +974,7 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "mismatched_samples": [asdict(a) for a in r.book.mismatched[:20]],
             "foreign_duplicate_samples": [asdict(a) for a in r.book.foreign_duplicates[:20]],
             "acked_before_due_samples": [asdict(a) for a in r.book.superseded_samples[:20]],
+            "moved_never_applied_samples": r.never_applied(),
             "worker_logs": r.log_summary(),
             "load_average": {"start": r.loadavg_start, "end": list(os.getloadavg())},
             "timeline": r.state.timeline,
