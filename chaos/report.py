@@ -116,7 +116,8 @@ def table(result: dict[str, Any]) -> str:
         (
             "worst ingest lag (committed offsets)",
             f"~{lag.get('max_seconds_behind_approx', 0):.0f} s",
-            f"{lag.get('max_records_behind', 0):,} commands behind the generator",
+            f"{lag.get('max_records_behind', 0):,} records behind the generator (moved copies "
+            "included)",
         )
     )
     w1 = max(len(r[0]) for r in rows)

@@ -46,7 +46,7 @@ from chaos.acks import AckTimes
 from chaos.cluster import Cluster, Names, Worker
 from chaos.figures import book_figures, failures
 from chaos.forensics import duplicate_cause, format_events, superseded_cause
-from chaos.load import LoadConfig, LoadGenerator, LoadStats
+from chaos.load import PARTITIONERS, LoadConfig, LoadGenerator, LoadStats
 from chaos.reconcile import (
     BEFORE_DUE,
     Book,
@@ -99,6 +99,9 @@ def _log_time_ms(line: str) -> int | None:
 
 #: Kept for reading the jobs changelog when there is something to explain.
 FORENSICS_RESERVE_S = 60.0
+#: How long the reconciler waits, after the load, for the workers to commit the ingest topic
+#: (moves included) before reading it.
+CATCH_UP_S = 60.0
 #: The shortest automatic freeze: the group must notice the silence and move the frozen
 #: worker's partitions before it wakes, even with the embedded broker's 2 s session timeout.
 MIN_FREEZE_S = 8.0
@@ -135,6 +138,10 @@ class ChaosConfig:
     #: recent ingest pace (0: open loop, ``rate`` whatever happens).
     max_lag_s: float = 10.0
     seed: int = 1
+    #: The producer partitioners the load mixes (chaos/load.py), and the share of jobs whose
+    #: replaces and cancels go through another one than their first schedule.
+    partitioners: tuple[str, ...] = tuple(PARTITIONERS)
+    mixed_share: float = 0.2
     out_dir: Path = Path("chaos/results")
     write_latest: bool = True
     command: str = ""
@@ -152,6 +159,14 @@ class ChaosConfig:
             )
         if self.freeze_s < 0:
             raise ValueError("freeze must be 0 (automatic) or positive")
+        names = self.partitioners
+        if not names or len(set(names)) != len(names) or not set(names) <= PARTITIONERS.keys():
+            raise ValueError(
+                f"bad partitioners {','.join(names)!r}: one or more of {', '.join(PARTITIONERS)}"
+                ", each once"
+            )
+        if not 0 <= self.mixed_share <= 1:
+            raise ValueError("the mixed share must be in [0, 1]")
         needed = (
             SETUP_RESERVE_S + self.duration_s + self.max_delay_s + self.grace_s
         ) + TEARDOWN_RESERVE_S
@@ -230,11 +245,14 @@ class Monitor:
         offsets = await asyncio.gather(*(self.consumer.committed(tp) for tp in self.ingest))
         return {tp.partition: offset or 0 for tp, offset in zip(self.ingest, offsets, strict=True)}
 
-    async def sample(self) -> tuple[int, int]:
-        """(ingest records committed by the workers, records on the target topics)."""
-        committed = await asyncio.gather(*(self.consumer.committed(tp) for tp in self.ingest))
-        ends = await self.consumer.end_offsets(self.targets)
-        return sum(c or 0 for c in committed), sum(ends.values())
+    async def sample(self) -> tuple[int, int, int]:
+        """(ingest records committed by the workers, ingest records not yet, records on the
+        target topics)."""
+        committed = await self.committed()
+        ends = await self.consumer.end_offsets(self.ingest + self.targets)
+        backlog = sum(max(0, ends[tp] - committed[tp.partition]) for tp in self.ingest)
+        forwarded = sum(ends[tp] for tp in self.targets)
+        return sum(committed.values()), backlog, forwarded
 
 
 class Run:
@@ -391,12 +409,15 @@ class Run:
             await asyncio.sleep(1.0)
             stats = self.load.stats if self.load else LoadStats()
             try:
-                ingested, forwarded = await asyncio.wait_for(monitor.sample(), 3.0)
-                figures = f"ingested {ingested:,} | forwarded {forwarded:,}"
+                ingested, backlog, forwarded = await asyncio.wait_for(monitor.sample(), 3.0)
+                figures = (
+                    f"ingested {ingested:,} records, {backlog:,} to go (moved copies included) "
+                    f"| forwarded {forwarded:,}"
+                )
                 if self.load is not None:
-                    self.load.note_ingested(ingested)
+                    self.load.note_ingested(ingested, backlog)
             except (TimeoutError, Exception) as exc:  # broker paused or busy: say so, go on
-                ingested = forwarded = -1
+                ingested = backlog = forwarded = -1
                 figures = f"(broker not answering: {type(exc).__name__})"
             now = time.monotonic()
             self.state.timeline.append(
@@ -404,7 +425,9 @@ class Run:
                     "t_s": round(now - self.started, 1),
                     "ms": now_ms(),
                     "sent": stats.sent,
+                    "records": stats.records,
                     "ingested": ingested,
+                    "backlog": backlog,
                     "forwarded": forwarded,
                 }
             )
@@ -435,6 +458,9 @@ class Run:
                 max_delay_ms=int(cfg.max_delay_s * 1000),
                 max_lag_s=cfg.max_lag_s,
                 seed=cfg.seed,
+                partitioners=cfg.partitioners,
+                mixed_share=cfg.mixed_share,
+                partitions=cfg.partitions,
             ),
             self.acks,
         )
@@ -480,6 +506,8 @@ class Run:
                 record.headers,
             )
 
+        if self.load is not None and self.load.stats.off_home:
+            await self._wait_moved()
         await read_to_end(bootstrap, [self.names.ingest], ingest)
         book.close_ingest()
         grace_ms = int(cfg.grace_s * 1000)
@@ -556,6 +584,30 @@ class Run:
             "unread": unread,
             "found_on_second_read": found_again,
         }
+
+    async def _wait_moved(self) -> None:
+        """Until the workers have committed the whole ingest topic (at most ``CATCH_UP_S``).
+
+        A command written off its job's home partition takes its place in the job's order where
+        its moved copy lies in the home partition: the copies must be there before the ingest
+        topic is read. A worker commits past a command only once its copy is acknowledged.
+        """
+        assert self.monitor is not None, "started with the load"
+        cfg = self.cfg
+        reserve = FORENSICS_RESERVE_S + cfg.quiet_s
+        deadline = min(time.monotonic() + CATCH_UP_S, self.hard_deadline - reserve)
+        behind: int | str = "?"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                _ingested, behind, _forwarded = await asyncio.wait_for(self.monitor.sample(), 5)
+            if behind == 0:
+                return
+            await asyncio.sleep(0.5)
+        self.say(
+            f"reconcile: the workers still had {behind} ingest records to commit after "
+            f"{CATCH_UP_S:.0f} s; reading the ingest topic anyway (commands not moved yet count "
+            "as never applied, not yet read)"
+        )
 
     async def _read_missing_again(self, forward: Callable[[Any], None]) -> int:
         """Read the target topics once more for the jobs still missing; how many it found.
@@ -858,10 +910,12 @@ class Run:
         points = [p for p in self.state.timeline if p["ingested"] >= 0]
         worst_records, worst_s = 0, 0.0
         for point in points:
-            behind = point["sent"] - point["ingested"]
+            # Records, not commands: the workers commit moved copies too.
+            behind = point["backlog"]
             worst_records = max(worst_records, behind)
             # When had the generator sent what the workers had committed by now?
-            reached = next((q for q in points if q["sent"] >= point["ingested"]), None)
+            done = point["records"] - behind
+            reached = next((q for q in points if q["records"] >= done), None)
             if reached is not None:
                 worst_s = max(worst_s, (point["ms"] - reached["ms"]) / 1000)
         return {"max_records_behind": worst_records, "max_seconds_behind_approx": worst_s}
@@ -959,6 +1013,12 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
                 "replaces": stats.replaces,
                 "cancels": stats.cancels,
                 "send_errors": stats.errors,
+                "partitioners": list(cfg.partitioners),
+                "mixed_share": cfg.mixed_share,
+                "by_partitioner": stats.by_partitioner,
+                "off_home": stats.off_home,
+                "mixed_jobs": stats.mixed_jobs,
+                "mixed_commands": stats.mixed_commands,
                 "ack_times_noted": len(r.acks),
                 "send_error_samples": stats.error_samples,
                 "throttled_s": round(stats.throttled_s, 1),

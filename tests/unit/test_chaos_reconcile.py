@@ -4,7 +4,8 @@ A clean chaos result means something only if the reconciler notices what it must
 early, a foreign forward, and a cancel or replace that Kafka acknowledged before the due time
 yet lost to the forward (issue 17), also when it was written off its job's home partition and
 moved there, and a moved command the home never applied. Also the labels the forensics give
-duplicates, the settings the run reads for its workers, and the freeze of a worker.
+duplicates, the settings the run reads for its workers, the freeze of a worker, and the routes
+the load's commands take through the producers' partitioners.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from chaos.figures import (
     failures,
 )
 from chaos.forensics import duplicate_cause
-from chaos.load import LoadConfig, LoadGenerator
+from chaos.load import PARTITIONERS, LoadConfig, LoadGenerator, routes
 from chaos.reconcile import BEFORE_DUE, RACE, Book, Forward
 from tests.support import wait_for
 
@@ -360,3 +361,38 @@ def test_a_moved_command_the_home_never_applies_fails_the_run() -> None:
     assert (figures["moved_copies"], figures["moved_copies_skipped"]) == (3, 2)
     assert [job_id for job_id, _cmd in book.never_applied] == [b"moved"]
     assert set(failures(figures)) == {MOVED_NEVER_APPLIED, "never_forwarded"}
+
+
+def test_the_load_routes_every_command_of_a_job_through_its_partitioners() -> None:
+    names = tuple(PARTITIONERS)
+    ids = [b"chaos-%08d" % n for n in range(3_000)]
+
+    # When each job id picks its routes, twice
+    picked = [routes(job_id, names, mixed_share=0.2) for job_id in ids]
+
+    # Then the same each time, each partitioner for about a third of the jobs, and about a
+    # fifth of them send their replaces and cancels through another one
+    assert picked == [routes(job_id, names, mixed_share=0.2) for job_id in ids]
+    for name in names:
+        assert 0.28 < sum(first == name for first, _then in picked) / len(ids) < 0.39
+    mixed = sum(first != then for first, then in picked) / len(ids)
+    assert 0.17 < mixed < 0.23
+    assert all(first == then for first, then in (routes(j, ("fnv1a",), 1.0) for j in ids))
+
+
+async def test_the_load_sends_a_mixed_jobs_follow_ups_through_its_other_partitioner() -> None:
+    # Given a generator whose every job is mixed, over 12 partitions
+    config = LoadConfig(1, 1, 1, partitioners=tuple(PARTITIONERS), mixed_share=1.0, partitions=12)
+    load = LoadGenerator("127.0.0.1:1", "ingest", ["out"], "p", config)
+    job_id = b"p-00000001"
+    first, then = routes(job_id, config.partitioners, 1.0)
+
+    # When its first schedule and a cancel are routed
+    partitions = [load._partition(job_id, new=True), load._partition(job_id, new=False)]
+
+    # Then each goes where its partitioner puts the id, and the load counts what it did
+    assert partitions == [PARTITIONERS[first](job_id, 12), PARTITIONERS[then](job_id, 12)]
+    stats = load.stats
+    assert stats.by_partitioner == {first: 1, then: 1}
+    assert (stats.mixed_jobs, stats.mixed_commands) == (1, 1)
+    assert stats.off_home == sum(p != home_partition(job_id, 12) for p in partitions)
