@@ -288,6 +288,8 @@ class Run:
         self.session_timeout_s = self.cluster.worker_session_timeout_s()
         self.freeze_s = cfg.freeze_s or max(3 * self.session_timeout_s, MIN_FREEZE_S)
         self._progress_log = (self.run_dir / "progress.log").open("a")
+        #: (worker, start number) -> the move counters of its last ``GET /stats``.
+        self.worker_counters: dict[tuple[str, int], dict[str, Any]] = {}
 
     def say(self, line: str) -> None:
         elapsed = time.monotonic() - self.started
@@ -351,6 +353,7 @@ class Run:
                 victim = self._victim(touched)
                 touched.append(victim.name)
                 self._disrupt(f"SIGKILL {victim.name}", window)
+                await self.sample_counters([victim])
                 victim.kill()
                 await asyncio.sleep(cfg.restart_after_s)
                 self._disrupt(f"{victim.name} restarting (data dir kept)", window)
@@ -366,12 +369,14 @@ class Run:
                 victim = self._victim(touched)
                 touched.append(victim.name)
                 self._disrupt(f"SIGTERM {victim.name}", window)
+                await self.sample_counters([victim])
                 code = await asyncio.to_thread(victim.stop)
                 window.note = f"{victim.name} left (SIGTERM, exit code {code})"
             elif name == "freeze":
                 victim = self._victim(touched)
                 touched.append(victim.name)
                 self._disrupt(f"SIGSTOP {victim.name} for {self.freeze_s:.0f} s", window)
+                await self.sample_counters([victim])
                 await _suspended(victim.freeze, victim.thaw, self.freeze_s)
                 self._disrupt(f"{victim.name} resumed (SIGCONT)", window)
                 window.note = (
@@ -442,6 +447,43 @@ class Run:
                 f"{stats.new:,} repl {stats.replaces:,} cancel {stats.cancels:,}) | {figures} | "
                 f"workers up {len(self.cluster.live())} | disruption: {self.state.disruption}"
             )
+
+    async def watch_counters(self) -> None:
+        """Every ``progress_s``, the workers' move counters (see :meth:`sample_counters`)."""
+        while True:
+            await self.sample_counters()
+            await asyncio.sleep(self.cfg.progress_s)
+
+    async def sample_counters(self, workers: list[Worker] | None = None) -> None:
+        """The move counters of ``workers`` (default: every live one), from ``GET /stats``.
+
+        A worker's counters start at 0 with its process: the run keeps each process's last
+        answer (sampled again just before a disruption stops it) and adds them up.
+        """
+        asked = [w for w in (self.cluster.live() if workers is None else workers) if not w.frozen]
+        bodies = await asyncio.gather(
+            *(asyncio.to_thread(w.get_json, "/stats", 3.0) for w in asked)
+        )
+        for worker, body in zip(asked, bodies, strict=True):
+            counters = body.get("counters")
+            if isinstance(counters, dict):
+                self.worker_counters[(worker.name, worker.starts)] = {
+                    "moved": counters.get("moved", 0),
+                    "moves_skipped": counters.get("moves_skipped", 0),
+                    "move_lag_max_ms": (body.get("move_lag_ms") or {}).get("max"),
+                }
+
+    def move_counters(self) -> dict[str, Any]:
+        """The workers' move counters, added up over every worker process of the run."""
+        rows = self.worker_counters
+        lags = [row["move_lag_max_ms"] for row in rows.values() if row["move_lag_max_ms"]]
+        return {
+            "moved": sum(row["moved"] for row in rows.values()),
+            "moves_skipped": sum(row["moves_skipped"] for row in rows.values()),
+            "move_lag_max_ms": max(lags, default=None),
+            "worker_processes": len(rows),
+            "per_process": {f"{name}#{start}": row for (name, start), row in rows.items()},
+        }
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -563,6 +605,7 @@ class Run:
         await self._collect_forwards(forward, done, tick)
         self.say(f"reconcile: stopped waiting: {stop_reason[0]}")
         found_again = await self._read_missing_again(forward)
+        await self.sample_counters()
         dead: dict[bytes, str] = {}
 
         def dead_letter(record: Any) -> None:
@@ -988,11 +1031,13 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
     r = Run(cfg, out)
     monitor: Monitor | None = None
     progress: asyncio.Task[None] | None = None
+    counters: asyncio.Task[None] | None = None
     try:
         await r.setup()
         monitor = r.monitor = Monitor(r.cluster.broker.bootstrap, r.names)
         await monitor.start()
         progress = asyncio.create_task(r.progress(monitor))
+        counters = asyncio.create_task(r.watch_counters())
         stats = await r.load_phase()
         extra = await r.reconcile_phase()
         result: dict[str, Any] = {
@@ -1027,6 +1072,7 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "figures": figures(r, extra),
             "lateness": r.lateness(),
             "ingest_lag": r.ingest_lag(),
+            "worker_counters": r.move_counters(),
             "committed_ingest_offsets_at_end": r.committed,
             "disruptions": [asdict(w) for w in r.state.windows],
             "never_forwarded_samples": r.never_forwarded(extra["dead_letters"]),
@@ -1054,10 +1100,11 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
         if r.forwards is not None:
             with contextlib.suppress(Exception):
                 await r.forwards.stop()
-        if progress is not None:
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
+        for task in (progress, counters):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if monitor is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(monitor.stop(), 10)
