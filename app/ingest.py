@@ -265,6 +265,10 @@ class _Batch:
     def finish(self) -> None:
         """Write the replay marks; log the replays skipped."""
         for (partition, source), offset in self._moved.items():
+            # Tagged with the home partition's own offset, as its other records (the tag left
+            # by the batch's last command may be another partition's: a replay of this one
+            # would take the records after the mark for a late writer's and skip them).
+            self._engine.store.tag = self.last_applied(partition)
             self._engine.mark_moved(partition, source, offset)
         for partition in self._marked:
             self._engine.mark_applied(partition, self._applied[partition])

@@ -15,6 +15,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
+from chaos.load import PARTITIONERS
 from chaos.report import table
 from chaos.run import EVENTS, ChaosConfig, run
 
@@ -28,6 +29,10 @@ def _events(spec: str) -> tuple[tuple[str, float], ...]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r} is not EVENT@FRACTION") from None
     return tuple(out)
+
+
+def _names(spec: str) -> tuple[str, ...]:
+    return tuple(filter(None, (part.strip() for part in spec.split(","))))
 
 
 def parse(argv: list[str] | None) -> ChaosConfig:
@@ -63,6 +68,21 @@ def parse(argv: list[str] | None) -> ChaosConfig:
         help="pause the load while the workers' backlog is more than this many s of their "
         "recent pace (0: send at --rate whatever happens; default %(default)s)",
     )
+    p.add_argument(
+        "--partitioners",
+        type=_names,
+        default=d.partitioners,
+        help="the producer partitioners the load mixes, per job id: "
+        f"{', '.join(PARTITIONERS)} (default {','.join(d.partitioners)}; murmur2 alone: every "
+        "command lands on its job's home partition)",
+    )
+    p.add_argument(
+        "--mixed-share",
+        type=float,
+        default=d.mixed_share,
+        help="share of jobs whose replaces and cancels go through another partitioner than "
+        "their first schedule (%(default)s; needs two partitioners or more)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=d.out_dir, help="results dir (%(default)s)")
     a = p.parse_args(argv)
@@ -81,6 +101,8 @@ def parse(argv: list[str] | None) -> ChaosConfig:
         max_total_s=a.max_minutes * 60,
         max_lag_s=a.max_lag,
         seed=a.seed,
+        partitioners=a.partitioners,
+        mixed_share=a.mixed_share,
         out_dir=a.out,
         command=shlex.join(["python", "-m", "chaos", *(sys.argv[1:] if argv is None else argv)]),
     )

@@ -12,6 +12,8 @@ keeps that to a few tens of MB.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 __all__ = ["AckTimes"]
 
 
@@ -20,12 +22,32 @@ class AckTimes:
 
     def __init__(self) -> None:
         self._by_partition: dict[int, dict[int, int]] = {}
+        #: partition -> (its noted offsets in order, the earliest ack from each one on).
+        self._suffix: dict[int, tuple[list[int], list[int]]] = {}
 
     def note(self, partition: int, offset: int, acked_ms: int) -> None:
         offsets = self._by_partition.get(partition)
         if offsets is None:
             offsets = self._by_partition[partition] = {}
         offsets[offset] = acked_ms
+        self._suffix.pop(partition, None)
+
+    def earliest_after(self, partition: int, offset: int) -> int | None:
+        """The earliest acknowledgement of a record after ``offset`` in ``partition`` (None if
+        none was noted). The record at ``offset`` was acknowledged by then: the broker stores a
+        partition's records in offset order, and acknowledges one (acks=all) only once its
+        high watermark is past it."""
+        index = self._suffix.get(partition)
+        if index is None:
+            acked = self._by_partition.get(partition, {})
+            order = sorted(acked)
+            minima = [acked[o] for o in order]
+            for i in range(len(minima) - 2, -1, -1):
+                minima[i] = min(minima[i], minima[i + 1])
+            index = self._suffix[partition] = (order, minima)
+        order, minima = index
+        at = bisect_right(order, offset)
+        return minima[at] if at < len(order) else None
 
     def get(self, partition: int, offset: int) -> int | None:
         """The acknowledgement time, or None if the generator never saw it (or never sent it)."""

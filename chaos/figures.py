@@ -8,19 +8,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from chaos.reconcile import BEFORE_DUE, RACE, Book
+from app.metrics import quantile
+from chaos.reconcile import BEFORE_DUE, CLOSE_MS, MOVED_RACE, RACE, Book
 
-__all__ = ["MUST_BE_ZERO", "SUPERSEDED_ACKED_BEFORE_DUE", "book_figures", "failures"]
+__all__ = [
+    "MOVED_NEVER_APPLIED",
+    "MUST_BE_ZERO",
+    "SUPERSEDED_ACKED_BEFORE_DUE",
+    "book_figures",
+    "failures",
+]
 
 #: Forwards of a schedule whose cancel or replace Kafka acknowledged before the due time:
 #: delayq promises that such a command wins.
 SUPERSEDED_ACKED_BEFORE_DUE = "cancelled_or_replaced_acked_before_due_still_forwarded"
+#: Commands written off their job's home partition that no applied copy there carries.
+MOVED_NEVER_APPLIED = "moved_commands_never_applied"
 MUST_BE_ZERO = (
     "never_forwarded",
     "forwarded_early",
     "mismatched_forwards",
     "foreign_duplicates",
     SUPERSEDED_ACKED_BEFORE_DUE,
+    MOVED_NEVER_APPLIED,
 )
 
 
@@ -48,6 +58,7 @@ def book_figures(book: Book) -> dict[str, Any]:
         "cancel_races_forwarded": superseded.get(("cancel", RACE), 0),
         "replace_races_outdated_forwarded": superseded.get(("replace", RACE), 0),
         "races_ack_unknown": book.ack_unknown,
+        **_moved_figures(book),
         "never_forwarded": len(book.missing),
         "forwarded_early": book.early_count,
         "mismatched_forwards": book.mismatched_count,
@@ -55,6 +66,35 @@ def book_figures(book: Book) -> dict[str, Any]:
         "duplicates_by_gap_to_first": book.duplicate_gaps,
         "duplicate_rate": book.duplicates / book.forwards if book.forwards else 0.0,
         "foreign_duplicates": book.foreign_count,
+    }
+
+
+def _moved_figures(book: Book) -> dict[str, Any]:
+    """Commands written off their job's home partition, and jobs written to several."""
+    superseded = book.superseded_counts()
+    margins = book.moved_race_margins_ms
+    hops = sorted(book.hops_ms)
+    mixed = book.mixed
+    return {
+        "commands_off_home": book.off_home,
+        "moved_copies": book.moved_copies,
+        "moved_copies_skipped": book.moved_copies_skipped,
+        MOVED_NEVER_APPLIED: len(book.never_applied),
+        "hop_ms": {
+            "p50": quantile(hops, 0.50),
+            "p99": quantile(hops, 0.99),
+            "max": hops[-1] if hops else None,
+        },
+        "cancel_moved_races_forwarded": superseded.get(("cancel", MOVED_RACE), 0),
+        "replace_moved_races_outdated_forwarded": superseded.get(("replace", MOVED_RACE), 0),
+        "moved_races_acked_before_due_max_ms": max(margins, default=None),
+        "moved_races_acked_within_1s_before_due": sum(m < CLOSE_MS for m in margins),
+        "mixed_jobs": mixed.jobs,
+        "mixed_close_pairs": mixed.close_pairs,
+        "mixed_reordered_within_1s": mixed.reordered_close,
+        "mixed_reordered_further_apart": mixed.reordered_apart,
+        "mixed_reordered_max_gap_ms": mixed.max_reordered_gap_ms,
+        "mixed_outcome_changed": mixed.outcome_changed,
     }
 
 

@@ -1,6 +1,14 @@
 """The load generator: schedules, replaces and cancels at a steady rate on the ingest topic.
 
-One aiokafka producer (acks=all, batched, murmur2 like every other producer of the contract).
+One aiokafka producer (acks=all, batched) that writes each command to the partition a real
+client's partitioner would pick (:data:`PARTITIONERS`): murmur2 (aiokafka's, Java's: the job's
+home partition), FNV-1a (sarama's default) or CRC-32 (librdkafka's ``consistent_random``).
+Each job id picks one of the configured partitioners by a stable hash of the id
+(:func:`routes`), and every command for the job goes through it; a share of the jobs
+(``mixed_share``) sends its replaces and cancels through another one than its first schedule,
+as when two services with different clients share a job. Commands written off their job's
+home partition are moved there by the workers (app/moving.py).
+
 Every 10 ms slice it sends as many commands as the rate asks for by then, so a slow slice is
 caught up in the next ones; the achieved rate is measured, not assumed.
 
@@ -22,18 +30,28 @@ each command (:class:`chaos.acks.AckTimes`), which the ingest topic does not tel
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from app.moving import crc32_partition, fnv1a_partition, home_partition
 from app.times import now_ms
 from chaos.acks import AckTimes
 
-__all__ = ["LoadConfig", "LoadGenerator", "LoadStats", "job_value"]
+__all__ = ["PARTITIONERS", "LoadConfig", "LoadGenerator", "LoadStats", "job_value", "routes"]
+
+#: The producer partitioners the load can use: (job id, partition count) -> partition.
+PARTITIONERS: Mapping[str, Callable[[bytes, int], int]] = {
+    "murmur2": home_partition,  # aiokafka, Java, kafkajs 2, librdkafka murmur2_random
+    "fnv1a": fnv1a_partition,  # sarama's default
+    "crc32": crc32_partition,  # librdkafka's default (consistent_random)
+}
 
 SLICE_S = 0.010
 VALUE_BYTES = 100
@@ -43,6 +61,22 @@ _RECENT = 50_000
 
 def job_value(job_id: bytes, revision: int) -> bytes:
     return (b"%s|%d|" % (job_id, revision)).ljust(VALUE_BYTES, b".")
+
+
+def routes(job_id: bytes, names: Sequence[str], mixed_share: float) -> tuple[str, str]:
+    """The partitioners of a job's commands: (its first schedule's, its replaces' and cancels').
+
+    Picked by a hash of the id (not Python's ``hash``, which is salted per process), so a run
+    can be repeated and every command of a job takes the same route: the same partitioner
+    twice, but for a ``mixed_share`` of the jobs, whose follow-ups use another one.
+    """
+    digest = int.from_bytes(hashlib.blake2b(job_id, digest_size=8).digest(), "big")
+    first = digest % len(names)
+    mixed = len(names) > 1 and (digest >> 32) % 10_000 < mixed_share * 10_000
+    if not mixed:
+        return names[first], names[first]
+    other = (first + 1 + (digest >> 16) % (len(names) - 1)) % len(names)
+    return names[first], names[other]
 
 
 @dataclass(frozen=True)
@@ -58,6 +92,12 @@ class LoadConfig:
     #: recent ingest pace (0: never pause, send at ``rate`` whatever happens).
     max_lag_s: float = 0.0
     seed: int = 1
+    #: Partitioners the commands go through (names in :data:`PARTITIONERS`), and the share of
+    #: jobs whose replaces and cancels go through another one than their first schedule.
+    partitioners: tuple[str, ...] = ("murmur2",)
+    mixed_share: float = 0.0
+    #: Ingest partitions (the partitioners need the count).
+    partitions: int = 1
 
 
 @dataclass
@@ -75,6 +115,19 @@ class LoadStats:
     #: Worst ingest lag seen: how long ago the command the workers had committed was sent.
     max_ingest_lag_s: float = 0.0
     error_samples: list[str] = field(default_factory=list)
+    #: Commands sent through each partitioner.
+    by_partitioner: dict[str, int] = field(default_factory=dict)
+    #: Commands written off their job's home partition: the workers move each there.
+    off_home: int = 0
+    #: New jobs whose replaces and cancels go through another partitioner than their first
+    #: schedule, and those replaces and cancels.
+    mixed_jobs: int = 0
+    mixed_commands: int = 0
+
+    @property
+    def records(self) -> int:
+        """Records the commands sent make on the ingest topic: two for a moved one."""
+        return self.sent + self.off_home
 
     @property
     def rate(self) -> float:
@@ -134,23 +187,29 @@ class LoadGenerator:
         self._acks: deque[asyncio.Future[Any]] = deque()
         #: When the broker acknowledged each command sent, by its (partition, offset).
         self.acked = AckTimes() if acks is None else acks
-        #: Commands the workers have committed on the ingest topic (None: not known yet).
+        #: Of the records the generator's commands make on the ingest topic
+        #: (:attr:`LoadStats.records`), those the workers have committed (None: not known yet).
         self.ingested: int | None = None
+        #: Records on the ingest topic the workers have not committed (None: not known yet).
+        self.backlog: int | None = None
         #: (monotonic time, commands sent by then), one per slice.
         self._checkpoints: deque[tuple[float, int]] = deque()
-        #: (monotonic time, commands committed by the workers by then), the last ~10 s.
+        #: (monotonic time, records committed by the workers by then), the last ~10 s.
         self._ingest_marks: deque[tuple[float, int]] = deque()
 
-    def note_ingested(self, count: int) -> None:
-        """The workers' committed ingest position (the caller samples it about every second)."""
+    def note_ingested(self, count: int, backlog: int) -> None:
+        """The workers' committed ingest position (the caller samples it about every second):
+        ``count`` records committed and ``backlog`` not yet, moved copies included (a command
+        moved again after a crash makes one more)."""
         now = time.monotonic()
-        self.ingested = count
+        self.backlog = backlog
+        self.ingested = max(0, self.stats.records - backlog)
         self._ingest_marks.append((now, count))
         while len(self._ingest_marks) > 2 and now - self._ingest_marks[0][0] > 10:
             self._ingest_marks.popleft()
 
     def ingest_rate(self) -> float | None:
-        """Commands/s the workers committed over the last ~10 s (None before 3 s of samples)."""
+        """Records/s the workers committed over the last ~10 s (None before 3 s of samples)."""
         marks = self._ingest_marks
         if len(marks) < 2 or marks[-1][0] - marks[0][0] < 3:
             return None
@@ -158,11 +217,11 @@ class LoadGenerator:
 
     def _throttled(self) -> bool:
         """Whether the backlog would take the workers more than ``max_lag_s`` to read."""
-        if not self.config.max_lag_s or self.ingested is None:
+        if not self.config.max_lag_s or self.backlog is None:
             return False
         rate = self.ingest_rate()
         pace = self.config.rate if rate is None else max(rate, 50.0)
-        return self.stats.sent - self.ingested > self.config.max_lag_s * pace
+        return self.backlog > self.config.max_lag_s * pace
 
     def ingest_lag_s(self, now_s: float) -> float | None:
         """How long ago the generator sent the last command the workers have committed."""
@@ -171,7 +230,7 @@ class LoadGenerator:
             return None
         while len(marks) > 1 and marks[0][1] < ingested:
             marks.popleft()
-        if marks[0][1] < ingested or ingested >= self.stats.sent:
+        if marks[0][1] < ingested or ingested >= self.stats.records:
             return 0.0
         return now_s - marks[0][0]
 
@@ -207,8 +266,21 @@ class LoadGenerator:
             headers.append(("delayq-key", fkey))
         return headers
 
-    def _next(self, now: int) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
-        """The next command: (key, value, headers)."""
+    def _partition(self, job_id: bytes, new: bool) -> int:
+        """The partition a command goes to: its job's route (:func:`routes`); counted."""
+        cfg, stats = self.config, self.stats
+        first, follow_up = routes(job_id, cfg.partitioners, cfg.mixed_share)
+        if new and first != follow_up:
+            stats.mixed_jobs += 1
+        name = first if new else follow_up
+        stats.mixed_commands += name != first
+        stats.by_partitioner[name] = stats.by_partitioner.get(name, 0) + 1
+        partition = PARTITIONERS[name](job_id, cfg.partitions)
+        stats.off_home += partition != home_partition(job_id, cfg.partitions)
+        return partition
+
+    def _next(self, now: int) -> tuple[bytes, bytes | None, list[tuple[str, bytes]], bool]:
+        """The next command: (key, value, headers, whether it is a new job)."""
         roll = self.rng.random()
         cfg = self.config
         entry = None
@@ -219,7 +291,7 @@ class LoadGenerator:
             self.stats.cancels += 1
             job_id = entry[0]
             assert isinstance(job_id, bytes)
-            return job_id, None, []
+            return job_id, None, [], False
         if entry is not None:  # replace: next revision, mostly a new due time
             revision = entry[2]
             assert isinstance(revision, int)
@@ -240,7 +312,8 @@ class LoadGenerator:
         job_id = entry[0]
         revision = entry[2]
         assert isinstance(job_id, bytes) and isinstance(revision, int)
-        return job_id, job_value(job_id, revision), self._schedule_headers(entry, now, delay)
+        value, headers = job_value(job_id, revision), self._schedule_headers(entry, now, delay)
+        return job_id, value, headers, revision == 0  # revision 0: a new job
 
     async def run(self) -> LoadStats:
         """Send for ``duration_s`` seconds; return once every command is acknowledged.
@@ -268,15 +341,21 @@ class LoadGenerator:
             while credit >= 1:
                 credit -= 1
                 now = now_ms()
-                key, value, headers = self._next(now)
-                fut = await self.producer.send(self.ingest, value, key=key, headers=headers)
+                key, value, headers, new = self._next(now)
+                fut = await self.producer.send(
+                    self.ingest,
+                    value,
+                    key=key,
+                    headers=headers,
+                    partition=self._partition(key, new),
+                )
                 # On resolution, not when reaped: _reap runs once per slice, at best.
                 fut.add_done_callback(self._note_ack)
                 self._acks.append(fut)
                 stats.sent += 1
                 stats.first_ms = stats.first_ms or now
                 stats.last_ms = now
-            self._checkpoints.append((now_s, stats.sent))
+            self._checkpoints.append((now_s, stats.records))
             self._reap()
             await asyncio.sleep(SLICE_S)
         await self.producer.flush()

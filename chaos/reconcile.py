@@ -1,10 +1,18 @@
 """The reconciler: what the ingest topic asked for against what reached the target topics.
 
-From the ingest topic (read in offset order per partition, and every command for one job id is
-in one partition), each job id's commands give its final state: the last schedule wins, and a
-cancel after the last schedule cancels the job. Jobs whose final state is a schedule are
-*expected*: exactly one forward with their ``delayq-job-id`` and ``delayq-due-ms`` (and that
-schedule's value, key and target) must reach the target topic, at or after the due time.
+From the ingest topic, each job id's commands give its final state, in the order delayq
+applies them: the order of the job's home partition (``murmur2(id) % partitions``). A command
+written there is applied at its offset; one written to another partition is applied where its
+moved copy (header ``delayq-moved-from``) lies in the home partition, the copy the worker does
+not skip (:meth:`Book.close_ingest` follows its rule: per source partition, a copy at or below
+the highest source offset already applied is skipped). Commands of one job written to one
+partition keep their order; commands written to different partitions (a job whose producers
+partition differently: *mixed*) are applied in the order they reach the home partition, which
+may differ from the order the broker acknowledged them in (reported, not a failure: the moved
+one took one more hop). The last schedule wins, and a cancel after the last schedule cancels the
+job. Jobs whose final state is a schedule are *expected*: exactly one forward with their
+``delayq-job-id`` and ``delayq-due-ms`` (and that schedule's value, key and target) must reach
+the target topic, at or after the due time.
 
 Each forwarded record is matched to the schedule of its job that it carries (same due time and
 value). Then:
@@ -17,13 +25,21 @@ value). Then:
   must carry the same ``delayq-job-id`` as the first (a value forwarded under two job ids is a
   *foreign duplicate*, must be 0).
 - a forward of a schedule that a later command superseded (replace or cancel), judged by when
-  the broker acknowledged that command to the load generator (:class:`chaos.acks.AckTimes`):
-  acknowledged before the schedule's due time, it must have won: *cancelled/replaced,
-  acknowledged before due, still forwarded*. Must be 0. Acknowledged at or after the due time,
-  the forward and the command raced (a *race*, reported apart); so does a command whose
-  acknowledgement the generator never saw (counted apart again, as *ack unknown*).
+  the broker acknowledged that command in the job's home partition, where the ingest guard
+  waits for it: for a command written there, when it acknowledged it to the load generator
+  (:class:`chaos.acks.AckTimes`); for a moved one, by when its copy there was acknowledged, the
+  earliest acknowledgement the generator saw of a record after the copy in that partition (an
+  upper bound, one record away at the load's rate). Acknowledged there before the schedule's
+  due time, it must have won: *cancelled/replaced, acknowledged before due, still forwarded*.
+  Must be 0. Acknowledged at or after the due time, the forward and the command raced (a
+  *race*, reported apart); so does a command whose acknowledgement the generator never saw
+  (counted apart again, as *ack unknown*). A moved command the generator saw acknowledged
+  before the due time whose copy reached the home partition only at or after it is a race too,
+  counted apart (*moved race*): its margin is its own hop, reported.
 - **never forwarded**: expected jobs without a forward of their final schedule once the run has
   waited long enough. Must be 0.
+- **moved commands never applied**: commands written off their job's home partition without a
+  copy there that the worker applies. Must be 0.
 """
 
 from __future__ import annotations
@@ -38,10 +54,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.gaps import read_raw_range
 from app.jobs import job_version
+from app.moving import home_partition, parse_moved_from
 from chaos.acks import AckTimes
 
 __all__ = [
     "BEFORE_DUE",
+    "CLOSE_MS",
+    "MOVED_RACE",
     "RACE",
     "Book",
     "Follower",
@@ -54,8 +73,12 @@ __all__ = [
 
 CANCEL = -1
 #: When the broker acknowledged the command superseding a forwarded schedule: before its due
-#: time (it must have won), or at or after it or unknown (a race).
-BEFORE_DUE, RACE = "acked before due", "race"
+#: time (it must have won), or at or after it or unknown (a race), or before it but the moved
+#: copy reached the home partition only at or after it (a moved race).
+BEFORE_DUE, RACE, MOVED_RACE = "acked before due", "race", "moved race"
+#: Close calls, counted apart: commands of a mixed job acknowledged less than this apart, and
+#: moved races acknowledged less than this before the due time.
+CLOSE_MS = 1_000
 #: Buckets of the time between a duplicate and the first forward of its schedule.
 DUPLICATE_GAPS = (
     (1_000, "< 1 s"),
@@ -76,18 +99,85 @@ H_JOB_ID = "delayq-job-id"
 class Cmd:
     """One ingest command for a job: a schedule (``due`` >= 0) or a cancel (``due`` = -1)."""
 
+    #: Its offset in the job's home partition, where delayq applies it (the job version a
+    #: schedule gives); -1 for a moved command no applied copy of which is there (yet).
     offset: int
     ts: int
     due: int
     vhash: int = 0
     target: str | None = None
     fkey: bytes | None = None
+    #: (partition, offset) the producer wrote it to, when that is not the home partition.
+    landed: tuple[int, int] | None = None
+    #: When the broker acknowledged it to the load generator (None: unknown).
+    acked: int | None = None
+    #: By when it was acknowledged in the home partition (``acked``, or for a moved command an
+    #: upper bound: see the module doc); None: unknown.
+    home_acked: int | None = None
 
 
 @dataclass(slots=True)
 class JobLog:
+    #: The job's home partition (its jobs table partition).
     partition: int
     cmds: list[Cmd] = field(default_factory=list)
+
+
+def _home_order(cmd: Cmd) -> tuple[bool, int, int]:
+    """Commands in the order delayq applies them: by home offset; those without a place there
+    (never applied, or not moved yet) last, in the order they were acknowledged (or sent)."""
+    return cmd.offset < 0, cmd.offset, cmd.ts if cmd.acked is None else cmd.acked
+
+
+def _written_to(cmd: Cmd) -> int:
+    """The partition the producer wrote a command to (-1: its job's home partition)."""
+    return -1 if cmd.landed is None else cmd.landed[0]
+
+
+@dataclass
+class MixedOrder:
+    """Jobs whose commands were written to more than one partition (producers that partition
+    differently): the order delayq applied them in (their home partition's) against the order
+    the broker acknowledged them in. Not a failure: a moved command takes one hop more."""
+
+    jobs: int = 0
+    #: Pairs of one job's commands written to different partitions, acknowledged less than
+    #: CLOSE_MS apart (the close calls).
+    close_pairs: int = 0
+    #: Such pairs applied in the other order than acknowledged: less than CLOSE_MS apart,
+    #: and further apart (with the widest gap).
+    reordered_close: int = 0
+    reordered_apart: int = 0
+    max_reordered_gap_ms: int = 0
+    #: Jobs whose final state is not that of the command acknowledged last.
+    outcome_changed: int = 0
+
+    def add(self, cmds: list[Cmd]) -> None:
+        """One job's commands, in the order delayq applies them."""
+        if len({_written_to(cmd) for cmd in cmds}) < 2:
+            return
+        self.jobs += 1
+        for i, first in enumerate(cmds):
+            for then in cmds[i + 1 :]:
+                if _written_to(first) != _written_to(then):
+                    self._pair(first.acked, then.acked)
+        acked = [cmd.acked for cmd in cmds]
+        if None not in acked and cmds[-1].acked != max(a for a in acked if a is not None):
+            self.outcome_changed += 1
+
+    def _pair(self, first: int | None, then: int | None) -> None:
+        """Two commands applied in this order, acknowledged at ``first`` and ``then``."""
+        if first is None or then is None:
+            return
+        close = abs(then - first) < CLOSE_MS
+        self.close_pairs += close
+        if then >= first:
+            return
+        if close:
+            self.reordered_close += 1
+        else:
+            self.reordered_apart += 1
+            self.max_reordered_gap_ms = max(self.max_reordered_gap_ms, first - then)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,17 +226,35 @@ class Anomaly:
 
 
 class Book:
-    """Ingest commands per job id, and the forwards matched against them."""
+    """Ingest commands per job id, and the forwards matched against them.
 
-    def __init__(self, acks: AckTimes | None = None) -> None:
+    ``partitions``: the ingest topic's, to know each job's home partition; None: every command
+    counts as written to its job's home partition (nothing is moved).
+    """
+
+    def __init__(self, acks: AckTimes | None = None, partitions: int | None = None) -> None:
         #: When the broker acknowledged each ingest command (filled by the load generator).
         self.acks = AckTimes() if acks is None else acks
+        self.partitions = partitions
         self.jobs: dict[bytes, JobLog] = {}
+        #: Commands, moved copies not included.
         self.ingest_records = 0
         self.bad_ingest = 0
         self.schedules = 0
         self.cancels = 0
+        #: Moved copies: (home partition, source partition) -> [(source offset, home offset)].
+        self._copies: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self.moved_copies = 0
         # Filled by close_ingest():
+        #: Commands written off their job's home partition, and the copies the worker skips
+        #: (moved again after a crash).
+        self.off_home = 0
+        self.moved_copies_skipped = 0
+        #: Moved commands without an applied copy in the home partition: (job id, command).
+        self.never_applied: list[tuple[bytes, Cmd]] = []
+        #: Moved commands: their home acknowledgement minus their own (the hop, an upper bound).
+        self.hops_ms: list[int] = []
+        self.mixed = MixedOrder()
         self.expected: dict[bytes, Cmd] = {}
         self.missing: set[bytes] = set()
         self.max_due = 0
@@ -164,6 +272,8 @@ class Book:
         self.superseded: dict[tuple[bytes, int], Superseded] = {}
         #: Races among them whose command's acknowledgement the generator never saw.
         self.ack_unknown = 0
+        #: Moved races: how long before the due time the generator saw each acknowledged.
+        self.moved_race_margins_ms: list[int] = []
         self.superseded_samples: list[Anomaly] = []
         #: Duplicates by time since the first forward of the same schedule.
         self.duplicate_gaps: dict[str, int] = {}
@@ -185,30 +295,83 @@ class Book:
         headers: Iterable[tuple[str, bytes]],
     ) -> None:
         """One ingest record, in offset order within its partition."""
+        headers = list(headers)
+        moved = parse_moved_from(headers)
+        if moved is not None:
+            self.moved_copies += 1
+            source, source_offset = moved
+            self._copies.setdefault((partition, source), []).append((source_offset, offset))
+            return
         self.ingest_records += 1
         parsed = parse_ingest(key, value, ts, headers)
         if parsed is None or key is None:
             self.bad_ingest += 1
             return
         due, target, fkey = parsed
+        home = partition if self.partitions is None else home_partition(key, self.partitions)
         job = self.jobs.get(key)
         if job is None:
-            job = self.jobs[key] = JobLog(partition)
+            job = self.jobs[key] = JobLog(home)
+        cmd = Cmd(offset, ts, CANCEL) if due == CANCEL else Cmd(offset, ts, due, hash(value))
         if due == CANCEL:
             self.cancels += 1
-            job.cmds.append(Cmd(offset, ts, CANCEL))
         else:
             self.schedules += 1
-            job.cmds.append(Cmd(offset, ts, due, hash(value), target, fkey))
+            cmd.target, cmd.fkey = target, fkey
+        if home != partition:
+            cmd.offset, cmd.landed = -1, (partition, offset)
+        job.cmds.append(cmd)
 
     def close_ingest(self) -> None:
-        """Final state of every job: the expected forwards."""
+        """Place the moved commands, order every job's commands as delayq applies them; the
+        final state of every job: the expected forwards. After the last :meth:`add_ingest`, with
+        every acknowledgement noted."""
+        placed = self._applied_copies()
         for job_id, job in self.jobs.items():
+            for cmd in job.cmds:
+                self._place(job, cmd, placed, job_id)
+            job.cmds.sort(key=_home_order)
+            self.mixed.add(job.cmds)
             last = job.cmds[-1]
             if last.due != CANCEL:
                 self.expected[job_id] = last
                 self.max_due = max(self.max_due, last.due)
         self.missing = set(self.expected)
+
+    def _applied_copies(self) -> dict[tuple[int, int], int]:
+        """(source partition, source offset) -> home offset of the moved copy the home applies.
+
+        The worker's rule (app/ingest.py): per home and source partition, a copy at or below
+        the highest source offset applied so far is skipped.
+        """
+        placed: dict[tuple[int, int], int] = {}
+        for (_home, source), copies in self._copies.items():
+            mark = -1
+            for source_offset, home_offset in copies:
+                if source_offset <= mark:
+                    self.moved_copies_skipped += 1
+                    continue
+                mark = source_offset
+                placed[source, source_offset] = home_offset
+        return placed
+
+    def _place(
+        self, job: JobLog, cmd: Cmd, placed: dict[tuple[int, int], int], job_id: bytes
+    ) -> None:
+        """A command's acknowledgement times, and for a moved one its place at home."""
+        if cmd.landed is None:
+            cmd.acked = cmd.home_acked = self.acks.get(job.partition, cmd.offset)
+            return
+        self.off_home += 1
+        cmd.acked = self.acks.get(*cmd.landed)
+        home_offset = placed.get(cmd.landed)
+        if home_offset is None:
+            self.never_applied.append((job_id, cmd))
+            return
+        cmd.offset = home_offset
+        cmd.home_acked = self.acks.earliest_after(job.partition, home_offset)
+        if cmd.acked is not None and cmd.home_acked is not None:
+            self.hops_ms.append(max(0, cmd.home_acked - cmd.acked))
 
     @property
     def scheduled_jobs(self) -> int:
@@ -280,16 +443,21 @@ class Book:
     def _superseded(self, job_id: bytes, job: JobLog, index: int, fwd: Forward, where: str) -> None:
         sched, nxt = job.cmds[index], job.cmds[index + 1]
         what, done = ("cancel", "cancelled") if nxt.due == CANCEL else ("replace", "replaced")
-        acked = self.acks.get(job.partition, nxt.offset)
+        acked, home_acked = nxt.acked, nxt.home_acked
         ahead = None if acked is None else sched.due - acked
         # Acknowledged at the due time exactly is a race too: the worker may fire at due.
-        won = acked is not None and acked < sched.due
-        self.ack_unknown += acked is None
-        self.superseded[(job_id, index)] = Superseded(what, BEFORE_DUE if won else RACE, ahead)
-        if acked is not None and won and len(self.superseded_samples) < 50:
+        won = home_acked is not None and home_acked < sched.due
+        when = BEFORE_DUE if won else RACE
+        if not won and ahead is not None and ahead > 0 and nxt.landed is not None:
+            when = MOVED_RACE
+            self.moved_race_margins_ms.append(ahead)
+        self.ack_unknown += acked is None and not won
+        self.superseded[(job_id, index)] = Superseded(what, when, ahead)
+        if home_acked is not None and won and len(self.superseded_samples) < 50:
             self.superseded_samples.append(
                 Anomaly(
-                    f"{done}, acknowledged {ahead} ms before due, still forwarded",
+                    f"{done}, acknowledged {sched.due - home_acked} ms before due"
+                    f"{'' if nxt.landed is None else ' (its moved copy)'}, still forwarded",
                     job_id.decode(errors="replace"),
                     {
                         "forward": where,
@@ -300,8 +468,10 @@ class Book:
                         f"{what}_written_ms": nxt.ts,
                         f"{what}_acked_ms": acked,
                         f"{what}_acked_before_due_ms": ahead,
+                        f"{what}_written_to": nxt.landed or "home",
+                        f"{what}_acked_at_home_ms": home_acked,
                         "forwarded_ms": fwd.ts,
-                        f"forwarded_after_{what}_acked_ms": fwd.ts - acked,
+                        f"forwarded_after_{what}_acked_ms": acked and fwd.ts - acked,
                     },
                 )
             )

@@ -65,6 +65,7 @@ def table(result: dict[str, Any]) -> str:
             f"cancels / replaces; {_n(f.get('races_ack_unknown'))} of them with the ack unknown "
             "to the generator; not a failure",
         ),
+        *_moved_rows(result),
         (
             "NEVER FORWARDED (must be 0)",
             _n(f["never_forwarded"]),
@@ -115,7 +116,8 @@ def table(result: dict[str, Any]) -> str:
         (
             "worst ingest lag (committed offsets)",
             f"~{lag.get('max_seconds_behind_approx', 0):.0f} s",
-            f"{lag.get('max_records_behind', 0):,} commands behind the generator",
+            f"{lag.get('max_records_behind', 0):,} records behind the generator (moved copies "
+            "included)",
         )
     )
     w1 = max(len(r[0]) for r in rows)
@@ -132,6 +134,69 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(
         [rule, head, rule, *lines, rule, *notes, verdict, f"logs: {result['run_dir']}"]
     )
+
+
+def _moved_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Commands written off their job's home partition: moved, and mixed (none before they were
+    reported)."""
+    f, load = result["figures"], result["load"]
+    if "commands_off_home" not in f:
+        return []
+    workers = result.get("worker_counters", {})
+    hop = f["hop_ms"]
+    through = ", ".join(f"{name} {n:,}" for name, n in load.get("by_partitioner", {}).items())
+    return [
+        (
+            "written off their home partition (moved)",
+            _n(f["commands_off_home"]),
+            f"through {through or '-'}; {f['moved_copies']:,} moved copies in the ingest topic, "
+            f"{f['moved_copies_skipped']:,} of them skipped (moved again); the workers' counters: "
+            f"moved {_n(workers.get('moved'))}, moves_skipped {_n(workers.get('moves_skipped'))}"
+            f" (over {_n(workers.get('worker_processes'))} worker processes)",
+        ),
+        (
+            "  hop: acked, then at home p50 / p99 / max",
+            f"{_ms(hop['p50'])} / {_ms(hop['p99'])} / {_ms(hop['max'])}",
+            "from the command's acknowledgement to its copy's in the home partition (at most); "
+            f"workers' move_lag_ms max {_ms(workers.get('move_lag_max_ms'))}",
+        ),
+        (
+            "MOVED COMMANDS NEVER APPLIED (must be 0)",
+            _n(f["moved_commands_never_applied"]),
+            f"{_n(f.get('moved_never_applied_not_yet_read'))} of them not yet read by the workers "
+            "when the run stopped; no copy the home partition applies",
+        ),
+        (
+            "  races: moved, acked before due, at home after",
+            f"{_n(f['cancel_moved_races_forwarded'])} / "
+            f"{_n(f['replace_moved_races_outdated_forwarded'])}",
+            "cancels / replaces acknowledged before the due time, their copy in the home "
+            "partition at or after it (margin: the hop); acknowledged at most "
+            f"{_ms(f['moved_races_acked_before_due_max_ms'])} before due, "
+            f"{f['moved_races_acked_within_1s_before_due']:,} within 1 s; not a failure",
+        ),
+        (
+            "jobs written to several partitions (mixed)",
+            _n(f["mixed_jobs"]),
+            f"{_n(load.get('mixed_jobs'))} jobs sent replaces and cancels through another "
+            f"partitioner ({_n(load.get('mixed_commands'))} commands); applied in the order they "
+            f"reached the home partition; final state not the last acknowledged command's: "
+            f"{f['mixed_outcome_changed']:,} jobs",
+        ),
+        (
+            "  races (mixed partitioners, commands within 1 s)",
+            _n(f["mixed_close_pairs"]),
+            "pairs of one job's commands written to different partitions and acknowledged less "
+            f"than 1 s apart; {f['mixed_reordered_within_1s']:,} of them applied in the other "
+            "order; not a failure",
+        ),
+        (
+            "  applied in the other order, further apart",
+            _n(f["mixed_reordered_further_apart"]),
+            f"widest gap between the acknowledgements {_ms(f['mixed_reordered_max_gap_ms'])} "
+            "(a hop that long); not a failure",
+        ),
+    ]
 
 
 def _notes(result: dict[str, Any]) -> list[str]:
@@ -172,6 +237,7 @@ def _notes(result: dict[str, Any]) -> list[str]:
         ("mismatched_samples", "mismatched"),
         ("foreign_duplicate_samples", "duplicate under another job id"),
         ("acked_before_due_samples", "cancelled/replaced, acked before due, forwarded"),
+        ("moved_never_applied_samples", "moved command never applied"),
     ):
         for sample in result.get(name, [])[:5]:
             short = {k: v for k, v in sample.items() if k != "worker_logs_around"}

@@ -46,13 +46,14 @@ from chaos.acks import AckTimes
 from chaos.cluster import Cluster, Names, Worker
 from chaos.figures import book_figures, failures
 from chaos.forensics import duplicate_cause, format_events, superseded_cause
-from chaos.load import LoadConfig, LoadGenerator, LoadStats
+from chaos.load import PARTITIONERS, LoadConfig, LoadGenerator, LoadStats
 from chaos.reconcile import (
     BEFORE_DUE,
     Book,
     Cmd,
     Follower,
     Forward,
+    JobLog,
     changelog_history,
     read_to_end,
 )
@@ -98,6 +99,9 @@ def _log_time_ms(line: str) -> int | None:
 
 #: Kept for reading the jobs changelog when there is something to explain.
 FORENSICS_RESERVE_S = 60.0
+#: How long the reconciler waits, after the load, for the workers to commit the ingest topic
+#: (moves included) before reading it.
+CATCH_UP_S = 60.0
 #: The shortest automatic freeze: the group must notice the silence and move the frozen
 #: worker's partitions before it wakes, even with the embedded broker's 2 s session timeout.
 MIN_FREEZE_S = 8.0
@@ -134,6 +138,10 @@ class ChaosConfig:
     #: recent ingest pace (0: open loop, ``rate`` whatever happens).
     max_lag_s: float = 10.0
     seed: int = 1
+    #: The producer partitioners the load mixes (chaos/load.py), and the share of jobs whose
+    #: replaces and cancels go through another one than their first schedule.
+    partitioners: tuple[str, ...] = tuple(PARTITIONERS)
+    mixed_share: float = 0.2
     out_dir: Path = Path("chaos/results")
     write_latest: bool = True
     command: str = ""
@@ -151,6 +159,14 @@ class ChaosConfig:
             )
         if self.freeze_s < 0:
             raise ValueError("freeze must be 0 (automatic) or positive")
+        names = self.partitioners
+        if not names or len(set(names)) != len(names) or not set(names) <= PARTITIONERS.keys():
+            raise ValueError(
+                f"bad partitioners {','.join(names)!r}: one or more of {', '.join(PARTITIONERS)}"
+                ", each once"
+            )
+        if not 0 <= self.mixed_share <= 1:
+            raise ValueError("the mixed share must be in [0, 1]")
         needed = (
             SETUP_RESERVE_S + self.duration_s + self.max_delay_s + self.grace_s
         ) + TEARDOWN_RESERVE_S
@@ -229,11 +245,14 @@ class Monitor:
         offsets = await asyncio.gather(*(self.consumer.committed(tp) for tp in self.ingest))
         return {tp.partition: offset or 0 for tp, offset in zip(self.ingest, offsets, strict=True)}
 
-    async def sample(self) -> tuple[int, int]:
-        """(ingest records committed by the workers, records on the target topics)."""
-        committed = await asyncio.gather(*(self.consumer.committed(tp) for tp in self.ingest))
-        ends = await self.consumer.end_offsets(self.targets)
-        return sum(c or 0 for c in committed), sum(ends.values())
+    async def sample(self) -> tuple[int, int, int]:
+        """(ingest records committed by the workers, ingest records not yet, records on the
+        target topics)."""
+        committed = await self.committed()
+        ends = await self.consumer.end_offsets(self.ingest + self.targets)
+        backlog = sum(max(0, ends[tp] - committed[tp.partition]) for tp in self.ingest)
+        forwarded = sum(ends[tp] for tp in self.targets)
+        return sum(committed.values()), backlog, forwarded
 
 
 class Run:
@@ -263,12 +282,14 @@ class Run:
         self.load_t0 = 0.0
         #: When the broker acknowledged each command: noted by the generator, read by the book.
         self.acks = AckTimes()
-        self.book = Book(self.acks)
+        self.book = Book(self.acks, cfg.partitions)
         #: What the workers run with (the forensics and the freeze depend on it).
         self.worker_settings = self.cluster.worker_settings()
         self.session_timeout_s = self.cluster.worker_session_timeout_s()
         self.freeze_s = cfg.freeze_s or max(3 * self.session_timeout_s, MIN_FREEZE_S)
         self._progress_log = (self.run_dir / "progress.log").open("a")
+        #: (worker, start number) -> the move counters of its last ``GET /stats``.
+        self.worker_counters: dict[tuple[str, int], dict[str, Any]] = {}
 
     def say(self, line: str) -> None:
         elapsed = time.monotonic() - self.started
@@ -332,6 +353,7 @@ class Run:
                 victim = self._victim(touched)
                 touched.append(victim.name)
                 self._disrupt(f"SIGKILL {victim.name}", window)
+                await self.sample_counters([victim])
                 victim.kill()
                 await asyncio.sleep(cfg.restart_after_s)
                 self._disrupt(f"{victim.name} restarting (data dir kept)", window)
@@ -347,12 +369,14 @@ class Run:
                 victim = self._victim(touched)
                 touched.append(victim.name)
                 self._disrupt(f"SIGTERM {victim.name}", window)
+                await self.sample_counters([victim])
                 code = await asyncio.to_thread(victim.stop)
                 window.note = f"{victim.name} left (SIGTERM, exit code {code})"
             elif name == "freeze":
                 victim = self._victim(touched)
                 touched.append(victim.name)
                 self._disrupt(f"SIGSTOP {victim.name} for {self.freeze_s:.0f} s", window)
+                await self.sample_counters([victim])
                 await _suspended(victim.freeze, victim.thaw, self.freeze_s)
                 self._disrupt(f"{victim.name} resumed (SIGCONT)", window)
                 window.note = (
@@ -390,12 +414,15 @@ class Run:
             await asyncio.sleep(1.0)
             stats = self.load.stats if self.load else LoadStats()
             try:
-                ingested, forwarded = await asyncio.wait_for(monitor.sample(), 3.0)
-                figures = f"ingested {ingested:,} | forwarded {forwarded:,}"
+                ingested, backlog, forwarded = await asyncio.wait_for(monitor.sample(), 3.0)
+                figures = (
+                    f"ingested {ingested:,} records, {backlog:,} to go (moved copies included) "
+                    f"| forwarded {forwarded:,}"
+                )
                 if self.load is not None:
-                    self.load.note_ingested(ingested)
+                    self.load.note_ingested(ingested, backlog)
             except (TimeoutError, Exception) as exc:  # broker paused or busy: say so, go on
-                ingested = forwarded = -1
+                ingested = backlog = forwarded = -1
                 figures = f"(broker not answering: {type(exc).__name__})"
             now = time.monotonic()
             self.state.timeline.append(
@@ -403,7 +430,9 @@ class Run:
                     "t_s": round(now - self.started, 1),
                     "ms": now_ms(),
                     "sent": stats.sent,
+                    "records": stats.records,
                     "ingested": ingested,
+                    "backlog": backlog,
                     "forwarded": forwarded,
                 }
             )
@@ -418,6 +447,43 @@ class Run:
                 f"{stats.new:,} repl {stats.replaces:,} cancel {stats.cancels:,}) | {figures} | "
                 f"workers up {len(self.cluster.live())} | disruption: {self.state.disruption}"
             )
+
+    async def watch_counters(self) -> None:
+        """Every ``progress_s``, the workers' move counters (see :meth:`sample_counters`)."""
+        while True:
+            await self.sample_counters()
+            await asyncio.sleep(self.cfg.progress_s)
+
+    async def sample_counters(self, workers: list[Worker] | None = None) -> None:
+        """The move counters of ``workers`` (default: every live one), from ``GET /stats``.
+
+        A worker's counters start at 0 with its process: the run keeps each process's last
+        answer (sampled again just before a disruption stops it) and adds them up.
+        """
+        asked = [w for w in (self.cluster.live() if workers is None else workers) if not w.frozen]
+        bodies = await asyncio.gather(
+            *(asyncio.to_thread(w.get_json, "/stats", 3.0) for w in asked)
+        )
+        for worker, body in zip(asked, bodies, strict=True):
+            counters = body.get("counters")
+            if isinstance(counters, dict):
+                self.worker_counters[(worker.name, worker.starts)] = {
+                    "moved": counters.get("moved", 0),
+                    "moves_skipped": counters.get("moves_skipped", 0),
+                    "move_lag_max_ms": (body.get("move_lag_ms") or {}).get("max"),
+                }
+
+    def move_counters(self) -> dict[str, Any]:
+        """The workers' move counters, added up over every worker process of the run."""
+        rows = self.worker_counters
+        lags = [row["move_lag_max_ms"] for row in rows.values() if row["move_lag_max_ms"]]
+        return {
+            "moved": sum(row["moved"] for row in rows.values()),
+            "moves_skipped": sum(row["moves_skipped"] for row in rows.values()),
+            "move_lag_max_ms": max(lags, default=None),
+            "worker_processes": len(rows),
+            "per_process": {f"{name}#{start}": row for (name, start), row in rows.items()},
+        }
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -434,6 +500,9 @@ class Run:
                 max_delay_ms=int(cfg.max_delay_s * 1000),
                 max_lag_s=cfg.max_lag_s,
                 seed=cfg.seed,
+                partitioners=cfg.partitioners,
+                mixed_share=cfg.mixed_share,
+                partitions=cfg.partitions,
             ),
             self.acks,
         )
@@ -479,6 +548,8 @@ class Run:
                 record.headers,
             )
 
+        if self.load is not None and self.load.stats.off_home:
+            await self._wait_moved()
         await read_to_end(bootstrap, [self.names.ingest], ingest)
         book.close_ingest()
         grace_ms = int(cfg.grace_s * 1000)
@@ -534,6 +605,7 @@ class Run:
         await self._collect_forwards(forward, done, tick)
         self.say(f"reconcile: stopped waiting: {stop_reason[0]}")
         found_again = await self._read_missing_again(forward)
+        await self.sample_counters()
         dead: dict[bytes, str] = {}
 
         def dead_letter(record: Any) -> None:
@@ -555,6 +627,30 @@ class Run:
             "unread": unread,
             "found_on_second_read": found_again,
         }
+
+    async def _wait_moved(self) -> None:
+        """Until the workers have committed the whole ingest topic (at most ``CATCH_UP_S``).
+
+        A command written off its job's home partition takes its place in the job's order where
+        its moved copy lies in the home partition: the copies must be there before the ingest
+        topic is read. A worker commits past a command only once its copy is acknowledged.
+        """
+        assert self.monitor is not None, "started with the load"
+        cfg = self.cfg
+        reserve = FORENSICS_RESERVE_S + cfg.quiet_s
+        deadline = min(time.monotonic() + CATCH_UP_S, self.hard_deadline - reserve)
+        behind: int | str = "?"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                _ingested, behind, _forwarded = await asyncio.wait_for(self.monitor.sample(), 5)
+            if behind == 0:
+                return
+            await asyncio.sleep(0.5)
+        self.say(
+            f"reconcile: the workers still had {behind} ingest records to commit after "
+            f"{CATCH_UP_S:.0f} s; reading the ingest topic anyway (commands not moved yet count "
+            "as never applied, not yet read)"
+        )
 
     async def _read_missing_again(self, forward: Callable[[Any], None]) -> int:
         """Read the target topics once more for the jobs still missing; how many it found.
@@ -600,8 +696,15 @@ class Run:
 
     def _read(self, job_id: bytes) -> bool:
         """Whether the workers had committed the job's final command when the run stopped."""
-        partition = self.book.jobs[job_id].partition
-        return self.book.expected[job_id].offset < self.committed.get(partition, 0)
+        return self.was_committed(self.book.jobs[job_id], self.book.expected[job_id])
+
+    def was_committed(self, job: JobLog, cmd: Cmd) -> bool:
+        """Whether the workers had committed a command when the run stopped: its applied place
+        in the home partition, or for a command not moved there, where it was written."""
+        partition, offset = job.partition, cmd.offset
+        if offset < 0 and cmd.landed is not None:
+            partition, offset = cmd.landed
+        return offset < self.committed.get(partition, 0)
 
     def never_forwarded(self, dead: dict[bytes, str]) -> list[dict[str, Any]]:
         """Up to 20 never-forwarded jobs, each with what the owning worker says about it."""
@@ -623,6 +726,7 @@ class Run:
                         "offset": c.offset,
                         "written_ms": c.ts,
                         "what": "cancel" if c.due < 0 else f"schedule due {c.due}",
+                        **({} if c.landed is None else {"written_to": _at(*c.landed)}),
                     }
                     for c in job.cmds
                 ],
@@ -640,6 +744,25 @@ class Run:
             if len(out) < 5:
                 entry["worker_logs_around"] = self.log_excerpt(cmd.ts - 10_000, cmd.due + 30_000)
             out.append(entry)
+        return out
+
+    def never_applied(self) -> list[dict[str, Any]]:
+        """Up to 20 moved commands without an applied copy in their job's home partition."""
+        out = []
+        for job_id, cmd in self.book.never_applied[:20]:
+            job = self.book.jobs[job_id]
+            assert cmd.landed is not None
+            out.append(
+                {
+                    "job_id": job_id.decode(errors="replace"),
+                    "what": "cancel" if cmd.due < 0 else f"schedule due {cmd.due}",
+                    "written_to": _at(*cmd.landed),
+                    "home_partition": job.partition,
+                    "acked_ms": cmd.acked,
+                    "read_by_workers": self.was_committed(job, cmd),
+                    "committed_offset_of_partition": self.committed.get(cmd.landed[0]),
+                }
+            )
         return out
 
     def log_excerpt(self, lo_ms: int, hi_ms: int, limit: int = 80) -> list[str]:
@@ -727,7 +850,7 @@ class Run:
                         "schedule": f"offset {sched.offset}, due {sched.due}",
                         "superseded_by": f"{'cancel' if nxt.due < 0 else 'replace'} at offset "
                         f"{nxt.offset}, written {sched.due - nxt.ts} ms and acknowledged "
-                        f"{ahead} ms before the due time",
+                        f"{ahead} ms before the due time" + _moved_note(nxt, sched.due),
                         "forwarded": f"{fwd_ts - sched.due:+d} ms after the due time",
                         "explanation": text,
                         "changelog (ms from due)": format_events(events, sched.due),
@@ -830,10 +953,12 @@ class Run:
         points = [p for p in self.state.timeline if p["ingested"] >= 0]
         worst_records, worst_s = 0, 0.0
         for point in points:
-            behind = point["sent"] - point["ingested"]
+            # Records, not commands: the workers commit moved copies too.
+            behind = point["backlog"]
             worst_records = max(worst_records, behind)
             # When had the generator sent what the workers had committed by now?
-            reached = next((q for q in points if q["sent"] >= point["ingested"]), None)
+            done = point["records"] - behind
+            reached = next((q for q in points if q["records"] >= done), None)
             if reached is not None:
                 worst_s = max(worst_s, (point["ms"] - reached["ms"]) / 1000)
         return {"max_records_behind": worst_records, "max_seconds_behind_approx": worst_s}
@@ -846,6 +971,18 @@ async def _suspended(stop: Callable[[], None], resume: Callable[[], None], secon
         await asyncio.sleep(seconds)
     finally:
         resume()
+
+
+def _at(partition: int, offset: int) -> str:
+    return f"{partition}@{offset}"
+
+
+def _moved_note(cmd: Cmd, due: int) -> str:
+    """For a moved command: where it was written, and when its copy was acknowledged at home."""
+    if cmd.landed is None:
+        return ""
+    at_home = "?" if cmd.home_acked is None else f"{due - cmd.home_acked}"
+    return f" (written to {_at(*cmd.landed)}; its moved copy acknowledged {at_home} ms before it)"
 
 
 def _fates(
@@ -880,6 +1017,9 @@ def figures(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
         "forward_records_read_again": run.forwards.read_again if run.forwards else 0,
         "never_forwarded_dead_lettered": sum(1 for j in book.missing if j in dead),
         "never_forwarded_not_yet_read": extra["unread"],
+        "moved_never_applied_not_yet_read": sum(
+            not run.was_committed(book.jobs[job_id], cmd) for job_id, cmd in book.never_applied
+        ),
         "dead_letters": len(dead),
         "stop_reason": extra["stop_reason"],
     }
@@ -891,11 +1031,13 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
     r = Run(cfg, out)
     monitor: Monitor | None = None
     progress: asyncio.Task[None] | None = None
+    counters: asyncio.Task[None] | None = None
     try:
         await r.setup()
         monitor = r.monitor = Monitor(r.cluster.broker.bootstrap, r.names)
         await monitor.start()
         progress = asyncio.create_task(r.progress(monitor))
+        counters = asyncio.create_task(r.watch_counters())
         stats = await r.load_phase()
         extra = await r.reconcile_phase()
         result: dict[str, Any] = {
@@ -916,6 +1058,12 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
                 "replaces": stats.replaces,
                 "cancels": stats.cancels,
                 "send_errors": stats.errors,
+                "partitioners": list(cfg.partitioners),
+                "mixed_share": cfg.mixed_share,
+                "by_partitioner": stats.by_partitioner,
+                "off_home": stats.off_home,
+                "mixed_jobs": stats.mixed_jobs,
+                "mixed_commands": stats.mixed_commands,
                 "ack_times_noted": len(r.acks),
                 "send_error_samples": stats.error_samples,
                 "throttled_s": round(stats.throttled_s, 1),
@@ -924,6 +1072,7 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "figures": figures(r, extra),
             "lateness": r.lateness(),
             "ingest_lag": r.ingest_lag(),
+            "worker_counters": r.move_counters(),
             "committed_ingest_offsets_at_end": r.committed,
             "disruptions": [asdict(w) for w in r.state.windows],
             "never_forwarded_samples": r.never_forwarded(extra["dead_letters"]),
@@ -931,6 +1080,7 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "mismatched_samples": [asdict(a) for a in r.book.mismatched[:20]],
             "foreign_duplicate_samples": [asdict(a) for a in r.book.foreign_duplicates[:20]],
             "acked_before_due_samples": [asdict(a) for a in r.book.superseded_samples[:20]],
+            "moved_never_applied_samples": r.never_applied(),
             "worker_logs": r.log_summary(),
             "load_average": {"start": r.loadavg_start, "end": list(os.getloadavg())},
             "timeline": r.state.timeline,
@@ -950,10 +1100,11 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
         if r.forwards is not None:
             with contextlib.suppress(Exception):
                 await r.forwards.stop()
-        if progress is not None:
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
+        for task in (progress, counters):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if monitor is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(monitor.stop(), 10)

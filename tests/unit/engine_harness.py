@@ -93,6 +93,8 @@ class Harness:
         self.dbs: dict[int, PartitionDB] = {}
         self.tmp_path = tmp_path
         self.changelog: list[tuple[int, bytes, bytes | None]] = []
+        #: The headers of each changelog record, in the same order: (partition, headers).
+        self.changelog_headers: list[tuple[int, list[tuple[str, bytes]]]] = []
         #: The next this many changelog hand-offs raise.
         self.changelog_refusals = 0
         #: Not None: changelog acks wait here until :meth:`ack_changelog` (the broker is slow).
@@ -116,6 +118,7 @@ class Harness:
             self.changelog_refusals -= 1
             raise RuntimeError("the producer refuses the changelog records")
         self.changelog.extend((partition, key, value) for key, value, _headers in records)
+        self.changelog_headers.extend((partition, headers) for _key, _value, headers in records)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.held_acks is None:
             done.set_result(None)

@@ -2,8 +2,10 @@
 
 A clean chaos result means something only if the reconciler notices what it must: a lost, an
 early, a foreign forward, and a cancel or replace that Kafka acknowledged before the due time
-yet lost to the forward (issue 17). Also the labels the forensics give duplicates, the
-settings the run reads for its workers, and the freeze of a worker.
+yet lost to the forward (issue 17), also when it was written off its job's home partition and
+moved there, and a moved command the home never applied. Also the labels the forensics give
+duplicates, the settings the run reads for its workers, the freeze of a worker, and the routes
+the load's commands take through the producers' partitioners.
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ from types import SimpleNamespace
 
 import pytest
 
+from app.moving import home_partition
+from app.names import HEADER_MOVED_FROM
 from app.times import now_ms
 from chaos.acks import AckTimes
 from chaos.cluster import Cluster, Names
-from chaos.figures import SUPERSEDED_ACKED_BEFORE_DUE, book_figures, failures
+from chaos.figures import (
+    MOVED_NEVER_APPLIED,
+    SUPERSEDED_ACKED_BEFORE_DUE,
+    book_figures,
+    failures,
+)
 from chaos.forensics import duplicate_cause
-from chaos.load import LoadConfig, LoadGenerator
+from chaos.load import PARTITIONERS, LoadConfig, LoadGenerator, routes
 from chaos.reconcile import BEFORE_DUE, RACE, Book, Forward
 from tests.support import wait_for
 
@@ -29,13 +38,37 @@ T = 1_000_000  # a made-up epoch ms
 DUE = T + 9_000
 
 
-def _schedule(book: Book, offset: int, job: bytes, due: int, value: bytes, ts: int) -> None:
+Where = tuple[int, int]  # (partition, offset)
+
+
+def _moved(source: Where | None) -> list[tuple[str, bytes]]:
+    """The header of a command moved from ``source`` (none if it was not moved)."""
+    return [] if source is None else [(HEADER_MOVED_FROM, b"%d:%d" % source)]
+
+
+def _schedule(
+    book: Book,
+    offset: int,
+    job: bytes,
+    due: int,
+    value: bytes,
+    ts: int,
+    partition: int = 0,
+    moved_from: Where | None = None,
+) -> None:
     headers = [("delayq-target", b"out"), ("delayq-due-ms", str(due).encode())]
-    book.add_ingest(0, offset, ts, job, value, headers)
+    book.add_ingest(partition, offset, ts, job, value, headers + _moved(moved_from))
 
 
-def _cancel(book: Book, offset: int, job: bytes, ts: int) -> None:
-    book.add_ingest(0, offset, ts, job, None, [])
+def _cancel(
+    book: Book,
+    offset: int,
+    job: bytes,
+    ts: int,
+    partition: int = 0,
+    moved_from: Where | None = None,
+) -> None:
+    book.add_ingest(partition, offset, ts, job, None, _moved(moved_from))
 
 
 def _forward(job: bytes, due: int, value: bytes, ts: int, offset: int = 0) -> Forward:
@@ -222,3 +255,144 @@ def test_a_frozen_worker_is_stopped_until_thawed_and_still_stops_on_sigterm(
         if worker.proc.poll() is None:
             worker.proc.kill()
             worker.proc.wait()
+
+
+# With 2 ingest partitions, b"moved" and b"other" live in partition 0, b"mixed" in partition 1.
+PARTITIONS = 2
+
+
+def test_the_job_ids_of_these_tests_live_where_they_say() -> None:
+    homes = {job: home_partition(job, PARTITIONS) for job in (b"moved", b"other", b"mixed")}
+    assert homes == {b"moved": 0, b"other": 0, b"mixed": 1}
+
+
+def _cancelled_by_a_moved_cancel(next_acked_ms: int | None) -> Book:
+    """A job scheduled at home for ``DUE``, cancelled through partition 1 (acknowledged 500 ms
+    before due) and moved home; then another job's record there, acknowledged at
+    ``next_acked_ms``; the cancelled job forwarded at due."""
+    acks = AckTimes()
+    acks.note(1, 0, DUE - 500)  # the cancel, where it was written
+    if next_acked_ms is not None:
+        acks.note(0, 2, next_acked_ms)  # the record after the cancel's copy at home
+    book = Book(acks, PARTITIONS)
+    _schedule(book, 0, b"moved", DUE, b"moved|0", T)
+    _cancel(book, 0, b"moved", T + 10, partition=1)
+    _cancel(book, 1, b"moved", T + 10, moved_from=(1, 0))
+    _schedule(book, 2, b"other", DUE + 5_000, b"other|0", T + 20)
+    book.close_ingest()
+    book.add_forward(_forward(b"moved", DUE, b"moved|0", DUE + 1))
+    book.add_forward(_forward(b"other", DUE + 5_000, b"other|0", DUE + 5_001))
+    return book
+
+
+def test_a_moved_cancel_whose_copy_was_home_before_due_and_still_lost_fails_the_run() -> None:
+    # Given a cancel acknowledged 500 ms before due off its job's home partition, whose copy
+    # there was acknowledged before due (a later record there was, 100 ms before due)
+    # When the job is forwarded anyway
+    figures = book_figures(_cancelled_by_a_moved_cancel(next_acked_ms=DUE - 100))
+
+    # Then the guard must have held it: the run fails
+    assert figures["cancelled_acked_before_due_still_forwarded"] == 1
+    assert figures["commands_off_home"] == figures["moved_copies"] == 1
+    assert figures["hop_ms"]["max"] == 400  # an upper bound: acknowledged at home by then
+    assert failures(figures) == [SUPERSEDED_ACKED_BEFORE_DUE]
+
+
+@pytest.mark.parametrize(
+    "next_acked_ms", [DUE + 100, None], ids=["home after due", "home acknowledgement unknown"]
+)
+def test_a_moved_cancel_acknowledged_before_due_but_home_after_it_is_a_moved_race(
+    next_acked_ms: int | None,
+) -> None:
+    # Given a cancel acknowledged 500 ms before due off its job's home partition, whose copy
+    # there cannot be shown to have been acknowledged before due
+    # When the job is forwarded
+    figures = book_figures(_cancelled_by_a_moved_cancel(next_acked_ms))
+
+    # Then it is a race of its own, with its margin, not a failure
+    assert figures[SUPERSEDED_ACKED_BEFORE_DUE] == 0
+    assert figures["cancel_moved_races_forwarded"] == 1
+    assert figures["cancel_races_forwarded"] == figures["races_ack_unknown"] == 0
+    assert figures["moved_races_acked_before_due_max_ms"] == 500
+    assert figures["moved_races_acked_within_1s_before_due"] == 1
+    assert failures(figures) == []
+
+
+def test_a_mixed_job_is_judged_in_the_order_its_commands_reached_its_home_partition() -> None:
+    # Given a job scheduled through partition 0 (off home), then replaced 300 ms later at home,
+    # before the first schedule's copy reached home: delayq applies the first schedule last
+    acks = AckTimes()
+    acks.note(0, 0, T + 10)
+    acks.note(1, 0, T + 310)
+    book = Book(acks, PARTITIONS)
+    _schedule(book, 0, b"mixed", DUE, b"mixed|0", T, partition=0)
+    _schedule(book, 0, b"mixed", DUE + 1_000, b"mixed|1", T + 300, partition=1)
+    _schedule(book, 1, b"mixed", DUE, b"mixed|0", T, partition=1, moved_from=(0, 0))
+    book.close_ingest()
+
+    # When the first schedule is forwarded (and the replace is not)
+    book.add_forward(_forward(b"mixed", DUE, b"mixed|0", DUE + 1))
+
+    # Then that is the job's final state: nothing is missing, the reorder is reported apart
+    figures = book_figures(book)
+    assert figures["never_forwarded"] == 0
+    assert figures["mixed_jobs"] == figures["mixed_outcome_changed"] == 1
+    assert figures["mixed_close_pairs"] == figures["mixed_reordered_within_1s"] == 1
+    assert figures["mixed_reordered_further_apart"] == 0
+    assert failures(figures) == []
+
+
+def test_a_moved_command_the_home_never_applies_fails_the_run() -> None:
+    # Given two schedules written to partition 1, off their home partition 0, whose copies
+    # reached home out of order (the second first), and the second's moved again
+    book = Book(AckTimes(), PARTITIONS)
+    _schedule(book, 0, b"moved", DUE, b"moved|0", T, partition=1)
+    _schedule(book, 1, b"other", DUE, b"other|0", T, partition=1)
+    _schedule(book, 0, b"other", DUE, b"other|0", T, moved_from=(1, 1))
+    _schedule(book, 1, b"moved", DUE, b"moved|0", T, moved_from=(1, 0))
+    _schedule(book, 2, b"other", DUE, b"other|0", T, moved_from=(1, 1))
+    book.close_ingest()
+    book.add_forward(_forward(b"other", DUE, b"other|0", DUE + 1))
+
+    # When the home skips the copies at or below the highest source offset it applied
+    figures = book_figures(book)
+
+    # Then the first schedule was never applied: the run fails (it is not forwarded either)
+    assert (figures["moved_copies"], figures["moved_copies_skipped"]) == (3, 2)
+    assert [job_id for job_id, _cmd in book.never_applied] == [b"moved"]
+    assert set(failures(figures)) == {MOVED_NEVER_APPLIED, "never_forwarded"}
+
+
+def test_the_load_routes_every_command_of_a_job_through_its_partitioners() -> None:
+    names = tuple(PARTITIONERS)
+    ids = [b"chaos-%08d" % n for n in range(3_000)]
+
+    # When each job id picks its routes, twice
+    picked = [routes(job_id, names, mixed_share=0.2) for job_id in ids]
+
+    # Then the same each time, each partitioner for about a third of the jobs, and about a
+    # fifth of them send their replaces and cancels through another one
+    assert picked == [routes(job_id, names, mixed_share=0.2) for job_id in ids]
+    for name in names:
+        assert 0.28 < sum(first == name for first, _then in picked) / len(ids) < 0.39
+    mixed = sum(first != then for first, then in picked) / len(ids)
+    assert 0.17 < mixed < 0.23
+    assert all(first == then for first, then in (routes(j, ("fnv1a",), 1.0) for j in ids))
+
+
+async def test_the_load_sends_a_mixed_jobs_follow_ups_through_its_other_partitioner() -> None:
+    # Given a generator whose every job is mixed, over 12 partitions
+    config = LoadConfig(1, 1, 1, partitioners=tuple(PARTITIONERS), mixed_share=1.0, partitions=12)
+    load = LoadGenerator("127.0.0.1:1", "ingest", ["out"], "p", config)
+    job_id = b"p-00000001"
+    first, then = routes(job_id, config.partitioners, 1.0)
+
+    # When its first schedule and a cancel are routed
+    partitions = [load._partition(job_id, new=True), load._partition(job_id, new=False)]
+
+    # Then each goes where its partitioner puts the id, and the load counts what it did
+    assert partitions == [PARTITIONERS[first](job_id, 12), PARTITIONERS[then](job_id, 12)]
+    stats = load.stats
+    assert stats.by_partitioner == {first: 1, then: 1}
+    assert (stats.mixed_jobs, stats.mixed_commands) == (1, 1)
+    assert stats.off_home == sum(p != home_partition(job_id, 12) for p in partitions)

@@ -158,3 +158,21 @@ async def test_a_bad_command_off_its_home_is_dead_lettered_where_it_landed_not_m
     # Then it is dead-lettered and nothing is moved
     assert len(h.producer.to("dlq")) == 1
     assert h.producer.record_batches == []
+
+
+async def test_a_replay_of_the_home_changelog_applies_the_mark_of_its_moves(h: Harness) -> None:
+    # Given one batch: a command moved to partition 1 (its copy at offset 3 there), then a
+    # command at a higher offset of partition 0
+    wiring = moving(h)
+    [job_id] = ids_at_home(1, 1)
+    [other] = ids_at_home(0, 1)
+    copy = moved(schedule(7, job_id, NOW + 5, partition=0), 0, 7, at=3)
+    await wiring.apply(copy, schedule(500, other, NOW + 5, partition=0))
+    assert (1, moved_key(0), (7).to_bytes(8, "big")) in h.changelog
+    # When a standby replays partition 1's changelog
+    h.store.replay_begins(1)
+    replayed = [h.store.fresh(1, headers) for p, headers in h.changelog_headers if p == 1]
+    # Then it applies every record: each is tagged with an offset of partition 1, none looks
+    # like a late writer's (a mark tagged with partition 0's offset 500 would hide the rest)
+    assert replayed and all(replayed)
+    assert h.store.late_skipped == 0
