@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.metrics import quantile
-from chaos.reconcile import BEFORE_DUE, CLOSE_MS, MOVED_RACE, RACE, Book
+from chaos.reconcile import BEFORE_DUE, RACE, Book
 
 __all__ = [
     "MOVED_NEVER_APPLIED",
@@ -71,8 +71,6 @@ def book_figures(book: Book) -> dict[str, Any]:
 
 def _moved_figures(book: Book) -> dict[str, Any]:
     """Commands written off their job's home partition, and jobs written to several."""
-    superseded = book.superseded_counts()
-    margins = book.moved_race_margins_ms
     hops = sorted(book.hops_ms)
     mixed = book.mixed
     return {
@@ -85,10 +83,6 @@ def _moved_figures(book: Book) -> dict[str, Any]:
             "p99": quantile(hops, 0.99),
             "max": hops[-1] if hops else None,
         },
-        "cancel_moved_races_forwarded": superseded.get(("cancel", MOVED_RACE), 0),
-        "replace_moved_races_outdated_forwarded": superseded.get(("replace", MOVED_RACE), 0),
-        "moved_races_acked_before_due_max_ms": max(margins, default=None),
-        "moved_races_acked_within_1s_before_due": sum(m < CLOSE_MS for m in margins),
         "mixed_jobs": mixed.jobs,
         "mixed_close_pairs": mixed.close_pairs,
         "mixed_reordered_within_1s": mixed.reordered_close,

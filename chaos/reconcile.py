@@ -33,9 +33,9 @@ value). Then:
   due time, it must have won: *cancelled/replaced, acknowledged before due, still forwarded*.
   Must be 0. Acknowledged at or after the due time, the forward and the command raced (a
   *race*, reported apart); so does a command whose acknowledgement the generator never saw
-  (counted apart again, as *ack unknown*). A moved command the generator saw acknowledged
-  before the due time whose copy reached the home partition only at or after it is a race too,
-  counted apart (*moved race*): its margin is its own hop, reported.
+  (counted apart again, as *ack unknown*). A moved command counts from its own
+  acknowledgement, where it was written: the ingest guard holds a job while a command for it
+  waits on another partition to be moved, so acknowledged before the due time, it must win too.
 - **never forwarded**: expected jobs without a forward of their final schedule once the run has
   waited long enough. Must be 0.
 - **moved commands never applied**: commands written off their job's home partition without a
@@ -60,7 +60,6 @@ from chaos.acks import AckTimes
 __all__ = [
     "BEFORE_DUE",
     "CLOSE_MS",
-    "MOVED_RACE",
     "RACE",
     "Book",
     "Follower",
@@ -73,11 +72,9 @@ __all__ = [
 
 CANCEL = -1
 #: When the broker acknowledged the command superseding a forwarded schedule: before its due
-#: time (it must have won), or at or after it or unknown (a race), or before it but the moved
-#: copy reached the home partition only at or after it (a moved race).
-BEFORE_DUE, RACE, MOVED_RACE = "acked before due", "race", "moved race"
-#: Close calls, counted apart: commands of a mixed job acknowledged less than this apart, and
-#: moved races acknowledged less than this before the due time.
+#: time (it must have won), or at or after it or unknown (a race).
+BEFORE_DUE, RACE = "acked before due", "race"
+#: Close calls, counted apart: commands of a mixed job acknowledged less than this apart.
 CLOSE_MS = 1_000
 #: Buckets of the time between a duplicate and the first forward of its schedule.
 DUPLICATE_GAPS = (
@@ -273,7 +270,6 @@ class Book:
         #: Races among them whose command's acknowledgement the generator never saw.
         self.ack_unknown = 0
         #: Moved races: how long before the due time the generator saw each acknowledged.
-        self.moved_race_margins_ms: list[int] = []
         self.superseded_samples: list[Anomaly] = []
         #: Duplicates by time since the first forward of the same schedule.
         self.duplicate_gaps: dict[str, int] = {}
@@ -445,18 +441,17 @@ class Book:
         what, done = ("cancel", "cancelled") if nxt.due == CANCEL else ("replace", "replaced")
         acked, home_acked = nxt.acked, nxt.home_acked
         ahead = None if acked is None else sched.due - acked
-        # Acknowledged at the due time exactly is a race too: the worker may fire at due.
-        won = home_acked is not None and home_acked < sched.due
+        # A moved command counts from its own acknowledgement (module doc). Acknowledged at the
+        # due time exactly is a race too: the worker may fire at due.
+        at = acked if nxt.landed is not None else home_acked
+        won = at is not None and at < sched.due
         when = BEFORE_DUE if won else RACE
-        if not won and ahead is not None and ahead > 0 and nxt.landed is not None:
-            when = MOVED_RACE
-            self.moved_race_margins_ms.append(ahead)
         self.ack_unknown += acked is None and not won
         self.superseded[(job_id, index)] = Superseded(what, when, ahead)
-        if home_acked is not None and won and len(self.superseded_samples) < 50:
+        if at is not None and won and len(self.superseded_samples) < 50:
             self.superseded_samples.append(
                 Anomaly(
-                    f"{done}, acknowledged {sched.due - home_acked} ms before due"
+                    f"{done}, acknowledged {sched.due - at} ms before due"
                     f"{'' if nxt.landed is None else ' (its moved copy)'}, still forwarded",
                     job_id.decode(errors="replace"),
                     {

@@ -167,15 +167,6 @@ def _moved_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             "when the run stopped; no copy the home partition applies",
         ),
         (
-            "  races: moved, acked before due, at home after",
-            f"{_n(f['cancel_moved_races_forwarded'])} / "
-            f"{_n(f['replace_moved_races_outdated_forwarded'])}",
-            "cancels / replaces acknowledged before the due time, their copy in the home "
-            "partition at or after it (margin: the hop); acknowledged at most "
-            f"{_ms(f['moved_races_acked_before_due_max_ms'])} before due, "
-            f"{f['moved_races_acked_within_1s_before_due']:,} within 1 s; not a failure",
-        ),
-        (
             "jobs written to several partitions (mixed)",
             _n(f["mixed_jobs"]),
             f"{_n(load.get('mixed_jobs'))} jobs sent replaces and cancels through another "
