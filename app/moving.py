@@ -45,7 +45,9 @@ from app.upstream.producer import TimedRecord
 __all__ = [
     "Move",
     "Moving",
+    "crc32_partition",
     "encode_moved_from",
+    "fnv1a_partition",
     "home_partition",
     "parse_moved_from",
     "producer_partitioner",
@@ -86,17 +88,28 @@ def _fnv1a_32(data: bytes) -> int:
     return hashed
 
 
+def fnv1a_partition(job_id: bytes, partitions: int) -> int:
+    """Where sarama's default partitioner puts ``job_id``: FNV-1a as a signed 32-bit value,
+    the remainder made positive (librdkafka's ``fnv1a`` does the same)."""
+    fnv = _fnv1a_32(job_id)
+    signed = fnv - (1 << 32) if fnv & 0x80000000 else fnv
+    return abs(signed) % partitions
+
+
+def crc32_partition(job_id: bytes, partitions: int) -> int:
+    """Where librdkafka's default partitioner (``consistent_random``) puts a keyed record."""
+    return zlib.crc32(job_id) % partitions
+
+
 def producer_partitioner(job_id: bytes, partition: int, partitions: int) -> str:
     """A guess at the partitioner that put a command keyed ``job_id`` in ``partition``.
 
     For the log line that tells operators which producers could save a hop: sarama's default
     (FNV-1a, as a signed 32-bit value made positive) and librdkafka's (CRC-32) are recognised.
     """
-    fnv = _fnv1a_32(job_id)
-    signed = fnv - (1 << 32) if fnv & 0x80000000 else fnv
-    if abs(signed) % partitions == partition:
+    if fnv1a_partition(job_id, partitions) == partition:
         return "FNV-1a (sarama's default)"
-    if zlib.crc32(job_id) % partitions == partition:
+    if crc32_partition(job_id, partitions) == partition:
         return "CRC-32 (librdkafka's default, consistent_random)"
     return "not by key hash (random, round-robin or chosen partitions)"
 

@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.gaps import Record
+from app.moving import crc32_partition, fnv1a_partition, producer_partitioner
 from app.names import HEADER_DUE_MS, HEADER_MOVED_FROM
 from tables.keys import moved_key
 from tests.unit.engine_harness import NOW, Harness
@@ -158,3 +159,16 @@ async def test_a_bad_command_off_its_home_is_dead_lettered_where_it_landed_not_m
     # Then it is dead-lettered and nothing is moved
     assert len(h.producer.to("dlq")) == 1
     assert h.producer.record_batches == []
+
+
+def test_the_partitioners_of_other_clients() -> None:
+    # FNV-1a 32 of b"foobar" is 0xBF9CF968: as int32 -1080231576; sarama takes the remainder
+    # (Go's, with the sign of the dividend) and negates it: 1080231576 % 5 = 1, % 8 = 0.
+    assert fnv1a_partition(b"foobar", 5) == 1
+    assert fnv1a_partition(b"foobar", 8) == 0
+    # b"": the offset basis 0x811C9DC5, as int32 -2128831035: 2128831035 % 8 = 3.
+    assert fnv1a_partition(b"", 8) == 3
+    # CRC-32 of b"a" is 0xE8B7BE43 (unsigned): % 8 = 3, where FNV-1a gives 4.
+    assert crc32_partition(b"a", 8) == 3
+    assert producer_partitioner(b"foobar", 0, 8).startswith("FNV-1a")
+    assert producer_partitioner(b"a", 3, 8).startswith("CRC-32")
