@@ -22,7 +22,7 @@ __all__ = ["header", "machine", "plot", "render_markdown", "render_text", "rows"
 
 ROOT = Path(__file__).resolve().parent.parent
 README = Path(__file__).resolve().parent / "README.md"
-COLUMNS = ("limit", "seed", "delayq", "delayq-2w")
+COLUMNS = ("limit", "seed", "delayq", "delayq/fnv1a", "delayq/crc32", "delayq-2w")
 DASH = "-"
 
 Row = tuple[str, dict[str, str]]
@@ -119,6 +119,27 @@ def _steady_rows(st: dict[str, Any]) -> list[Row]:
             _per(st, lambda r: f"{_num(r.get('delivered'))}/{_num(r.get('expected'))}"),
         ),
         ("  CPU per job (ms)", _per(st, _cpu_per_job)),
+        *_move_rows(st),
+    ]
+
+
+def _move_rows(st: dict[str, Any]) -> list[Row]:
+    """delayq's moves to the home partition (only with a delayq contender)."""
+    if not any("moved" in res for res in st.get("contenders", {}).values()):
+        return []
+
+    def moved(res: dict[str, Any]) -> str:
+        if "moved" not in res:
+            return DASH
+        return f"{_num(res['moved'])} ({res['moved'] / max(1, res['expected']):.0%})"
+
+    def lag_p99(res: dict[str, Any]) -> str:
+        lags = [lag["p99"] for lag in res.get("move_lag_ms", []) if lag.get("p99") is not None]
+        return _num(max(lags)) if lags and res.get("moved") else DASH
+
+    return [
+        ("  moved to home partition", _per(st, moved)),
+        ("  move lag p99 (ms)", _per(st, lag_p99)),
     ]
 
 

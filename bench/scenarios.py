@@ -167,6 +167,7 @@ async def _paced_run(
         r.log(scenario, c.name, f"sent {load.sent}/{len(jobs)}, received {collector.count(keys)}")
 
     keys = [job.key for job in jobs]
+    counters_before = await c.counters()
     cpu_before = _cpu(c)
     load = await r.gen.paced(jobs, c.emit_ms, c.record, sent)
     last_due = max(job.due_ms for job in jobs)
@@ -183,14 +184,29 @@ async def _paced_run(
     out.update(_load_fields(load))
     # CPU per job: what the contender's processes spent (less sensitive to a busy machine).
     out["cpu_ms_per_job"] = round((_cpu(c) - cpu_before) * 1000 / max(1, len(keys)), 3)
+    out.update(_moves(counters_before, await c.counters()))
     if not c.alive():
         out["error"] = f"{c.name} exited during the run"
+    moved = f", moved {out['moved']}" if "moved" in out else ""
     r.log(
         scenario,
         c.name,
         f"delivered {out['delivered']}/{len(keys)} p50 {out['p50_ms']} p99 {out['p99_ms']} "
-        f"max {out['max_ms']} ms, early {out['early']}",
+        f"max {out['max_ms']} ms, early {out['early']}{moved}",
     )
+    return out
+
+
+def _moves(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """delayq's moves during a run: commands moved to their home partition (acknowledged),
+    moves skipped at home, and each worker's ``move_lag_ms`` at the end (its last 10,000)."""
+    if "counters" not in after:
+        return {}
+    old, new = before.get("counters", {}), after["counters"]
+    out: dict[str, Any] = {
+        name: new.get(name, 0) - old.get(name, 0) for name in ("moved", "moves_skipped")
+    }
+    out["move_lag_ms"] = after.get("move_lag_ms", [])
     return out
 
 
