@@ -192,7 +192,13 @@ async def _run(
 ) -> None:
     gen = Generator(env.bootstrap)
     await gen.start()
-    r = Runner(env, gen, profile=profile, new_broker=lambda: asyncio.to_thread(brokers.new))
+    r = Runner(
+        env,
+        gen,
+        profile=profile,
+        new_broker=lambda: asyncio.to_thread(brokers.new),
+        broker_pid=lambda: brokers.current.pid if brokers.current is not None else None,
+    )
     try:
         if "steady" in scenarios:
             await _guarded(

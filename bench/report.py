@@ -119,8 +119,17 @@ def _steady_rows(st: dict[str, Any]) -> list[Row]:
             _per(st, lambda r: f"{_num(r.get('delivered'))}/{_num(r.get('expected'))}"),
         ),
         ("  CPU per job (ms)", _per(st, _cpu_per_job)),
+        *_broker_cpu_rows(st),
         *_move_rows(st),
     ]
+
+
+def _broker_cpu_rows(st: dict[str, Any]) -> list[Row]:
+    """The broker's CPU per job (one contender per broker only: steady one at a time)."""
+    if not any("broker_cpu_ms_per_job" in res for res in st.get("contenders", {}).values()):
+        return []
+    cpu = _per(st, lambda r: _cpu_per_job({"cpu_ms_per_job": r.get("broker_cpu_ms_per_job")}))
+    return [("  broker CPU per job (ms)", cpu)]
 
 
 def _move_rows(st: dict[str, Any]) -> list[Row]:
