@@ -319,7 +319,8 @@ def _bars(results: dict[str, Any]) -> tuple[str, str, Bars]:
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:
-    """Lateness CDF per contender (steady) and throughput bars; False if nothing to draw."""
+    """Lateness CDF per contender (steady) and throughput bars, each panel only if it has
+    something to draw; False if neither has."""
     steady = results.get("steady", {}).get("contenders", {})
     cdfs = {name: res["cdf"] for name, res in steady.items() if res.get("cdf")}
     bar_title, bar_label, bars = _bars(results)
@@ -330,22 +331,25 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, points in cdfs.items():
-        left.plot([max(v, 0.5) for _q, v in points], [q for q, _v in points], label=name)
-    left.set_xscale("log")
-    left.set_xlabel("lateness (ms, log; values below 0.5 ms drawn at 0.5)")
-    left.set_ylabel("fraction of jobs forwarded")
-    left.set_title("steady: lateness CDF")
-    left.grid(True, which="both", alpha=0.3)
+    panels = (1 if cdfs else 0) + (1 if bars else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(8 if panels == 1 else 12, 4.5), squeeze=False)
+    left, right = axes[0][0], axes[0][-1]
     if cdfs:
+        for name, points in cdfs.items():
+            left.plot([max(v, 0.5) for _q, v in points], [q for q, _v in points], label=name)
+        left.set_xscale("log")
+        left.set_xlabel("lateness (ms, log; values below 0.5 ms drawn at 0.5)")
+        left.set_ylabel("fraction of jobs forwarded")
+        left.set_title("steady: lateness CDF")
+        left.grid(True, which="both", alpha=0.3)
         left.legend()
-    names = list(bars)
-    right.bar(names, [bars[n][0] for n in names], color="tab:blue")
-    for i, name in enumerate(names):
-        right.annotate(bars[name][1], (i, bars[name][0]), ha="center", va="bottom")
-    right.set_ylabel(bar_label)
-    right.set_title(bar_title)
+    if bars:
+        names = list(bars)
+        right.bar(names, [bars[n][0] for n in names], color="tab:blue")
+        for i, name in enumerate(names):
+            right.annotate(bars[name][1], (i, bars[name][0]), ha="center", va="bottom")
+        right.set_ylabel(bar_label)
+        right.set_title(bar_title)
     meta = results.get("meta", {})
     fig.suptitle(
         f"delayq bench ({meta.get('mode')}) {meta.get('date')}, {meta.get('cores')} cores, "
