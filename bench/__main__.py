@@ -62,7 +62,7 @@ FULL = Plan(
     steady_rate=1_000,
     steady_s=60,
     steady_parallel=False,
-    steady_contenders=("limit", "seed", "delayq"),
+    steady_contenders=("limit", "seed", "delayq", "delayq/fnv1a"),
     tp_contenders=("limit", "seed", "delayq", "delayq-2w"),
     tp_start=500,
     tp_step_s=20,
@@ -112,9 +112,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--contenders",
         default=None,
-        help="comma-separated, of limit,seed,delayq,delayq-2w,delayq@DIR (DIR: another "
-        "checkout, e.g. a git worktree of the commit before): the contenders of steady, "
-        "throughput and burst (default: each scenario's own list)",
+        help="comma-separated, of limit,seed,delayq,delayq-2w,delayq/fnv1a,delayq/crc32,"
+        "delayq@DIR: /fnv1a, /crc32: the producer partitions as sarama's default, librdkafka's "
+        "(the worker moves the commands to their home); DIR: another checkout, e.g. a git "
+        "worktree of the commit before. The contenders of steady, throughput and burst "
+        "(default: each scenario's own list)",
     )
     parser.add_argument("--partitions", type=int, default=8, help="partitions of every topic")
     parser.add_argument(
@@ -190,7 +192,13 @@ async def _run(
 ) -> None:
     gen = Generator(env.bootstrap)
     await gen.start()
-    r = Runner(env, gen, profile=profile, new_broker=lambda: asyncio.to_thread(brokers.new))
+    r = Runner(
+        env,
+        gen,
+        profile=profile,
+        new_broker=lambda: asyncio.to_thread(brokers.new),
+        broker_pid=lambda: brokers.current.pid if brokers.current is not None else None,
+    )
     try:
         if "steady" in scenarios:
             await _guarded(

@@ -10,7 +10,10 @@
 - :class:`Delayq`: one or two real delayq workers; jobs go to the ingest topic with
   ``delayq-target`` and ``delayq-due-ms`` at their schedule time. ``delayq@DIR`` runs the
   worker from another checkout (e.g. ``git worktree add DIR <commit>``) with this checkout's
-  libraries: a before/after comparison in one run of the bench.
+  libraries: a before/after comparison in one run of the bench. ``delayq/fnv1a`` (or
+  ``/crc32``) is the same worker fed by a producer that partitions as sarama's default
+  (librdkafka's ``consistent_random``) does: most commands land off their job's home partition
+  and the worker moves them there (app/moving.py), one more produce hop each.
 
 Each :meth:`~Contender.start` creates fresh topics named after ``tag``, so runs never share
 records, and ends when the contender's processes are up (``warm_up`` in :mod:`bench.scenarios`
@@ -27,7 +30,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from app.moving import crc32_partition, fnv1a_partition
 from bench.broker import create_topics
 from bench.load import Job, Record
 from bench.workers import DelayqWorker, Namespace, Proc
@@ -37,6 +42,11 @@ __all__ = ["Contender", "Delayq", "Env", "Limit", "Seed", "make"]
 TARGET = "delayq-target"
 DUE = "delayq-due-ms"
 SEED_DELAYS_S = range(1, 11)
+#: The partitioners a ``delayq/<name>`` contender's producer may use instead of murmur2.
+PARTITIONERS: dict[str, Callable[[bytes, int], int]] = {
+    "fnv1a": fnv1a_partition,
+    "crc32": crc32_partition,
+}
 
 
 @dataclass
@@ -89,6 +99,10 @@ class Contender:
 
     def alive(self) -> bool:
         return all(p.running() for p in self.procs)
+
+    async def counters(self) -> dict[str, Any]:
+        """The contender's own counters, if it keeps any (delayq: its workers' ``/stats``)."""
+        return {}
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.running()]
@@ -160,13 +174,26 @@ class Seed(Contender):
 
 
 class Delayq(Contender):
-    """``workers`` delayq worker processes sharing one deployment (namespace)."""
+    """``workers`` delayq worker processes sharing one deployment (namespace).
 
-    def __init__(self, env: Env, workers: int = 1, source: Path | None = None) -> None:
+    ``partitioner``: a key of :data:`PARTITIONERS` that picks each command's ingest partition
+    (None: the load generator's murmur2, every command at its job's home).
+    """
+
+    def __init__(
+        self,
+        env: Env,
+        workers: int = 1,
+        source: Path | None = None,
+        partitioner: str | None = None,
+    ) -> None:
         super().__init__(env)
         self.workers = workers
         self.source = source
+        self.partitioner = partitioner
         self.name = "delayq" if workers == 1 else f"delayq-{workers}w"
+        if partitioner is not None:
+            self.name += f"/{partitioner}"
         if source is not None:
             self.name += f"@{_commit_of(source)}"
         self.ns: Namespace | None = None
@@ -225,7 +252,26 @@ class Delayq(Contender):
 
     def record(self, job: Job, now_ms: int) -> Record:
         assert self.ns is not None
-        return Record(self.ns.ingest, job.key, _headers(self.target, job.due_ms))
+        partition = None
+        if self.partitioner is not None:
+            partition = PARTITIONERS[self.partitioner](job.key, self.env.partitions)
+        return Record(
+            self.ns.ingest, job.key, _headers(self.target, job.due_ms), partition=partition
+        )
+
+    async def counters(self) -> dict[str, Any]:
+        """The live workers' ``/stats`` counters, summed, and each one's ``move_lag_ms``
+        (nothing if a worker did not answer: a partial sum would pass for a figure)."""
+        workers = [w for w in self.worker_procs if w.running()]
+        bodies = await asyncio.gather(*(asyncio.to_thread(w.get_json, "/stats") for w in workers))
+        if not bodies or any("counters" not in body for body in bodies):
+            return {}
+        totals: dict[str, int] = {}
+        for body in bodies:
+            for name, value in body.get("counters", {}).items():
+                totals[name] = totals.get(name, 0) + value
+        lags = [b["move_lag_ms"] for b in bodies if "move_lag_ms" in b]
+        return {"counters": totals, "move_lag_ms": lags}
 
     async def stop(self) -> None:
         await super().stop()
@@ -246,18 +292,23 @@ def _commit_of(source: Path) -> str:
 
 
 def make(name: str, env: Env) -> Contender:
-    """A contender by name: limit, seed, delayq, delayq-2w, delayq@DIR (another checkout)."""
-    if name.startswith("delayq@"):
-        source = Path(name.removeprefix("delayq@")).resolve()
-        if not (source / "app" / "__init__.py").exists():
-            raise ValueError(f"{source} is not a delayq checkout (no app/__init__.py)")
-        return Delayq(env, 1, source)
+    """A contender by name: limit, seed, or ``delayq[-2w][/fnv1a|/crc32][@DIR]``.
+
+    ``-2w``: two workers; ``/fnv1a``, ``/crc32``: the producer's partitioner
+    (:data:`PARTITIONERS`); ``@DIR``: the worker of another checkout.
+    """
     if name == "limit":
         return Limit(env)
     if name == "seed":
         return Seed(env)
-    if name == "delayq":
-        return Delayq(env, 1)
-    if name == "delayq-2w":
-        return Delayq(env, 2)
-    raise ValueError(f"unknown contender {name!r}")
+    kind, at, where = name.partition("@")
+    base, _, partitioner = kind.partition("/")
+    workers = {"delayq": 1, "delayq-2w": 2}.get(base)
+    if workers is None or (partitioner and partitioner not in PARTITIONERS):
+        raise ValueError(f"unknown contender {name!r}")
+    source = None
+    if at:
+        source = Path(where).resolve()
+        if not (source / "app" / "__init__.py").exists():
+            raise ValueError(f"{source} is not a delayq checkout (no app/__init__.py)")
+    return Delayq(env, workers, source, partitioner or None)

@@ -22,7 +22,7 @@ __all__ = ["header", "machine", "plot", "render_markdown", "render_text", "rows"
 
 ROOT = Path(__file__).resolve().parent.parent
 README = Path(__file__).resolve().parent / "README.md"
-COLUMNS = ("limit", "seed", "delayq", "delayq-2w")
+COLUMNS = ("limit", "seed", "delayq", "delayq/fnv1a", "delayq/crc32", "delayq-2w")
 DASH = "-"
 
 Row = tuple[str, dict[str, str]]
@@ -119,6 +119,36 @@ def _steady_rows(st: dict[str, Any]) -> list[Row]:
             _per(st, lambda r: f"{_num(r.get('delivered'))}/{_num(r.get('expected'))}"),
         ),
         ("  CPU per job (ms)", _per(st, _cpu_per_job)),
+        *_broker_cpu_rows(st),
+        *_move_rows(st),
+    ]
+
+
+def _broker_cpu_rows(st: dict[str, Any]) -> list[Row]:
+    """The broker's CPU per job (one contender per broker only: steady one at a time)."""
+    if not any("broker_cpu_ms_per_job" in res for res in st.get("contenders", {}).values()):
+        return []
+    cpu = _per(st, lambda r: _cpu_per_job({"cpu_ms_per_job": r.get("broker_cpu_ms_per_job")}))
+    return [("  broker CPU per job (ms)", cpu)]
+
+
+def _move_rows(st: dict[str, Any]) -> list[Row]:
+    """delayq's moves to the home partition (only with a delayq contender)."""
+    if not any("moved" in res for res in st.get("contenders", {}).values()):
+        return []
+
+    def moved(res: dict[str, Any]) -> str:
+        if "moved" not in res:
+            return DASH
+        return f"{_num(res['moved'])} ({res['moved'] / max(1, res['expected']):.0%})"
+
+    def lag_p99(res: dict[str, Any]) -> str:
+        lags = [lag["p99"] for lag in res.get("move_lag_ms", []) if lag.get("p99") is not None]
+        return _num(max(lags)) if lags and res.get("moved") else DASH
+
+    return [
+        ("  moved to home partition", _per(st, moved)),
+        ("  move lag p99 (ms)", _per(st, lag_p99)),
     ]
 
 
@@ -289,7 +319,8 @@ def _bars(results: dict[str, Any]) -> tuple[str, str, Bars]:
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:
-    """Lateness CDF per contender (steady) and throughput bars; False if nothing to draw."""
+    """Lateness CDF per contender (steady) and throughput bars, each panel only if it has
+    something to draw; False if neither has."""
     steady = results.get("steady", {}).get("contenders", {})
     cdfs = {name: res["cdf"] for name, res in steady.items() if res.get("cdf")}
     bar_title, bar_label, bars = _bars(results)
@@ -300,22 +331,25 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, points in cdfs.items():
-        left.plot([max(v, 0.5) for _q, v in points], [q for q, _v in points], label=name)
-    left.set_xscale("log")
-    left.set_xlabel("lateness (ms, log; values below 0.5 ms drawn at 0.5)")
-    left.set_ylabel("fraction of jobs forwarded")
-    left.set_title("steady: lateness CDF")
-    left.grid(True, which="both", alpha=0.3)
+    panels = (1 if cdfs else 0) + (1 if bars else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(8 if panels == 1 else 12, 4.5), squeeze=False)
+    left, right = axes[0][0], axes[0][-1]
     if cdfs:
+        for name, points in cdfs.items():
+            left.plot([max(v, 0.5) for _q, v in points], [q for q, _v in points], label=name)
+        left.set_xscale("log")
+        left.set_xlabel("lateness (ms, log; values below 0.5 ms drawn at 0.5)")
+        left.set_ylabel("fraction of jobs forwarded")
+        left.set_title("steady: lateness CDF")
+        left.grid(True, which="both", alpha=0.3)
         left.legend()
-    names = list(bars)
-    right.bar(names, [bars[n][0] for n in names], color="tab:blue")
-    for i, name in enumerate(names):
-        right.annotate(bars[name][1], (i, bars[name][0]), ha="center", va="bottom")
-    right.set_ylabel(bar_label)
-    right.set_title(bar_title)
+    if bars:
+        names = list(bars)
+        right.bar(names, [bars[n][0] for n in names], color="tab:blue")
+        for i, name in enumerate(names):
+            right.annotate(bars[name][1], (i, bars[name][0]), ha="center", va="bottom")
+        right.set_ylabel(bar_label)
+        right.set_title(bar_title)
     meta = results.get("meta", {})
     fig.suptitle(
         f"delayq bench ({meta.get('mode')}) {meta.get('date')}, {meta.get('cores')} cores, "

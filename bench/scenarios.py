@@ -57,6 +57,8 @@ class Runner:
     #: Starts a new broker in place of the current one and returns its bootstrap address
     #: (None: every contender shares the run's broker).
     new_broker: Callable[[], Awaitable[str]] | None = None
+    #: The current broker's process id (None: unknown, no broker CPU figures).
+    broker_pid: Callable[[], int | None] = lambda: None
     started: float = field(default_factory=time.monotonic)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     _tags: itertools.count[int] = field(default_factory=itertools.count)
@@ -145,11 +147,12 @@ def _load_fields(load: LoadStats) -> dict[str, Any]:
     }
 
 
-def _cpu(c: Contender) -> float:
+def _cpu(pids: Sequence[int | None]) -> float:
     total = 0.0
-    for pid in c.pids():
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
+    for pid in pids:
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(pid)
     return total
 
 
@@ -160,14 +163,20 @@ async def _paced_run(
     collector: Collector,
     jobs: Sequence[Job],
     grace_s: float,
+    own_broker: bool = True,
 ) -> dict[str, Any]:
-    """Send ``jobs`` on time, wait for them on the target; lateness summary plus load figures."""
+    """Send ``jobs`` on time, wait for them on the target; lateness summary plus load figures.
+
+    ``own_broker``: the contender is alone on its broker, whose CPU per job is then its own too.
+    """
 
     def sent(load: LoadStats) -> None:
         r.log(scenario, c.name, f"sent {load.sent}/{len(jobs)}, received {collector.count(keys)}")
 
     keys = [job.key for job in jobs]
-    cpu_before = _cpu(c)
+    counters_before = await c.counters()
+    broker = [r.broker_pid()] if own_broker else []
+    cpu_before, broker_before = _cpu(c.pids()), _cpu(broker)
     load = await r.gen.paced(jobs, c.emit_ms, c.record, sent)
     last_due = max(job.due_ms for job in jobs)
     timeout = max(0.0, (last_due - now_ms()) / 1000) + grace_s
@@ -182,15 +191,33 @@ async def _paced_run(
     out["receipt_p50_ms"], out["receipt_p99_ms"] = receipt["p50_ms"], receipt["p99_ms"]
     out.update(_load_fields(load))
     # CPU per job: what the contender's processes spent (less sensitive to a busy machine).
-    out["cpu_ms_per_job"] = round((_cpu(c) - cpu_before) * 1000 / max(1, len(keys)), 3)
+    out["cpu_ms_per_job"] = round((_cpu(c.pids()) - cpu_before) * 1000 / max(1, len(keys)), 3)
+    if broker and broker[0] is not None:
+        spent = _cpu(broker) - broker_before
+        out["broker_cpu_ms_per_job"] = round(spent * 1000 / max(1, len(keys)), 3)
+    out.update(_moves(counters_before, await c.counters()))
     if not c.alive():
         out["error"] = f"{c.name} exited during the run"
+    moved = f", moved {out['moved']}" if "moved" in out else ""
     r.log(
         scenario,
         c.name,
         f"delivered {out['delivered']}/{len(keys)} p50 {out['p50_ms']} p99 {out['p99_ms']} "
-        f"max {out['max_ms']} ms, early {out['early']}",
+        f"max {out['max_ms']} ms, early {out['early']}{moved}",
     )
+    return out
+
+
+def _moves(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """delayq's moves during a run: commands moved to their home partition (acknowledged),
+    moves skipped at home, and each worker's ``move_lag_ms`` at the end (its last 10,000)."""
+    if "counters" not in after:
+        return {}
+    old, new = before.get("counters", {}), after["counters"]
+    out: dict[str, Any] = {
+        name: new.get(name, 0) - old.get(name, 0) for name in ("moved", "moves_skipped")
+    }
+    out["move_lag_ms"] = after.get("move_lag_ms", [])
     return out
 
 
@@ -222,7 +249,15 @@ async def steady(
             ]
             plan = spread_plan(tag, now_ms() + 500, rate, duration_s, delay_ms, seed=1)
             runs = [
-                _paced_run(r, "steady", c, col, [c.adapt(job) for job in plan], grace_s=30)
+                _paced_run(
+                    r,
+                    "steady",
+                    c,
+                    col,
+                    [c.adapt(job) for job in plan],
+                    grace_s=30,
+                    own_broker=len(started) == 1,
+                )
                 for c, col in started
             ]
             for (c, _col), out in zip(started, await asyncio.gather(*runs), strict=True):

@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.gaps import Record
+from app.moving import crc32_partition, fnv1a_partition, producer_partitioner
 from app.names import HEADER_DUE_MS, HEADER_MOVED_FROM
 from tables.keys import moved_key
 from tests.unit.engine_harness import NOW, Harness
@@ -176,3 +177,16 @@ async def test_a_replay_of_the_home_changelog_applies_the_mark_of_its_moves(h: H
     # like a late writer's (a mark tagged with partition 0's offset 500 would hide the rest)
     assert replayed and all(replayed)
     assert h.store.late_skipped == 0
+
+
+def test_the_partitioners_of_other_clients() -> None:
+    # FNV-1a 32 of b"foobar" is 0xBF9CF968: as int32 -1080231576; sarama takes the remainder
+    # (Go's, with the sign of the dividend) and negates it: 1080231576 % 5 = 1, % 8 = 0.
+    assert fnv1a_partition(b"foobar", 5) == 1
+    assert fnv1a_partition(b"foobar", 8) == 0
+    # b"": the offset basis 0x811C9DC5, as int32 -2128831035: 2128831035 % 8 = 3.
+    assert fnv1a_partition(b"", 8) == 3
+    # CRC-32 of b"a" is 0xE8B7BE43 (unsigned): % 8 = 3, where FNV-1a gives 4.
+    assert crc32_partition(b"a", 8) == 3
+    assert producer_partitioner(b"foobar", 0, 8).startswith("FNV-1a")
+    assert producer_partitioner(b"a", 3, 8).startswith("CRC-32")
