@@ -259,8 +259,10 @@ class EngineState:
         #: Commands on their way to their home partition, and their senders (app/moving.py).
         self._moves: dict[int, list[Any]] = {}
         self._movers: dict[int, asyncio.Future[None]] = {}
-        #: Ingest partition -> the next offset the probe reads for commands to move here.
+        #: Ingest partition -> the next offset the probe reads for commands to move here, and
+        #: the home partitions it read them for (app/guard.py, "Commands on other partitions").
         self._inbound_cursor: dict[int, int] = {}
+        self._inbound_homes: frozenset[int] = frozenset()
         #: Set by a pass that held due jobs back for the ingest guard (app/guard.py).
         self.probe_wanted = asyncio.Event()
 

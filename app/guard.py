@@ -18,12 +18,13 @@ at or before the partition's ``safe_ms``, which moves forward like this:
 Commands on other partitions. A command for a job may be written to any ingest partition and
 moved to the job's home (app/moving.py); until it is there, the home's end offset does not cover
 it. So the probe also reads, from every other ingest partition, the commands written since the
-consumer group's committed offset (each once: a cursor per partition), and notes those for jobs
-at home here (:meth:`expect_move`). Below the committed offset every command was moved and
-acknowledged: the committed offsets are read before the end offsets, so those moves lie below the
-home's end offset and step 3 covers them. Above it, the noted jobs wait until their moves are
-applied here (:meth:`moved_in`); a probe that could not read every other partition up to its end
-offset advances nothing. A partition expecting moves is probed even with nothing held back: a
+consumer group's committed offset (each once: a cursor per partition, read again from the
+committed offset when a home partition is new to the worker), and notes those for jobs at home
+here (:meth:`expect_move`). Below the committed offset every command was moved and acknowledged:
+the committed offsets are read before the end offsets, so those moves lie below the home's end
+offset and step 3 covers them. Above it, the noted jobs wait until their moves are applied here
+(:meth:`moved_in`); a probe that could not read every other partition up to its end offset
+advances nothing. A partition expecting moves is probed even with nothing held back: a
 bad command is dead-lettered where it landed, never moved, and only a probe (the committed offset
 passing it) ends the wait of its job.
 
@@ -87,6 +88,7 @@ class IngestGuard(EngineState):
         ends: Mapping[int, int],
         unapplied_ids: Mapping[int, frozenset[bytes] | None] | None = None,
         inbound_read: bool = True,
+        committed: Mapping[int, int] | None = None,
     ) -> None:
         """A probe taken at ``taken_ms`` found these end offsets (steps 2 and 3 of the doc).
 
@@ -94,10 +96,14 @@ class IngestGuard(EngineState):
         its applied offset and its end offset (None: the peek could not tell).
         ``inbound_read``: whether the probe read the other partitions up to their end offsets
         (module doc, "Commands on other partitions"); if not, nothing advances.
+        ``committed``: the committed offsets the probe read before the end offsets. The moves
+        they pass are forgotten here, in the same step that installs what covers them (a pass
+        in between would see neither).
         """
         self.stats.ingest_probes += 1
         if not inbound_read:
             return
+        self._inbound_committed(committed or {}, ends)
         peeked = unapplied_ids or {}
         for partition, end in ends.items():
             state = self._parts.get(partition)
@@ -127,6 +133,13 @@ class IngestGuard(EngineState):
             state.probe = None
             self._advance(partition, probe[0])
 
+    def inbound_homes(self, homes: Collection[int]) -> None:
+        """The probe reads for these home partitions now: if one is new, read everything again
+        from the committed offsets (the commands for it were passed over)."""
+        if not self._inbound_homes.issuperset(homes):
+            self._inbound_cursor.clear()
+        self._inbound_homes = frozenset(homes)
+
     def inbound_start(self, source: int, committed: int) -> int:
         """Where the probe reads ingest partition ``source`` for commands to move here."""
         return max(self._inbound_cursor.get(source, committed), committed)
@@ -137,14 +150,13 @@ class IngestGuard(EngineState):
 
     def expect_move(self, home: int, job_id: bytes, source: int, offset: int) -> None:
         """A command for ``job_id`` at ``source``@``offset`` is to be moved to ``home``."""
-        state = self._parts.get(home)
-        if state is None or offset <= self.moved_offset(home, source):
+        if offset <= self.moved_offset(home, source):
             return
-        ids = state.inbound.setdefault(source, {})
+        ids = self._state(home).inbound.setdefault(source, {})
         ids.pop(job_id, None)  # re-inserted: the dict stays in offset order
         ids[job_id] = offset
 
-    def inbound_committed(self, committed: Mapping[int, int], probed: Collection[int]) -> None:
+    def _inbound_committed(self, committed: Mapping[int, int], probed: Collection[int]) -> None:
         """Forget the expected moves below the committed offsets in the ``probed`` partitions:
         step 3 of the same probe covers them (not in others: their safe time may be ahead)."""
         for partition in probed:

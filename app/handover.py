@@ -39,9 +39,6 @@ class Handover(Firing):
             if partition not in active:
                 del self._parts[partition]
                 self.store.forget(partition)
-        if any(partition not in self._parts for partition in active):
-            # The probe passed commands for partitions that were not this worker's: read again.
-            self._inbound_cursor.clear()
         for partition in active:
             self._state(partition)
         if generation != self._generation:

@@ -93,8 +93,8 @@ async def _probe(
         starts = {partition: engine.applied_offset(partition) + 1 for partition in ends}
         unapplied = {p: (starts[p], end) for p, end in ends.items() if starts[p] < end}
         ids = await _peek(consumer, unapplied) if unapplied else {}
-        inbound_read = await _read_inbound(consumer, active, targets, committed, all_ends)
-        engine.observe_end_offsets(taken, ends, ids, inbound_read)
+        inbound_read = await _read_inbound(consumer, active, committed, all_ends)
+        engine.observe_end_offsets(taken, ends, ids, inbound_read, committed)
         if not inbound_read:
             engine.probe_wanted.set()  # the next probe reads on from where this one stopped
     await _meet_stalled_probes(active, stalled)
@@ -127,15 +127,11 @@ class _Committed:
 
 
 async def _read_inbound(
-    consumer: Any,
-    active: list[int],
-    targets: list[int],
-    committed: dict[int, int],
-    ends: dict[int, int],
+    consumer: Any, active: list[int], committed: dict[int, int], ends: dict[int, int]
 ) -> bool:
     """Note the commands on other partitions for jobs at home here (app/guard.py, "Commands on
     other partitions"); whether every partition was read up to its end offset in time."""
-    engine.inbound_committed(committed, targets)
+    engine.inbound_homes(active)
     homes = set(active)
     ranges = {}
     for source, end in ends.items():

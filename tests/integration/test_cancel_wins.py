@@ -6,6 +6,7 @@ checks that the superseded schedule is never forwarded.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 
@@ -78,3 +79,43 @@ async def test_jobs_fire_without_waiting_for_new_commands_when_the_worker_is_cau
     records = await kafka.collect([ns.target()], lambda rs: len(rs) >= 1)
     assert [r.key for r in records] == [b"lone"]
     assert due <= records[0].timestamp < due + 1_000
+
+
+async def test_replaces_moved_in_shortly_before_the_due_time_win_on_two_workers(
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+) -> None:
+    # Given two workers, and for 15 s: 40 jobs every 20 ms written to their home partitions,
+    # due 1.5 s later, each replaced 0.6 s before its due time by a producer that writes to
+    # the next partition (moved home: its partition's owner is often the other worker)
+    start_worker("a")
+    start_worker("b")
+    target = ns.target()
+    replaced: set[bytes] = set()
+    waiting: list[tuple[bytes, int]] = []
+    stop = now_ms() + 15_000
+    n = 0
+    while now_ms() < stop:
+        now = now_ms()
+        fresh = [b"job-%d" % i for i in range(n, n + 40)]
+        n += 40
+        await kafka.send_many(
+            ns.ingest, [(j, b"old", schedule_headers(target, due_ms=now + 1_500)) for j in fresh]
+        )
+        waiting += [(j, now + 1_500) for j in fresh]
+        due_soon = [(j, due) for j, due in waiting if due - 600 <= now]
+        waiting = waiting[len(due_soon) :]
+        if due_soon:
+            await kafka.send_many(
+                ns.ingest,
+                [(j, b"new", schedule_headers(target, due_ms=due)) for j, due in due_soon],
+                partition=lambda k, jobs=due_soon: (
+                    (home_partition(jobs[k][0], ns.partitions) + 1) % ns.partitions
+                ),
+            )
+            replaced.update(j for j, _due in due_soon)
+        await asyncio.sleep(0.02)
+    # When every replaced job has been forwarded
+    records = await kafka.collect([target], lambda rs: replaced <= {r.key for r in rs})
+    # Then none was forwarded with its replaced value
+    outdated = sorted({r.key for r in records if r.key in replaced and r.value == b"old"})
+    assert outdated == [], f"{len(outdated)} outdated forwards, e.g. {outdated[:5]}"

@@ -223,8 +223,7 @@ async def test_a_command_never_moved_stops_holding_its_job_once_committed_past(
     # Then the partition is probed although nothing is held back by its safe time
     assert h.engine.probe_targets([0, 1], NOW) == [0]
     # When a probe of partition 0 finds partition 1 committed past offset 40
-    h.engine.inbound_committed({1: 41}, [0])
-    h.engine.observe_end_offsets(NOW + 1, {0: 6})
+    h.engine.observe_end_offsets(NOW + 1, {0: 6}, committed={1: 41})
     # Then a fires
     await fire(h, NOW + 1)
     assert h.forwarded_ids() == [b"a"]
@@ -237,7 +236,7 @@ async def test_committed_offsets_release_only_the_partitions_probed_with_them(
     expecting_a_move(h)
     # When a probe of partition 1 alone sees partition 1 committed past it (its move is on
     # partition 0's log, not applied: only a probe of partition 0 covers it)
-    h.engine.inbound_committed({1: 41}, [1])
+    h.engine.observe_end_offsets(NOW + 1, {1: 50}, committed={1: 41})
     # Then the job still waits
     await fire(h, NOW)
     assert h.forwarded_ids() == []
