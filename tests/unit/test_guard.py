@@ -249,3 +249,18 @@ def test_an_expected_move_already_applied_is_not_noted(h: Harness) -> None:
     h.engine.expect_move(0, b"a", 1, 40)
     # Then nothing waits for it
     assert h.engine.probe_targets([0, 1], NOW) == []
+
+
+def test_a_home_partition_new_to_the_probe_reads_the_others_again(h: Harness) -> None:
+    # Given a probe that read partition 1 up to offset 500 for home partition 0 alone
+    h.engine.inbound_homes([0])
+    h.engine.inbound_read_to(1, 500)
+    assert h.engine.inbound_start(1, committed=100) == 500
+    # When partition 2 becomes this worker's too
+    h.engine.inbound_homes([0, 2])
+    # Then partition 1 is read again from its committed offset: commands for 2 were passed over
+    assert h.engine.inbound_start(1, committed=100) == 100
+    # And losing a home partition reads nothing again
+    h.engine.inbound_read_to(1, 600)
+    h.engine.inbound_homes([2])
+    assert h.engine.inbound_start(1, committed=100) == 600
