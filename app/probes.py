@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 _PROBE_IDLE_S = 0.5
 #: A peek at the commands not applied yet gives up after this (their jobs wait for the agent).
 _PEEK_TIMEOUT_S = 1.0
+#: The consumer group's committed offsets are asked again after this (:class:`_Committed`).
+_COMMITTED_TTL_S = 0.5
 #: A probe unmet this long, with the agent's applied offset unchanged, is met by reading back.
 _STALL_MS = 2_000
 
@@ -40,17 +44,22 @@ async def probe_ingest_ends() -> None:
     Its own consumer (no group; paused but for a peek): Faust's runs in another thread, and a call
     into it waited for that thread's next fetch (~100 ms on the embedded broker).
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",  # an inbound read below the log start: from its start
-        **settings.kafka_client_options(),
+    # Two readers, so that the peek and the read of the other partitions take one round trip.
+    consumer, inbound = (
+        AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # an inbound read below the log start: from its start
+            **settings.kafka_client_options(),
+        )
+        for _ in range(2)
     )
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options()
     )
     await consumer.start()
+    await inbound.start()
     await admin.start()
     committed = _Committed(admin)
     stalled: dict[int, tuple[int, int]] = {}  # partition -> (applied offset seen, since ms)
@@ -62,27 +71,30 @@ async def probe_ingest_ends() -> None:
             if app.rebalancing or not app.tables.actives_ready:
                 continue
             try:
-                await _probe(consumer, committed, active_partitions(), stalled)
+                await _probe(consumer, inbound, committed, active_partitions(), stalled)
             except Exception:  # the next round asks again
                 log.exception("ingest guard probe failed")
                 await asyncio.sleep(_PROBE_IDLE_S)
                 engine.probe_wanted.set()
     finally:
         await admin.close()
+        await inbound.stop()
         await consumer.stop()
 
 
 async def _probe(
     consumer: Any,
+    inbound: Any,
     committed_offsets: _Committed,
     active: list[int],
     stalled: dict[int, tuple[int, int]],
 ) -> None:
     """Steps 2 and 3 of app/guard.py for the partitions holding due jobs back."""
     every = {TopicPartition(settings.ingest_topic, p) for p in range(settings.partitions)}
-    if consumer.assignment() != every:  # paused but for a read
-        consumer.assign(list(every))
-        consumer.pause(*every)
+    for reader in (consumer, inbound):
+        if reader.assignment() != every:  # paused but for a read
+            reader.assign(list(every))
+            reader.pause(*every)
     targets = engine.probe_targets(active, now_ms())
     if targets:
         taken = now_ms()  # before the requests: the broker answers at or after it
@@ -92,8 +104,9 @@ async def _probe(
         ends = {partition: all_ends[partition] for partition in targets}
         starts = {partition: engine.applied_offset(partition) + 1 for partition in ends}
         unapplied = {p: (starts[p], end) for p, end in ends.items() if starts[p] < end}
-        ids = await _peek(consumer, unapplied) if unapplied else {}
-        inbound_read = await _read_inbound(consumer, active, committed, all_ends)
+        ids, inbound_read = await asyncio.gather(
+            _peek(consumer, unapplied), _read_inbound(inbound, active, committed, all_ends)
+        )
         engine.observe_end_offsets(taken, ends, ids, inbound_read, committed)
         if not inbound_read:
             engine.probe_wanted.set()  # the next probe reads on from where this one stopped
@@ -101,14 +114,29 @@ async def _probe(
 
 
 class _Committed:
-    """The consumer group's committed offsets, asked of its coordinator (found once)."""
+    """The consumer group's committed offsets, asked of its coordinator (found once).
+
+    Asked at most every ``_COMMITTED_TTL_S``: an older answer is a lower bound, as good for the
+    guard (below it every command was moved) if it was read before the end offsets, and
+    commits come every few seconds anyway. Saves a round trip on most probes.
+    """
 
     def __init__(self, admin: Any) -> None:
         self._admin = admin
         self._coordinator: int | None = None
+        self._offsets: dict[int, int] = {}
+        self._read_at = -math.inf
 
     async def read(self) -> dict[int, int]:
         """The committed offset of every ingest partition (0 where none)."""
+        if time.monotonic() - self._read_at < _COMMITTED_TTL_S:
+            return self._offsets
+        started = time.monotonic()
+        self._offsets = await self._ask()
+        self._read_at = started
+        return self._offsets
+
+    async def _ask(self) -> dict[int, int]:
         tps = [TopicPartition(settings.ingest_topic, p) for p in range(settings.partitions)]
         if self._coordinator is None:
             self._coordinator = await self._admin.find_coordinator(settings.app_id)
@@ -182,6 +210,8 @@ async def _peek(
     None for a partition whose commands cannot all be read in time or whose offsets have a
     hole (a record the broker skipped, or a transaction marker): its jobs wait for the agent.
     """
+    if not ranges:
+        return {}
     wanted = {TopicPartition(settings.ingest_topic, p): span for p, span in ranges.items()}
     ids: dict[TopicPartition, set[bytes]] = {tp: set() for tp in wanted}
     #: the next offset expected per partition; None once a hole was seen
