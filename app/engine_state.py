@@ -270,6 +270,9 @@ class EngineState:
         state = self._parts.get(partition)
         if state is None:
             state = self._parts[partition] = PartitionState()
+            # A new state knows of no command waiting on another partition: the next probe
+            # reads them all again (app/guard.py, "Commands on other partitions").
+            self._inbound_homes -= {partition}
         return state
 
     def fenced(self, partition: int) -> bool:

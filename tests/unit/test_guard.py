@@ -264,3 +264,18 @@ def test_a_home_partition_new_to_the_probe_reads_the_others_again(h: Harness) ->
     h.engine.inbound_read_to(1, 600)
     h.engine.inbound_homes([2])
     assert h.engine.inbound_start(1, committed=100) == 600
+
+
+async def test_a_partition_revoked_and_assigned_again_reads_the_others_again(h: Harness) -> None:
+    # Given a probe that read partition 1 up to offset 500 for home partitions 0 and 1, and
+    # noted a command for job a of partition 0 there
+    h.engine.inbound_homes([0, 1])
+    h.engine.expect_move(0, b"a", 1, 450)
+    h.engine.inbound_read_to(1, 500)
+    # When a rebalance revokes every partition and assigns the same ones again (Faust's eager
+    # rebalance): the partition's state, and what it had noted, is gone
+    await h.engine.quiesce([0, 1])
+    h.engine.sync_assignment(2, [0, 1])
+    h.engine.inbound_homes([0, 1])
+    # Then the next probe reads partition 1 again from its committed offset
+    assert h.engine.inbound_start(1, committed=100) == 100
