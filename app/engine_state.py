@@ -208,6 +208,14 @@ class PartitionState:
     #: Source partition -> highest offset of it whose move this process applied here (the
     #: database's copy may lag: app/moving.py, step 4). Absent: see the database.
     moved: dict[int, int] = field(default_factory=dict)
+    #: Offsets of this partition's commands moved away and not acknowledged yet, and whether
+    #: this state has moved again what an earlier owner may not have (app/moving.py, step 5).
+    moving_out: set[int] = field(default_factory=set)
+    moves_resumed: bool = False
+    #: The last moved-out mark written or read (``tables.keys.MOVED_OUT_KEY``); whether it was
+    #: read from the database yet.
+    moved_out_mark: int | None = None
+    moved_out_loaded: bool = False
 
 
 @dataclass(slots=True)

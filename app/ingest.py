@@ -271,7 +271,12 @@ class _Batch:
             self._engine.store.tag = self.last_applied(partition)
             self._engine.mark_moved(partition, source, offset)
         for partition in self._marked:
-            self._engine.mark_applied(partition, self._applied[partition])
+            applied = self._applied[partition]
+            self._engine.store.tag = applied
+            self._engine.mark_moved_out(
+                partition, self._engine.moves_unacked_from(partition, applied)
+            )
+            self._engine.mark_applied(partition, applied)
         for partition, (first, last, count) in self._replays.items():
             log.info(
                 "ingest partition %d: %d commands at offsets %d-%d were applied before, skipped",
@@ -346,6 +351,7 @@ async def apply_batch(ctx: IngestContext, messages: Sequence[Any]) -> None:
 
 async def _apply_ingest(ctx: IngestContext, message: Any, batch: _Batch) -> None:
     """Apply one delivered ingest record: skip a replay, read back what the stream skipped."""
+    await _resume_moves(ctx, message.partition, batch)
     last = batch.last_applied(message.partition)
     if message.offset <= last:  # delivered again after a crash: applied before
         ctx.engine.stats.replays_skipped += 1
@@ -435,6 +441,33 @@ def _applies_here(
     return True
 
 
+async def _resume_moves(ctx: IngestContext, partition: int, batch: _Batch) -> None:
+    """Once per assignment: move again the commands an earlier owner may not have moved
+    (app/moving.py, step 5), read back from the moved-out mark to the replay mark."""
+    state = ctx.engine._state(partition)
+    if state.moves_resumed or not ctx.partitions:
+        return
+    state.moves_resumed = True
+    start = ctx.engine.moved_out_mark(partition)
+    applied = batch.last_applied(partition)
+    if start is None or start > applied:
+        return
+    records = await ctx.read_skipped(partition, start, applied + 1)
+    for record in records:
+        headers = message_headers(record)
+        parsed = _parse(ctx, record, headers, ctx.clock())
+        if not isinstance(parsed, InvalidRecord):
+            _move_if_away(ctx, record, headers, parsed.job_id, None)
+    log.info(
+        "ingest partition %d: moved again what offsets %d-%d held, in case the previous owner "
+        "had not (%d commands read back)",
+        partition,
+        start,
+        applied,
+        len(records),
+    )
+
+
 def _move_if_away(
     ctx: IngestContext,
     message: Any,
@@ -456,6 +489,7 @@ def _move_if_away(
     moved.append((HEADER_MOVED_FROM, encode_moved_from(message.partition, message.offset)))
     record = (message.key, message.value, moved, _record_ms(message.timestamp))
     release = gap.hold() if gap is not None else ctx.hold(message)
+    release = ctx.engine.track_move_out(message.partition, message.offset, release)
     ctx.engine.move_in_background(ctx.ingest_topic, home, record, release)
     return True
 

@@ -18,7 +18,12 @@ landed. The home applies it like any command. The order of a command's path, wri
 4. the home keeps, per source partition, the highest source offset it applied (changelogged
    with the replay mark: ``tables.keys.moved_key``) and skips a move at or below it. A worker
    that took over the source partition after a crash moves again what it cannot know was
-   acknowledged (from the committed offset on, replays included): the home applies each once.
+   acknowledged (from the committed offset on, replays included): the home applies each once;
+5. the source partition keeps the offset below which every move is acknowledged (changelogged,
+   ``tables.keys.MOVED_OUT_KEY``), behind the replay mark by the moves in flight. A new owner
+   reads the commands between the two back and moves them again itself before anything else:
+   the stream does not always deliver them again (it may start past them), and the replay mark
+   already counts them as handled.
 
 A moved command is applied when it reaches its home, one produce round trip after it was
 read: commands for one job written to different partitions are applied in the order they
@@ -41,6 +46,7 @@ from app.engine_state import EngineState
 from app.jobs import Header
 from app.names import HEADER_MOVED_FROM
 from app.upstream.producer import TimedRecord
+from tables.keys import MOVED_OUT_KEY, decode_due_ms, encode_due_ms
 
 __all__ = [
     "Move",
@@ -124,7 +130,43 @@ class Move:
 
 
 class Moving(EngineState):
-    """Steps 2 and 3 of the module doc: per destination, one ordered sender of moves."""
+    """Steps 2, 3 and 5 of the module doc: per destination, one ordered sender of moves."""
+
+    def track_move_out(
+        self, source: int, offset: int, release: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Note a move of ``source``@``offset`` in flight; the returned release ends it."""
+        pending = self._state(source).moving_out
+        pending.add(offset)
+
+        def done() -> None:
+            pending.discard(offset)
+            release()
+
+        return done
+
+    def moves_unacked_from(self, source: int, applied: int) -> int:
+        """Every move of ``source``'s commands below this offset is acknowledged."""
+        pending = self._state(source).moving_out
+        return min(pending) if pending else applied + 1
+
+    def mark_moved_out(self, source: int, offset: int) -> None:
+        """Changelog the moved-out mark of ``source`` (step 5) when it changed; none for a
+        partition none of whose commands was ever moved."""
+        state = self._state(source)
+        if not state.moved_out_loaded:
+            state.moved_out_loaded = True
+            state.moved_out_mark = self.moved_out_mark(source)
+        if state.moved_out_mark is None and not state.moving_out:
+            return
+        if state.moved_out_mark != offset:
+            state.moved_out_mark = offset
+            self.store.put_once_acked(source, MOVED_OUT_KEY, encode_due_ms(offset))
+
+    def moved_out_mark(self, source: int) -> int | None:
+        """The moved-out mark of ``source`` as its database holds it (None: never written)."""
+        raw = self.store.read(source, MOVED_OUT_KEY)
+        return None if raw is None else decode_due_ms(raw)
 
     def move_in_background(
         self, topic: str, partition: int, record: TimedRecord, release: Callable[[], None]

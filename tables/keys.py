@@ -21,6 +21,7 @@ __all__ = [
     "GAP_KEY",
     "ID_END",
     "ID_PREFIX",
+    "MOVED_OUT_KEY",
     "MOVED_PREFIX",
     "STALE_KEY",
     "decode_due_ms",
@@ -43,6 +44,10 @@ APPLIED_KEY = b"A"
 GAP_KEY = b"G"
 #: A key no reader uses: a stale changelog record in Faust's replay is made a delete of it.
 STALE_KEY = b"Z"
+#: ``b"O"`` -> ``be64(offset)``: every command of this ingest partition below it that was moved
+#: to another partition is acknowledged there (changelogged). From it up to ``APPLIED_KEY``, a
+#: new owner moves the commands again itself (app/moving.py, step 5).
+MOVED_OUT_KEY = b"O"
 #: ``b"M" + be64(source partition)`` -> ``be64(offset)``: the highest offset of that ingest
 #: partition whose command was moved here and applied (changelogged, like ``APPLIED_KEY``).
 MOVED_PREFIX = b"M"

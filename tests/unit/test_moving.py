@@ -15,7 +15,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from app.gaps import Record
 from app.moving import crc32_partition, fnv1a_partition, producer_partitioner
 from app.names import HEADER_DUE_MS, HEADER_MOVED_FROM
-from tables.keys import moved_key
+from tables.keys import APPLIED_KEY, MOVED_OUT_KEY, encode_due_ms, moved_key
 from tests.unit.engine_harness import NOW, Harness
 from tests.unit.test_ingest import Wiring, cancel, schedule
 
@@ -190,3 +190,29 @@ def test_the_partitioners_of_other_clients() -> None:
     assert crc32_partition(b"a", 8) == 3
     assert producer_partitioner(b"foobar", 0, 8).startswith("FNV-1a")
     assert producer_partitioner(b"a", 3, 8).startswith("CRC-32")
+
+
+async def test_a_new_owner_moves_again_what_the_last_one_may_not_have(h: Harness) -> None:
+    # Given partition 0 as a killed owner left it: commands 5-7 moved away but not known
+    # acknowledged (moved-out mark 5), its replay mark at 7
+    wiring = moving(h)
+    job_ids = ids_at_home(1, 3)
+    for offset, job_id in zip((5, 6, 7), job_ids, strict=True):
+        wiring.topic[0, offset] = schedule(offset, job_id, NOW + 5)
+    h.store.put_local(0, MOVED_OUT_KEY, encode_due_ms(5))
+    h.store.put_local(0, APPLIED_KEY, encode_due_ms(7))
+    # When the stream's first record for it is offset 8 (it did not deliver 5-7 again)
+    [later] = ids_at_home(1, 4)[3:]
+    await wiring.apply(schedule(8, later, NOW + 5))
+    await turn()
+    # Then 5-7 are read back and moved again, before 8
+    assert wiring.reads == [(0, 5, 8)]
+    ack(h, 0)
+    await turn()
+    ack(h, 1)
+    await h.engine.moves_settled()
+    sent = [r[0] for batch in h.producer.record_batches for r in batch[2]]
+    assert sent == [*job_ids, later]
+    # And the next batch marks every move below 10 acknowledged
+    await wiring.apply(schedule(9, ids_at_home(0, 1)[0], NOW + 5))
+    assert (0, MOVED_OUT_KEY, encode_due_ms(10)) in h.changelog
