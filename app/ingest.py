@@ -19,7 +19,13 @@ from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
 from app.guard import IngestGuard
 from app.jobs import FENCE_PREFIX, Header, Job, decode_fired, encode_job, job_version
-from app.moving import encode_moved_from, home_partition, parse_moved_from, producer_partitioner
+from app.moving import (
+    PARTITIONER_PATTERNS,
+    encode_moved_from,
+    home_partition,
+    parse_moved_from,
+    producer_partitioner,
+)
 from app.names import HEADER_DELAY_MS, HEADER_MOVED_FROM
 from app.outcomes import CancelOutcome
 from app.times import now_ms
@@ -230,6 +236,8 @@ class _Batch:
         #: partition -> highest ingest offset handled (read from the table once per batch)
         self._applied: dict[int, int] = {}
         self._marked: set[int] = set()
+        #: Partitions whose earlier owner's unacknowledged moves this batch has looked at.
+        self.resumed: set[int] = set()
         #: (home partition, source partition) -> highest source offset moved there and applied
         self._moved: dict[tuple[int, int], int] = {}
         #: partition -> (first, last, count) of the replayed commands skipped
@@ -351,7 +359,9 @@ async def apply_batch(ctx: IngestContext, messages: Sequence[Any]) -> None:
 
 async def _apply_ingest(ctx: IngestContext, message: Any, batch: _Batch) -> None:
     """Apply one delivered ingest record: skip a replay, read back what the stream skipped."""
-    await _resume_moves(ctx, message.partition, batch)
+    if message.partition not in batch.resumed:  # once per partition and batch, not per record
+        batch.resumed.add(message.partition)
+        await _resume_moves(ctx, message.partition, batch)
     last = batch.last_applied(message.partition)
     if message.offset <= last:  # delivered again after a crash: applied before
         ctx.engine.stats.replays_skipped += 1
@@ -499,6 +509,8 @@ _partitioners_logged: set[str] = set()
 
 
 def _note_partitioner(ctx: IngestContext, job_id: bytes, partition: int) -> None:
+    if len(_partitioners_logged) == PARTITIONER_PATTERNS:  # all logged: no hashing per move
+        return
     pattern = producer_partitioner(job_id, partition, ctx.partitions)
     if pattern in _partitioners_logged:
         return

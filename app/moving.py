@@ -49,6 +49,7 @@ from app.upstream.producer import TimedRecord
 from tables.keys import MOVED_OUT_KEY, decode_due_ms, encode_due_ms
 
 __all__ = [
+    "PARTITIONER_PATTERNS",
     "Move",
     "Moving",
     "crc32_partition",
@@ -105,6 +106,10 @@ def fnv1a_partition(job_id: bytes, partitions: int) -> int:
 def crc32_partition(job_id: bytes, partitions: int) -> int:
     """Where librdkafka's default partitioner (``consistent_random``) puts a key: CRC-32."""
     return zlib.crc32(job_id) % partitions
+
+
+#: How many answers :func:`producer_partitioner` has.
+PARTITIONER_PATTERNS = 3
 
 
 def producer_partitioner(job_id: bytes, partition: int, partitions: int) -> str:

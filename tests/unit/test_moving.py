@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -48,6 +49,13 @@ def moved(record: Record, source: int, offset: int, at: int) -> Record:
 async def turn() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for ``condition``, looking at every turn of the event loop."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.001)
 
 
 def ack(h: Harness, index: int, error: BaseException | None = None) -> None:
@@ -95,7 +103,7 @@ async def test_moves_to_one_partition_go_one_batch_at_a_time_and_a_failed_one_fi
     assert len(h.producer.record_batches) == 1
     # When it fails
     ack(h, 0, RuntimeError("broker away"))
-    await asyncio.sleep(0.15)  # the mover's first backoff (0.1 s)
+    await until(lambda: len(h.producer.record_batches) == 2)  # after the mover's backoff
     # Then the same two commands are sent again before any later one
     assert len(h.producer.record_batches) == 2
     first, again = h.producer.record_batches
