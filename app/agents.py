@@ -8,11 +8,12 @@ writer per partition is what makes replace, cancel and removal race-free. What a
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from faust.types import TP
 
 from app.gaps import Record, read_range
 from app.ingest import IngestContext, apply_batch, delay_base_ms, message_headers, no_release
@@ -52,14 +53,31 @@ async def _acknowledge_skipped(partition: int, start: int, last: int) -> None:
 def _hold(message: Any) -> Callable[[], None]:
     """Keep Faust from committing past ``message`` until the returned callable runs.
 
-    One more reference on Faust's message: the stream's ack (when the batch ends) no longer
-    makes it the last. Read-back records (app/gaps.py) are held by their range instead.
+    One more reference on Faust's message (the stream's ack when the batch ends no longer makes
+    it the last), and a hold on its offset: Faust alone would commit past it if it is the
+    first record not acknowledged (app/upstream/consumer.py). Read-back records (app/gaps.py)
+    are held by their range instead.
     """
     incref = getattr(message, "incref", None)
     if incref is None:
         return no_release
     incref()
-    return functools.partial(message.ack, app.consumer)
+    unhold = _hold_offset(message.partition, message.offset)
+
+    def release() -> None:
+        message.ack(app.consumer)
+        unhold()
+
+    return release
+
+
+def _hold_offset(partition: int, offset: int) -> Callable[[], None]:
+    """Commit no ingest offset at or past ``offset`` of ``partition`` until the callable runs."""
+    hold_offset = getattr(app.consumer, "hold_offset", None)
+    if hold_offset is None:  # another transport (the tests' stub)
+        return no_release
+    release: Callable[[], None] = hold_offset(TP(settings.ingest_topic, partition), offset)
+    return release
 
 
 #: The worker's wiring of the ingest step.
@@ -73,6 +91,7 @@ worker_ingest = IngestContext(
     read_skipped=_read_skipped,
     acknowledge_skipped=_acknowledge_skipped,
     hold=_hold,
+    hold_offset=_hold_offset,
     partitions=settings.partitions,
 )
 

@@ -177,6 +177,9 @@ class IngestContext:
     #: Keep the consumer from committing past a delivered record until the returned callable
     #: is called (the worker: one more reference on Faust's message).
     hold: Callable[[Any], Callable[[], None]] = lambda _message: no_release
+    #: ``(partition, offset)``: keep the consumer from committing at or past ``offset`` until
+    #: the returned callable is called (for read-back ranges, which Faust may count as done).
+    hold_offset: Callable[[int, int], Callable[[], None]] = lambda _p, _o: no_release
     clock: Callable[[], int] = now_ms
     #: The ingest topic's partition count, which decides each job's home partition
     #: (app/moving.py). 0: every command is applied where it lands (tests of one partition).
@@ -242,6 +245,8 @@ class _Batch:
         self._moved: dict[tuple[int, int], int] = {}
         #: partition -> (first, last, count) of the replayed commands skipped
         self._replays: dict[int, tuple[int, int, int]] = {}
+        #: (home partition, source partition) -> (first, last, count) of the moves skipped
+        self._moves_skipped: dict[tuple[int, int], tuple[int, int, int]] = {}
         #: Records that break the contract, with the reason: dead-lettered after the batch.
         self.dead_letters: list[tuple[Any, str, Callable[[], None] | None]] = []
 
@@ -262,6 +267,8 @@ class _Batch:
         if last is None:
             last = self._engine.moved_offset(partition, source)
         if offset <= last:
+            first, _last, count = self._moves_skipped.get(where, (offset, offset, 0))
+            self._moves_skipped[where] = (first, offset, count + 1)
             return False
         self._moved[where] = offset
         return True
@@ -290,6 +297,16 @@ class _Batch:
                 "ingest partition %d: %d commands at offsets %d-%d were applied before, skipped",
                 partition,
                 count,
+                first,
+                last,
+            )
+        for (partition, source), (first, last, count) in self._moves_skipped.items():
+            log.info(
+                "ingest partition %d: %d commands moved from partition %d (its offsets %d-%d) "
+                "were applied before, skipped",
+                partition,
+                count,
+                source,
                 first,
                 last,
             )
@@ -554,8 +571,14 @@ class _GapRelease:
         self._ctx = ctx
         self._range = (partition, start, last)
         self._holds = 0
+        #: Faust counts offsets it skipped as done (its gap list): commits must stop at the
+        #: range too, while a move or dead letter of it is unacknowledged.
+        self._unhold = no_release
 
     def hold(self) -> Callable[[], None]:
+        if self._holds == 0:
+            partition, start, _last = self._range
+            self._unhold = self._ctx.hold_offset(partition, start)
         self._holds += 1
         return self._release
 
@@ -566,6 +589,7 @@ class _GapRelease:
     def _release(self) -> None:
         self._holds -= 1
         if self._holds == 0:
+            self._unhold()
             task = asyncio.ensure_future(self._ctx.acknowledge_skipped(*self._range))
             _background.add(task)
             task.add_done_callback(_background.discard)

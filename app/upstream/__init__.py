@@ -6,7 +6,8 @@ package touches a private name of the three libraries:
 
 - :mod:`app.upstream.consumer`: the fetch-to-stream hand-off (a fork of Faust's
   ``Consumer._drain_messages``), commits refused after a lost changelog write (``_commit``),
-  and a typed ``_add_gap`` for the agent;
+  commits that never pass a held offset (``_new_offset``, upstream #606), and a typed
+  ``_add_gap`` for the agent;
 - :mod:`app.upstream.producer`: forwards and changelog records appended to aiokafka's record
   batches (``_message_accumulator``, ``_wait_on_metadata``, ``_batches``, ``_append_batch``);
 - :mod:`app.upstream.faust_app`: the app with that transport;

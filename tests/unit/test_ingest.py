@@ -41,11 +41,17 @@ class Wiring:
             read_skipped=self._read,
             acknowledge_skipped=self._acknowledge,
             hold=self._hold,
+            hold_offset=self._hold_offset,
             clock=lambda: NOW,
         )
 
     def _hold(self, record: Record) -> Callable[[], None]:
         where = (record.partition, record.offset)
+        self.held.add(where)
+        return lambda: self.held.discard(where)
+
+    def _hold_offset(self, partition: int, offset: int) -> Callable[[], None]:
+        where = (partition, offset)
         self.held.add(where)
         return lambda: self.held.discard(where)
 

@@ -139,6 +139,27 @@ async def test_a_moved_command_is_applied_once_at_home(h: Harness) -> None:
     assert h.engine.moved_offset(1, 0) == 4
 
 
+async def test_a_move_read_back_from_a_gap_holds_the_commit_below_the_gap(h: Harness) -> None:
+    # Given offset 0 of partition 0 applied, and offsets 1-2 not delivered: a command for a job
+    # at home in partition 1 at offset 2
+    wiring = moving(h)
+    [here] = ids_at_home(0, 1)
+    [away] = ids_at_home(1, 1)
+    await wiring.apply(schedule(0, here, NOW + 5))
+    wiring.topic[0, 2] = schedule(2, away, NOW + 5)
+    # When offset 3 is delivered: the gap is read back and offset 2 moved
+    await wiring.apply(schedule(3, here, NOW + 6))
+    await turn()
+    # Then the consumer may not commit from the gap on until the move is acknowledged (Faust
+    # counts the offsets it skipped as done)
+    assert (0, 1) in wiring.held
+    assert wiring.gaps == []
+    ack(h, 0)
+    await h.engine.moves_settled()
+    await until(lambda: wiring.gaps == [(0, 1, 2)])
+    assert (0, 1) not in wiring.held
+
+
 async def test_a_command_replayed_after_a_crash_is_moved_again(h: Harness) -> None:
     # Given a command off its home, applied (moved) before a crash
     wiring = moving(h)

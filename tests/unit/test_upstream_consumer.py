@@ -177,3 +177,70 @@ async def test_no_offset_is_committed_once_commits_were_refused() -> None:
     assert not await consumer._commit({P0: 9, P1: 3})
     assert thread.committed == [{P0: 5}]
     assert consumer.commits_refused == "a changelog write failed"
+
+
+def _committer(committed: int) -> Any:
+    """A BatchDrainingConsumer's commit bookkeeping alone, last committed at ``committed``."""
+    from intervaltree import IntervalTree
+
+    consumer: Any = BatchDrainingConsumer.__new__(BatchDrainingConsumer)
+    consumer._acked = defaultdict(list)
+    consumer._acked_index = defaultdict(set)
+    consumer._gap = defaultdict(IntervalTree)
+    consumer._committed_offset = defaultdict(lambda: None, {P0: committed})
+    consumer._held = {}
+    return consumer
+
+
+def _commit(consumer: Any) -> int | None:
+    """What the consumer commits now (noted as committed, as Faust does)."""
+    offset: int | None = consumer._new_offset(P0)
+    if offset is not None:
+        consumer._committed_offset[P0] = offset
+    return offset
+
+
+def _ack(consumer: Any, *offsets: int) -> None:
+    consumer._acked[P0].extend(offsets)
+    consumer._acked_index[P0].update(offsets)
+
+
+def test_no_commit_passes_a_held_record_at_the_committed_offset() -> None:
+    # Given offsets from 100 on are read; 100 is held (its move not acknowledged), 101-104 acked
+    consumer = _committer(100)
+    release = consumer.hold_offset(P0, 100)
+    _ack(consumer, 101, 102, 103, 104)
+    # When the consumer works out what to commit
+    # Then nothing: Faust's own check would commit 105, past the held record
+    assert _commit(consumer) is None
+    # And once the hold is released and the record acknowledged, everything up to 104 is
+    release()
+    _ack(consumer, 100)
+    assert _commit(consumer) == 105
+
+
+def test_a_commit_stops_below_the_lowest_held_offset() -> None:
+    # Given 100-109 acked but for 105, held twice (a retried batch holds it again)
+    consumer = _committer(100)
+    first, second = consumer.hold_offset(P0, 105), consumer.hold_offset(P0, 105)
+    _ack(consumer, 100, 101, 102, 103, 104, 106, 107, 108, 109)
+    # When the consumer commits: up to 104
+    assert _commit(consumer) == 105
+    # Then one release leaves it held; the second frees it, and the rest commits once 105 is
+    # acknowledged
+    first()
+    first()  # a release runs once
+    _ack(consumer, 105)
+    assert _commit(consumer) is None
+    second()
+    assert _commit(consumer) == 110
+
+
+def test_known_holes_still_count_as_done_below_a_held_offset() -> None:
+    # Given offsets 102-103 skipped (Faust's gap list), 100-101 and 104 acked, 110 held
+    consumer = _committer(100)
+    consumer._gap[P0].addi(102, 104)
+    consumer.hold_offset(P0, 110)
+    _ack(consumer, 100, 101, 104)
+    # When the consumer commits, then the holes count as done, as in Faust
+    assert _commit(consumer) == 105

@@ -27,6 +27,10 @@ COPIED = {
         "(self, fetcher: mode.types.services.ServiceT) -> None",
         "44a2500309e83c63",
     ),
+    "faust.transport.consumer:Consumer._new_offset": (
+        "(self, tp: faust.types.tuples.TP) -> Optional[int]",
+        "1d2c7ea89a7ad4f1",
+    ),
     "aiokafka.producer.producer:AIOKafkaProducer.send": (
         "(self, topic, value=None, key=None, partition=None, timestamp_ms=None, headers=None)",
         "08ce81263f439838",
