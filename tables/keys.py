@@ -24,6 +24,7 @@ __all__ = [
     "MOVED_OUT_KEY",
     "MOVED_PREFIX",
     "STALE_KEY",
+    "TAG_KEY",
     "decode_due_ms",
     "due_key",
     "due_of",
@@ -44,6 +45,10 @@ APPLIED_KEY = b"A"
 GAP_KEY = b"G"
 #: A key no reader uses: a stale changelog record in Faust's replay is made a delete of it.
 STALE_KEY = b"Z"
+#: ``b"T"`` -> ``be64(tag)`` (local only): the tag of this process's own changelog record at the
+#: persisted offset, or lower. A replay that starts after the persisted offset skips records
+#: tagged below it as a late writer's (tables/store.py ``fresh``).
+TAG_KEY = b"T"
 #: ``b"O"`` -> ``be64(offset)``: every command of this ingest partition below it that was moved
 #: to another partition is acknowledged there (changelogged). From it up to ``APPLIED_KEY``, a
 #: new owner moves the commands again itself (app/moving.py, step 5).

@@ -36,7 +36,7 @@ class ChangelogRestorer:
         min_records: int = 1_000,
         max_poll_records: int = 20_000,
         fresh: Callable[[int, Any], bool] | None = None,
-        begin: Callable[[int], None] | None = None,
+        begin: Callable[[int, int], None] | None = None,
     ) -> None:
         #: Called at each restore: bootstrap servers and security options of the app's broker.
         self._consumer_options = consumer_options
@@ -47,7 +47,7 @@ class ChangelogRestorer:
         self._max_poll_records = max_poll_records
         #: ``(partition, headers)`` -> False for a record to skip (a late writer's)
         self._fresh = fresh
-        #: ``partition`` -> called when a restore of it starts
+        #: ``(partition, start offset)`` -> called when a restore of it starts
         self._begin = begin
 
     async def restore(
@@ -89,7 +89,7 @@ class ChangelogRestorer:
             for p, tp in tps.items():
                 if p in todo:
                     if self._begin is not None:
-                        self._begin(p)
+                        self._begin(p, starts[p])
                     consumer.seek(tp, starts[p])
                 else:
                     consumer.pause(tp)

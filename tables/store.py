@@ -33,6 +33,7 @@ from rocksdict import ReadOptions, WriteBatch
 from tables.keys import (
     DUE_PREFIX,
     GAP_KEY,
+    TAG_KEY,
     decode_due_ms,
     encode_due_ms,
     index_entry,
@@ -186,7 +187,8 @@ class PartitionStore:
                     write = functools.partial(self._write_acked, partition, key, value)
                     asyncio.ensure_future(record_ack).add_done_callback(write)
             last, index = placed[-1]
-            callback = functools.partial(self._acked, partition, placed[0], index)
+            tag = _tag_of(entries[-1][3])
+            callback = functools.partial(self._acked, partition, placed[0], index, tag)
             asyncio.ensure_future(last).add_done_callback(callback)
 
     def _check(self, fut: asyncio.Future[Any]) -> None:
@@ -212,6 +214,7 @@ class PartitionStore:
         partition: int,
         first: tuple[Awaitable[Any], int],
         index: int,
+        tag: int | None,
         fut: asyncio.Future[Any],
     ) -> None:
         """Step 6 of the durability order: the persisted offset follows the changelog's acks.
@@ -244,6 +247,9 @@ class PartitionStore:
             )
         if partition not in self.diverged:
             self._persisted(partition, last_offset)
+            db = self._dbs().get(partition)
+            if tag is not None and db is not None:  # after the offset: a crash leaves it lower
+                db.put(TAG_KEY, encode_due_ms(tag))
 
     def _tag_headers(self) -> list[tuple[str, bytes | None]]:
         tag = self.tag
@@ -259,10 +265,9 @@ class PartitionStore:
         with the same effects, came first). Applying it would bring back what the new owner had
         moved past. Untagged records (older data) are applied.
         """
-        tag = next((v for n, v in headers if n == TAG_HEADER and v is not None), None)
-        if tag is None:
+        value = _tag_of(headers)
+        if value is None:
             return True
-        value = decode_due_ms(tag)
         highest = self._replay_tag.get(partition, -1)
         if value < highest:
             if partition not in self._late_logged:  # once per replay: they come in runs
@@ -279,10 +284,23 @@ class PartitionStore:
         self._replay_tag[partition] = value
         return True
 
-    def replay_begins(self, partition: int) -> None:
-        """A replay of ``partition`` starts: tags are compared from its first record on."""
+    def replay_begins(self, partition: int, start: int | None = None) -> None:
+        """A replay of ``partition`` starts at changelog offset ``start``.
+
+        Right after the persisted offset, tags are compared from the tag of this process's own
+        record there (:data:`TAG_KEY`): a frozen former owner's records that reached the
+        changelog after this process's own are late even when they are the first replayed.
+        From an earlier offset (a wiped database, a hole to fill), from the first record on.
+        """
         self._replay_tag.pop(partition, None)
         self._late_logged.discard(partition)
+        persisted = None if self._persisted_of is None else self._persisted_of(partition)
+        db = self._dbs().get(partition)
+        if start is None or persisted is None or start <= persisted or db is None:
+            return
+        raw = db.get(TAG_KEY)
+        if raw is not None:
+            self._replay_tag[partition] = decode_due_ms(raw)
 
     def forget(self, partition: int) -> None:
         """The partition left this worker: its next recovery sets where its changelog is."""
@@ -302,7 +320,7 @@ class PartitionStore:
         """
         expected = self._replay_next.get(partition)
         if expected is None or offset < expected:
-            self.replay_begins(partition)  # a replay (re)starts here
+            self.replay_begins(partition, offset)  # a replay (re)starts here
         if expected is None and self._persisted_of is not None:
             persisted = self._persisted_of(partition)
             expected = None if persisted is None else persisted + 1
@@ -402,3 +420,9 @@ class PartitionStore:
             yield it.key(), (it.value() if values else b"")
             it.next()
         del it, options
+
+
+def _tag_of(headers: Iterable[tuple[str, bytes | None]]) -> int | None:
+    """The tag of a changelog record (:data:`TAG_HEADER`), None if untagged."""
+    tag = next((v for n, v in headers if n == TAG_HEADER and v is not None), None)
+    return None if tag is None else decode_due_ms(tag)

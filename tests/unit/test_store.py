@@ -126,3 +126,42 @@ def test_a_late_writers_records_are_skipped_by_a_replay(tmp_path: Path) -> None:
     store.replay_begins(0)
     assert store.fresh(0, tagged(6))
     db.close()
+
+
+async def test_a_late_writers_records_first_in_a_replay_after_own_ones_are_skipped(
+    tmp_path: Path,
+) -> None:
+    db: Any = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
+    dbs: dict[int, PartitionDB] = {0: db}
+    persisted: dict[int, int] = {0: 9}
+    changelog = Changelog(end=10)
+    store = PartitionStore(
+        lambda: dbs,
+        lambda partition: dbs[partition],
+        changelog.send,
+        persisted=lambda partition, offset: persisted.__setitem__(partition, offset),
+        persisted_of=persisted.get,
+    )
+
+    def tagged(applied: int) -> list[tuple[str, bytes | None]]:
+        return [(TAG_HEADER, encode_due_ms(applied))]
+
+    # Given this process's records for ingest commands up to 40, at changelog offsets 10-11
+    store.tag = 39
+    store.put(0, b"a", b"1")
+    store.tag = 40
+    store.delete(0, b"a")  # a cancel applied at ingest offset 40
+    await store.flush_changelog()
+    await asyncio.sleep(0)
+    assert persisted[0] == 11
+    # When a frozen former owner's records follow at 12-13 (it had applied only up to 35) and
+    # a recovery replays the partition from 12 on
+    store.replay_begins(0, 12)
+    # Then the former owner's records are skipped, though nothing was replayed before them
+    assert not store.fresh(0, tagged(34))
+    assert not store.fresh(0, tagged(35))
+    assert store.fresh(0, tagged(41))
+    # And a replay from an earlier offset (a hole to fill) compares from its first record
+    store.replay_begins(0, 5)
+    assert store.fresh(0, tagged(34))
+    db.close()
