@@ -13,6 +13,7 @@ from app import names
 from app.errors import InvalidRecord
 from app.jobs import Header, Job
 from app.names import MAX_JOB_ID_BYTES, valid_topic_name
+from app.recurrence import Rule, parse_rule
 from app.times import MAX_DUE_MS
 
 __all__ = [
@@ -28,7 +29,16 @@ MAX_HEADERS = 65_535
 MAX_HEADER_NAME_BYTES = 65_535
 
 _CONTRACT_HEADERS = frozenset(
-    {names.HEADER_TARGET, names.HEADER_DUE_MS, names.HEADER_DELAY_MS, names.HEADER_KEY}
+    {
+        names.HEADER_TARGET,
+        names.HEADER_DUE_MS,
+        names.HEADER_DELAY_MS,
+        names.HEADER_KEY,
+        names.HEADER_CRON,
+        names.HEADER_TIMEZONE,
+        names.HEADER_EVERY_MS,
+        names.HEADER_UNTIL_MS,
+    }
 )
 
 
@@ -72,6 +82,49 @@ def _ms_header(name: str, raw: bytes | None, *, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidRecord(f"header {name} = {value} is out of range [{low}, {high}]")
     return value
+
+
+def _text_header(name: str, raw: bytes | None) -> str:
+    try:
+        text = (raw or b"").decode()
+    except UnicodeDecodeError:
+        raise InvalidRecord(f"header {name} is not UTF-8") from None
+    if not text.strip():
+        raise InvalidRecord(f"header {name} is empty")
+    return text
+
+
+def _rule(ours: dict[str, bytes | None]) -> Rule | None:
+    """The recurrence the headers ask for (app/recurrence.py); None for a one-shot job."""
+
+    def text(name: str) -> str | None:
+        return _text_header(name, ours[name]) if name in ours else None
+
+    def ms(name: str) -> int | None:
+        return _ms_header(name, ours[name], low=0, high=MAX_DUE_MS) if name in ours else None
+
+    return parse_rule(
+        text(names.HEADER_CRON),
+        ms(names.HEADER_EVERY_MS),
+        text(names.HEADER_TIMEZONE),
+        ms(names.HEADER_UNTIL_MS),
+    )
+
+
+def _first_due_ms(ours: dict[str, bytes | None], timestamp_ms: int, rule: Rule) -> int:
+    """A recurring job's first occurrence: the due time or delay if given, else the rule's
+    first occurrence after the record's timestamp."""
+    if names.HEADER_DUE_MS in ours or names.HEADER_DELAY_MS in ours:
+        due = _due_ms(ours, timestamp_ms)
+    else:
+        due = rule.first_after(timestamp_ms)
+        if due > MAX_DUE_MS:
+            raise InvalidRecord("the rule's first occurrence is beyond year 9999")
+    if rule.until_ms is not None and due > rule.until_ms:
+        raise InvalidRecord(
+            f"{names.HEADER_UNTIL_MS} = {rule.until_ms} is before the first occurrence ({due})"
+        )
+    return due
 
 
 def _due_ms(ours: dict[str, bytes | None], timestamp_ms: int) -> int:
@@ -136,7 +189,10 @@ def parse_command(
     if any(len(name.encode()) > MAX_HEADER_NAME_BYTES for name, _value in theirs):
         raise InvalidRecord(f"a header name is longer than {MAX_HEADER_NAME_BYTES} bytes")
     target = _target(ours[names.HEADER_TARGET], forbidden_targets)
-    due_ms = _due_ms(ours, timestamp_ms)
+    rule = _rule(ours)
+    due_ms = (
+        _due_ms(ours, timestamp_ms) if rule is None else _first_due_ms(ours, timestamp_ms, rule)
+    )
     return Job(
         job_id=key,
         due_ms=due_ms,
@@ -145,4 +201,5 @@ def parse_command(
         value=value,
         headers=tuple(theirs),
         version=version,
+        rule=rule,
     )

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.jobs import FENCE_PREFIX, Job
+from app.jobs import FENCE_PREFIX, Fired, Job
 from app.outcomes import Outcomes
 from app.times import now_ms
 from app.upstream.producer import Record, TimedRecord
@@ -147,6 +147,10 @@ class Stats:
     moved: int = 0
     #: Moved commands that reached their home again (sent again after a crash): skipped.
     moves_skipped: int = 0
+    #: Recurring jobs written again at their next occurrence after a forward (app/recurrence.py).
+    rescheduled: int = 0
+    #: Occurrences of recurring jobs not forwarded: missed, and a later one was due too.
+    occurrences_skipped: int = 0
     #: End-offset probes of the ingest guard (app/guard.py).
     ingest_probes: int = 0
     #: Ingest commands read back because the stream had not delivered them to the guard.
@@ -259,7 +263,7 @@ class EngineState:
         self._settling: set[asyncio.Task[None]] = set()
         self._unsettled = 0
         #: Acknowledged forwards whose removal record is not sent yet, by partition.
-        self._removals: dict[int, list[tuple[bytes, int]]] = {}
+        self._removals: dict[int, list[Fired]] = {}
         self._removal_sender: asyncio.Task[None] | None = None
         self._removals_now = asyncio.Event()
         #: Dead letters of ingest records on their way (app/settling.py).

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from app.engine_state import Forward, PartitionState, recheck, rescan_from, waits_until
 from app.errors import ForwardFailed
 from app.guard import IngestGuard
-from app.jobs import decode_job
+from app.jobs import Job, decode_job
 from app.settling import Settling
 from app.times import MAX_DUE_MS
 from app.upstream.producer import Record
@@ -137,7 +137,7 @@ class Firing(Settling, IngestGuard):
                 if _blocked_key_of(state, key):
                     state.behind.add(key)  # its own command is on its way: looked up again
                 elif not_before is None:
-                    batch.append(Forward(partition, key, decode_job(raw)))
+                    batch.append(Forward(partition, key, self._due_job(raw, limit)))
                 else:
                     recheck(state, not_before)
             else:  # nothing after the cursor: only a write (which lowers this) makes work
@@ -163,8 +163,19 @@ class Firing(Settling, IngestGuard):
             if raw is None:
                 continue  # cancelled, replaced or removed since
             if waits_until(state, key, now) is None:  # else a recheck covers it
-                batch.append(Forward(partition, key, decode_job(raw)))
+                batch.append(Forward(partition, key, self._due_job(raw, limit)))
         state.behind = keep
+
+    def _due_job(self, raw: bytes, limit: int) -> Job:
+        """The job a due key sends: a recurring job that missed occurrences sends only the
+        latest one due by ``limit`` (app/recurrence.py); the ones before it are skipped."""
+        job = decode_job(raw)
+        if job.rule is not None:
+            latest, skipped = job.rule.latest(job.due_ms, limit)
+            if skipped:
+                self.stats.occurrences_skipped += skipped
+                job = job.at(latest)
+        return job
 
     async def _send(self, forwards: list[Forward], now: int) -> None:
         """Mark the forwards in flight and hand them to the producer, each target in due order."""

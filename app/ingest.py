@@ -18,7 +18,17 @@ from typing import TYPE_CHECKING, Any
 from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
 from app.guard import IngestGuard
-from app.jobs import FENCE_PREFIX, Header, Job, decode_fired, encode_job, job_version
+from app.jobs import (
+    FENCE_PREFIX,
+    Fired,
+    Header,
+    Job,
+    decode_fired,
+    decode_job,
+    encode_job,
+    is_recurring,
+    job_version,
+)
 from app.moving import (
     PARTITIONER_PATTERNS,
     encode_moved_from,
@@ -26,7 +36,7 @@ from app.moving import (
     parse_moved_from,
     producer_partitioner,
 )
-from app.names import HEADER_DELAY_MS, HEADER_MOVED_FROM
+from app.names import HEADER_CRON, HEADER_DELAY_MS, HEADER_EVERY_MS, HEADER_MOVED_FROM
 from app.outcomes import CancelOutcome
 from app.times import now_ms
 from tables.keys import (
@@ -52,6 +62,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Headers whose command counts from the record's timestamp (``delay_base_ms``).
+_FROM_TIMESTAMP = frozenset({HEADER_DELAY_MS, HEADER_CRON, HEADER_EVERY_MS})
 
 #: Commands applied between two looks at whether a pass is due (each takes ~0.1-0.3 ms).
 _YIELD_EVERY = 16
@@ -131,10 +144,11 @@ class TableWrites(IngestGuard):
         """Send the changelog records of the commands applied so far (the agent calls it)."""
         await self.store.flush_changelog()
 
-    def remove_fired(self, partition: int, entries: Sequence[tuple[bytes, int]]) -> None:
-        """Delete forwarded jobs, each only if still the version that was forwarded."""
+    def remove_fired(self, partition: int, entries: Sequence[Fired]) -> None:
+        """Delete forwarded jobs, each only if still the version that was forwarded; write a
+        recurring job again at its next occurrence instead (app/recurrence.py)."""
         state = self._state(partition)
-        for key, version in entries:
+        for key, version, occurrence_ms in entries:
             flight = state.in_flight.get(key)
             if flight is not None and flight[0] == version:
                 del state.in_flight[key]
@@ -147,10 +161,29 @@ class TableWrites(IngestGuard):
                 continue
             due_ms, job_id = split_due_key(key)
             self.store.delete(partition, key)
+            if is_recurring(raw) and self._reschedule(partition, decode_job(raw), occurrence_ms):
+                continue
             if self.store.read(partition, id_key(job_id)) == encode_due_ms(due_ms):
                 self.store.delete_local(partition, id_key(job_id))
             self._uncount(partition)
             self.stats.removed += 1
+
+    def _reschedule(self, partition: int, job: Job, occurrence_ms: int) -> bool:
+        """Write a recurring job at the occurrence after the one forwarded; False if it ended.
+
+        The same step as a one-shot job's removal, so a crash re-forwards the occurrence (same
+        de-duplication pair) or has written the next one: never both lost.
+        """
+        following = job.rule.after(occurrence_ms) if job.rule is not None else None
+        if following is None:
+            return False
+        state = self._state(partition)
+        new_key = due_key(following, job.job_id)
+        self.store.put(partition, new_key, encode_job(job.at(following)))
+        self.store.put_local(partition, id_key(job.job_id), encode_due_ms(following))
+        self.stats.rescheduled += 1
+        self._note_due(state, new_key)
+        return True
 
     def _uncount(self, partition: int) -> None:
         state = self._state(partition)
@@ -398,8 +431,9 @@ async def _apply_ingest(ctx: IngestContext, message: Any, batch: _Batch) -> None
 
 def _parse(ctx: IngestContext, message: Any, headers: list[Header], now: int) -> Any:
     """The command a record holds, or the :class:`InvalidRecord` error saying why it is none."""
-    # Only a delay counts from the record's timestamp (and only then is skew corrected).
-    uses_delay = any(name == HEADER_DELAY_MS for name, _value in headers)
+    # Only a delay, or a recurring job's first occurrence, counts from the record's timestamp
+    # (and only then is skew corrected).
+    uses_delay = any(name in _FROM_TIMESTAMP for name, _value in headers)
     timestamp_ms = delay_base_ms(ctx, message.timestamp) if uses_delay else now
     try:
         return parse_command(

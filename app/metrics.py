@@ -55,6 +55,8 @@ COUNTERS: Mapping[str, str] = {
     "guard_read_back": "Ingest commands read back for the ingest guard (not delivered).",
     "moved": "Commands moved from the partition they landed on to their job's home partition.",
     "moves_skipped": "Moved commands that reached their home again (after a crash): skipped.",
+    "rescheduled": "Recurring jobs written again at their next occurrence after a forward.",
+    "occurrences_skipped": "Missed occurrences of recurring jobs not sent: a later one was due.",
 }
 QUANTILES = (0.5, 0.9, 0.99)
 

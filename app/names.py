@@ -14,14 +14,18 @@ __all__ = [
     "DEFAULT_DEAD_LETTER_TOPIC",
     "DEFAULT_FIRED_TOPIC",
     "DEFAULT_INGEST_TOPIC",
+    "HEADER_CRON",
     "HEADER_DELAY_MS",
     "HEADER_DUE_MS",
     "HEADER_ERROR",
+    "HEADER_EVERY_MS",
     "HEADER_JOB_ID",
     "HEADER_KEY",
     "HEADER_MOVED_FROM",
     "HEADER_PREFIX",
     "HEADER_TARGET",
+    "HEADER_TIMEZONE",
+    "HEADER_UNTIL_MS",
     "JOBS_TABLE",
     "MAX_JOB_ID_BYTES",
     "changelog_topic",
@@ -37,6 +41,15 @@ HEADER_DUE_MS = "delayq-due-ms"
 HEADER_DELAY_MS = "delayq-delay-ms"
 #: Schedule: key of the forwarded record (default: the job id).
 HEADER_KEY = "delayq-key"
+#: Recurring schedule: a cron rule (five fields, or @hourly, @daily, @weekly, @monthly,
+#: @yearly), read in ``delayq-timezone``.
+HEADER_CRON = "delayq-cron"
+#: Recurring schedule: the IANA time zone of ``delayq-cron`` (default UTC).
+HEADER_TIMEZONE = "delayq-timezone"
+#: Recurring schedule: a fixed interval in milliseconds, decimal ASCII.
+HEADER_EVERY_MS = "delayq-every-ms"
+#: Recurring schedule: no occurrence after this, epoch milliseconds, decimal ASCII.
+HEADER_UNTIL_MS = "delayq-until-ms"
 #: Forwarded and dead-lettered records: the job id, stable across re-deliveries.
 HEADER_JOB_ID = "delayq-job-id"
 #: Internal, set by delayq: a command moved to its job's home partition, from

@@ -22,7 +22,7 @@ from typing import Any
 
 from app.engine_state import EngineState, Forward, as_future, recheck
 from app.errors import ForwardFailed
-from app.jobs import encode_fired
+from app.jobs import Fired, encode_fired
 from app.names import HEADER_ERROR
 
 __all__ = ["Settling"]
@@ -59,7 +59,7 @@ class Settling(EngineState):
         """Await the acks of one pass; send removals for the acknowledged, retry the rest."""
         try:
             await self._await_acks(forwards)
-            fired: dict[int, list[tuple[bytes, int]]] = {}
+            fired: dict[int, list[Fired]] = {}
             retrying = False
             for fwd in forwards:
                 if fwd.error is None:
@@ -69,7 +69,8 @@ class Settling(EngineState):
                 elif await self._give_up(fwd, now) is not None:
                     retrying = True
                     continue
-                fired.setdefault(fwd.partition, []).append((fwd.due_key, fwd.job.version))
+                entry = (fwd.due_key, fwd.job.version, fwd.job.due_ms)
+                fired.setdefault(fwd.partition, []).append(entry)
             self._queue_removals(fired)
         except Exception:
             # Whatever was not settled is forwarded again rather than left in flight.
@@ -210,7 +211,7 @@ class Settling(EngineState):
         ack = await self.send_dead_letter(key, value, headers, reason)
         await asyncio.wait_for(ack, self.config.forward_timeout_s)
 
-    def _queue_removals(self, fired: dict[int, list[tuple[bytes, int]]]) -> None:
+    def _queue_removals(self, fired: dict[int, list[Fired]]) -> None:
         for partition, entries in fired.items():
             self._removals.setdefault(partition, []).extend(entries)
         if self._removal_sender is None and self._removals:
@@ -237,17 +238,17 @@ class Settling(EngineState):
             self._removal_sender = None
             self._removals_now.clear()
 
-    def _forget(self, partition: int, entries: Sequence[tuple[bytes, int]]) -> None:
+    def _forget(self, partition: int, entries: Sequence[Fired]) -> None:
         """Their removal record was lost: forward the jobs again rather than let them linger."""
         state = self._parts.get(partition)
         if state is None:
             return  # handed over: the next owner forwards them
-        for key, _version in entries:
+        for key, _version, _occurrence in entries:
             state.in_flight.pop(key, None)
             self._put_behind(state, key)
         self._wake.set()
 
-    async def _send_fired(self, partition: int, entries: list[tuple[bytes, int]]) -> None:
+    async def _send_fired(self, partition: int, entries: list[Fired]) -> None:
         ack = await self.producer.send(
             self.config.fired_topic, None, encode_fired(entries), partition, None, None
         )

@@ -719,6 +719,15 @@ class Counters(BaseModel):
         description="Moved commands that reached their home again (sent again after a crash), "
         "not applied twice.",
     )
+    rescheduled: int = Field(
+        default=0,
+        description="Recurring jobs written again at their next occurrence after a forward.",
+    )
+    occurrences_skipped: int = Field(
+        default=0,
+        description="Occurrences of recurring jobs missed (no worker ran, or it lagged) and "
+        "not sent: only the latest one due is.",
+    )
 
 
 class Lateness(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 from rocksdict import Options, Rdict
 
 from app.engine import Engine, EngineConfig
-from app.jobs import Job, decode_fired
+from app.jobs import Fired, Job, decode_fired
 from app.upstream.producer import Record, TimedRecord
 from tables.store import PartitionDB, PartitionStore
 
@@ -76,7 +76,7 @@ class RecordingProducer:
     def to(self, topic: str) -> list[tuple[str, bytes | None, bytes | None, int | None, Any]]:
         return [s for s in self.sent if s[0] == topic]
 
-    def take_fired(self) -> list[tuple[int, list[tuple[bytes, int]]]]:
+    def take_fired(self) -> list[tuple[int, list[Fired]]]:
         """Removal records sent so far (fences stay)."""
         removals = [s for s in self.to("fired") if s[1] is None]
         self.sent = [s for s in self.sent if s not in removals]

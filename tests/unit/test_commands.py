@@ -8,6 +8,7 @@ from app.commands import Cancel, parse_command
 from app.errors import InvalidRecord
 from app.jobs import Job
 from app.names import MAX_JOB_ID_BYTES
+from app.recurrence import Rule
 
 FORBIDDEN = frozenset({"delayq-ingest", "delayq-fired", "delayq-jobs-changelog"})
 T = 1_700_000_000_000
@@ -98,4 +99,60 @@ def test_bad_records_are_refused_with_a_reason(
 ) -> None:
     with pytest.raises(InvalidRecord) as caught:
         parse(key, value, headers)
+    assert reason in caught.value.reason
+
+
+def test_a_recurring_schedule_starts_at_the_rules_first_occurrence_after_its_timestamp() -> None:
+    # T is 2023-11-14 22:13:20 UTC: the first 09:00 Berlin (08:00 UTC) after it is the next day
+    command = parse(
+        b"daily",
+        b"v",
+        [
+            ("delayq-target", b"t"),
+            ("delayq-cron", b"0 9 * * *"),
+            ("delayq-timezone", b"Europe/Berlin"),
+        ],
+    )
+    assert isinstance(command, Job)
+    assert command.due_ms == 1_700_035_200_000  # 2023-11-15 08:00 UTC
+    assert command.rule == Rule(cron="0 9 * * *", timezone="Europe/Berlin")
+    # An interval's first occurrence is the timestamp plus the interval
+    every = parse(b"poll", b"v", [("delayq-target", b"t"), ("delayq-every-ms", b"30000")])
+    assert isinstance(every, Job)
+    assert (every.due_ms, every.rule) == (T + 30_000, Rule(every_ms=30_000))
+
+
+def test_a_recurring_schedule_with_a_due_time_or_delay_starts_there() -> None:
+    headers = [
+        ("delayq-target", b"t"),
+        ("delayq-every-ms", b"60000"),
+        ("delayq-until-ms", b"%d" % (T + 10**6)),
+    ]
+    at = parse(b"j", b"v", [*headers, ("delayq-due-ms", b"%d" % (T + 5))])
+    later = parse(b"j", b"v", [*headers, ("delayq-delay-ms", b"7")])
+    assert isinstance(at, Job) and isinstance(later, Job)
+    assert (at.due_ms, later.due_ms) == (T + 5, T + 7)
+    assert at.rule == Rule(every_ms=60_000, until_ms=T + 10**6)
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ([("delayq-cron", b"61 * * * *")], "is not a cron rule"),
+        ([("delayq-cron", b"0 9 * * *"), ("delayq-timezone", b"Nowhere/Land")], "IANA time zone"),
+        ([("delayq-cron", b"0 9 * * *"), ("delayq-every-ms", b"60000")], "not both"),
+        ([("delayq-every-ms", b"999")], "below the minimum"),
+        ([("delayq-every-ms", b"1m")], "non-negative decimal integer"),
+        ([("delayq-cron", b"")], "delayq-cron is empty"),
+        ([("delayq-cron", b"\xff")], "delayq-cron is not UTF-8"),
+        ([("delayq-every-ms", b"60000"), ("delayq-until-ms", b"%d" % T)], "before the first"),
+        ([("delayq-cron", b"0 9 * * *"), ("delayq-until-ms", b"%d" % T)], "before the first"),
+        ([("delayq-until-ms", b"%d" % (T + 1)), ("delayq-delay-ms", b"0")], "needs delayq-cron"),
+    ],
+)
+def test_bad_recurring_schedules_are_refused_with_a_reason(
+    headers: list[tuple[str, bytes | None]], reason: str
+) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        parse(b"j", b"v", [("delayq-target", b"t"), *headers])
     assert reason in caught.value.reason

@@ -516,7 +516,7 @@ async def test_quiesce_waits_for_the_running_pass_and_stops_firing(h: Harness) -
     await running
     await quiescing
     removals = h.producer.take_fired()
-    assert [entries for _, entries in removals] == [[(due_key(NOW, b"a"), 1)]]
+    assert [entries for _, entries in removals] == [[(due_key(NOW, b"a"), 1, NOW)]]
     # And the partitions are not fired again until they are fenced anew
     h.schedule("b", NOW, partition=1)
     await h.fire_due(NOW, [0, 1])

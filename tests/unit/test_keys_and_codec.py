@@ -79,9 +79,16 @@ def test_forward_headers_carry_stable_dedup_pair_after_user_headers() -> None:
 
 
 def test_fired_records_round_trip() -> None:
-    entries = [(due_key(5, b"a"), 1), (due_key(6, b"\x00" * 300), 2**40)]
+    entries = [(due_key(5, b"a"), 1, 5), (due_key(6, b"\x00" * 300), 2**40, 6)]
     assert list(decode_fired(encode_fired(entries))) == entries
     assert list(decode_fired(b"")) == []
+
+
+def test_a_fired_entry_carries_an_occurrence_other_than_its_key_in_eight_more_bytes() -> None:
+    # A recurring job that missed occurrences forwards a later one than its key's due time
+    own, later = (due_key(5, b"a"), 1, 5), (due_key(5, b"a"), 1, 9_000)
+    assert list(decode_fired(encode_fired([later, own]))) == [later, own]
+    assert len(encode_fired([later])) == len(encode_fired([own])) + 8
 
 
 def test_time_helpers_are_exact_to_the_millisecond() -> None:
