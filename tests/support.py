@@ -8,6 +8,7 @@ tests never see each other's records.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -203,3 +204,32 @@ def by_job_id(records: Iterable[ConsumerRecord[bytes, bytes]]) -> dict[bytes, li
     for record in records:
         out.setdefault(headers_of(record)["delayq-job-id"], []).append(record)
     return out
+
+
+def occurrences(records: Iterable[ConsumerRecord[bytes, bytes]], job_id: bytes) -> list[int]:
+    """The ``delayq-due-ms`` of every forward of recurring job ``job_id``, in forward order."""
+    return [
+        int(headers_of(r)["delayq-due-ms"])
+        for r in records
+        if headers_of(r).get("delayq-job-id") == job_id
+    ]
+
+
+def missed_occurrences(
+    records: Iterable[ConsumerRecord[bytes, bytes]], job_id: bytes, first_ms: int, every_ms: int
+) -> int:
+    """Check one interval series' forwards: each on the rule, none before its due time, in order,
+    a re-forward only of the same occurrence; how many occurrences went unforwarded in between
+    (missed while no worker ran: each must be counted as skipped)."""
+    ours = [r for r in records if headers_of(r).get("delayq-job-id") == job_id]
+    distinct: list[int] = []
+    for record in ours:
+        due = int(headers_of(record)["delayq-due-ms"])
+        assert (due - first_ms) % every_ms == 0, f"{job_id!r}: {due} is not on the rule"
+        assert record.timestamp >= due, f"{job_id!r}: forwarded {due - record.timestamp} ms early"
+        if distinct and due == distinct[-1]:
+            continue  # at-least-once: the same occurrence again
+        assert due > (distinct[-1] if distinct else first_ms - 1), f"{job_id!r}: out of order"
+        distinct.append(due)
+    assert distinct and distinct[0] == first_ms, f"{job_id!r}: first occurrence {distinct[:1]}"
+    return sum((b - a) // every_ms - 1 for a, b in itertools.pairwise(distinct))

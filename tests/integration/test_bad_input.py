@@ -33,6 +33,29 @@ async def test_each_bad_record_is_dead_lettered_with_key_value_headers_and_reaso
         (b"bad-topic", b"v", schedule_headers("no spaces/allowed", delay_ms=0), "topic name"),
         (b"loop", b"v", schedule_headers(ns.ingest, delay_ms=0), "internal delayq topic"),
         (b"y10k", b"v", schedule_headers(target, due_ms=253_402_300_800_000), "out of range"),
+        # Recurring jobs (app/recurrence.py)
+        (b"bad-cron", b"v", schedule_headers(target, delayq_cron=b"61 * * * *"), "not a cron"),
+        (
+            b"bad-zone",
+            b"v",
+            schedule_headers(target, delayq_cron=b"@daily", delayq_timezone=b"Mars/Base"),
+            "not an IANA time zone",
+        ),
+        (
+            b"cron-and-every",
+            b"v",
+            schedule_headers(target, delayq_cron=b"@daily", delayq_every_ms=b"60000"),
+            "not both",
+        ),
+        (b"too-often", b"v", schedule_headers(target, delayq_every_ms=b"10"), "below the minimum"),
+        (
+            b"ends-first",
+            b"v",
+            schedule_headers(
+                target, due_ms=now_ms() + 60_000, delayq_every_ms=b"1000", delayq_until_ms=b"5"
+            ),
+            "before the first occurrence",
+        ),
     ]
     # When they are produced between two good jobs
     await kafka.send(ns.ingest, b"good-1", b"g", schedule_headers(target, delay_ms=0))

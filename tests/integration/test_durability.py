@@ -21,8 +21,11 @@ from tests.support import (
     WAIT_S,
     Kafka,
     Namespace,
+    Worker,
     by_job_id,
     headers_of,
+    missed_occurrences,
+    occurrences,
     schedule_headers,
     wait_for,
 )
@@ -79,24 +82,61 @@ async def assert_all_forwarded_once_or_more_never_early(
     return len(ours) - len(ids)  # duplicates
 
 
+#: Recurring jobs in the SIGKILL and hand-over tests: one per partition (most likely), every second.
+SERIES = [b"series-%d" % i for i in range(8)]
+EVERY = 1_000
+
+
+async def schedule_series(kafka: Kafka, ns: Namespace) -> int:
+    """Start :data:`SERIES`, each every :data:`EVERY` ms; their first occurrence."""
+    first = now_ms() + 500
+    every = str(EVERY).encode()
+    await kafka.send_many(
+        ns.ingest,
+        [
+            (s, b"s", schedule_headers(ns.target(), due_ms=first, delayq_every_ms=every))
+            for s in SERIES
+        ],
+    )
+    return first
+
+
+async def series_go_on(kafka: Kafka, ns: Namespace, first: int, after: int, worker: Worker) -> None:
+    """Wait until every series has an occurrence due after ``after``; check each is on time and
+    in order, and that no more occurrences went unforwarded than ``worker`` counted skipped."""
+
+    def went_on(records: list[Any]) -> bool:
+        return all(max(occurrences(records, s), default=0) > after for s in SERIES)
+
+    records = await kafka.collect([ns.target()], went_on)
+    assert went_on(records), "a series stopped"
+    missed = sum(missed_occurrences(records, s, first, EVERY) for s in SERIES)
+    skipped = worker.get_json("/stats")["counters"]["occurrences_skipped"]
+    assert missed <= skipped, f"{missed} occurrences never forwarded, {skipped} counted skipped"
+
+
 @pytest.mark.parametrize("data_dir", ["kept", "wiped"])
 async def test_pending_jobs_survive_a_sigkilled_worker(
     ns: Namespace, kafka: Kafka, start_worker: WorkerFactory, tmp_path: Path, data_dir: str
 ) -> None:
-    # Given a worker holding jobs due in a few seconds, and some already fired
+    # Given a worker holding jobs due in a few seconds, some already fired, and recurring jobs
+    # that fired twice
     worker = start_worker()
     await kafka.send_many(
         ns.ingest,
         [(b"early-%d" % i, b"e", schedule_headers(ns.target(), delay_ms=0)) for i in range(20)],
     )
+    first = await schedule_series(kafka, ns)
     due = now_ms() + 4_000
     ids = await schedule_jobs(kafka, ns, "pending", due)
     await changelog_holds(kafka, ns, 2 * (JOBS + 20))
+    await kafka.collect([ns.target()], lambda rs: all(len(occurrences(rs, s)) >= 2 for s in SERIES))
     # When it is SIGKILLed (no flush, no commit) and started again
     worker.kill()
     if data_dir == "wiped":
         shutil.rmtree(worker.data_dir)
-    start_worker(data_dir=worker.data_dir)
+    restarted = start_worker(data_dir=worker.data_dir)
+    ready = now_ms()
     # Then every pending job is forwarded, none early
     duplicates = await assert_all_forwarded_once_or_more_never_early(kafka, ns, ids, due)
     assert duplicates == 0  # nothing had fired before the kill
@@ -105,6 +145,9 @@ async def test_pending_jobs_survive_a_sigkilled_worker(
         [ns.target()], lambda rs: len({r.key for r in rs if r.key.startswith(b"early")}) >= 20
     )
     assert len({r.key for r in early if r.key.startswith(b"early")}) == 20
+    # And the recurring jobs go on: the occurrences missed while no worker ran were skipped,
+    # and counted, not lost
+    await series_go_on(kafka, ns, first, ready + EVERY, restarted)
 
 
 def write_local_only_job(data_dir: Path, job: Job) -> Path:
@@ -164,7 +207,8 @@ async def test_two_workers_split_the_partitions_and_fire_every_job(
         )
 
     wait_for(split, "both workers to own active partitions")
-    # When jobs fall due on every partition
+    # When jobs fall due on every partition, and recurring jobs run there
+    first = await schedule_series(kafka, ns)
     due = now_ms() + 2_000
     ids = await schedule_jobs(kafka, ns, "shared", due)
     # Then together they forward every job
@@ -175,9 +219,12 @@ async def test_two_workers_split_the_partitions_and_fire_every_job(
         lambda: set(a.health().get("active_partitions", [])) == set(range(ns.partitions)),
         "the survivor to own every partition",
     )
+    took_over = now_ms()
     due = now_ms() + 500
     later = await schedule_jobs(kafka, ns, "after-failover", due)
     await assert_all_forwarded_once_or_more_never_early(kafka, ns, later, due)
+    # And the recurring jobs went on across the hand-over, each occurrence missed counted
+    await series_go_on(kafka, ns, first, took_over + EVERY, a)
 
 
 async def test_a_wiped_worker_restored_in_bulk_finds_replaces_and_cancels_by_id(
