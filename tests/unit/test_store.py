@@ -37,7 +37,8 @@ class Changelog:
         return [(ack, index) for index in range(len(records))]
 
 
-async def test_the_persisted_offset_stops_at_records_another_worker_wrote(tmp_path: Path) -> None:
+def writing_store(tmp_path: Path) -> tuple[Any, PartitionStore, dict[int, int], Changelog]:
+    """A store of partition 0 whose database recorded changelog offset 9, the changelog's last."""
     db: Any = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
     dbs: dict[int, PartitionDB] = {0: db}
     persisted: dict[int, int] = {0: 9}
@@ -49,6 +50,11 @@ async def test_the_persisted_offset_stops_at_records_another_worker_wrote(tmp_pa
         persisted=lambda partition, offset: persisted.__setitem__(partition, offset),
         persisted_of=persisted.get,
     )
+    return db, store, persisted, changelog
+
+
+async def test_the_persisted_offset_stops_at_records_another_worker_wrote(tmp_path: Path) -> None:
+    db, store, persisted, changelog = writing_store(tmp_path)
     # Given a partition whose database recorded changelog offset 9, the changelog's last
     # When this process writes two records, and the broker puts them at 10 and 11
     store.put(0, b"a", b"1")
@@ -131,17 +137,7 @@ def test_a_late_writers_records_are_skipped_by_a_replay(tmp_path: Path) -> None:
 async def test_a_late_writers_records_first_in_a_replay_after_own_ones_are_skipped(
     tmp_path: Path,
 ) -> None:
-    db: Any = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
-    dbs: dict[int, PartitionDB] = {0: db}
-    persisted: dict[int, int] = {0: 9}
-    changelog = Changelog(end=10)
-    store = PartitionStore(
-        lambda: dbs,
-        lambda partition: dbs[partition],
-        changelog.send,
-        persisted=lambda partition, offset: persisted.__setitem__(partition, offset),
-        persisted_of=persisted.get,
-    )
+    db, store, persisted, _changelog = writing_store(tmp_path)
 
     def tagged(applied: int) -> list[tuple[str, bytes | None]]:
         return [(TAG_HEADER, encode_due_ms(applied))]
