@@ -252,7 +252,7 @@ async def test_a_sigkill_while_commands_are_moved_loses_none_and_applies_none_tw
     # replacement, and for every third job a cancel after them
     worker = start_worker()
     target = ns.target()
-    first_due, due = now_ms() + 20_000, now_ms() + 21_000
+    first_due, due = now_ms() + 11_000, now_ms() + 12_000
     job_ids = [f"kill-{n}".encode() for n in range(3_000)]
     cancelled = set(job_ids[::3])
     fnv = Librdkafka(kafka.bootstrap, FNV1A)
