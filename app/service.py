@@ -17,7 +17,7 @@ from app.errors import SettingsError
 from app.freeze import FreezeWatch
 from app.settings import Settings, load_settings
 from app.upstream.faust_app import TunedApp
-from tables.rebuild import rebuild_if_marked, stop_for_rebuild
+from tables.rebuild import rebuild_if_marked, remove_unacked_partitions, stop_for_rebuild
 
 __all__ = ["app", "embedded", "settings"]
 
@@ -87,6 +87,7 @@ class DelayqApp(TunedApp):
         # Before any table partition opens: a table marked as ahead of its changelog is
         # emptied here, so that recovery restores it from the changelog (tables/rebuild.py).
         rebuild_if_marked(Path(self.conf.tabledir))
+        remove_unacked_partitions(Path(self.conf.tabledir))
         freeze_watch.start()
         await super().on_first_start()
 

@@ -25,6 +25,7 @@ __all__ = [
     "MOVED_PREFIX",
     "STALE_KEY",
     "TAG_KEY",
+    "UNACKED_KEY",
     "decode_due_ms",
     "due_key",
     "due_of",
@@ -45,6 +46,11 @@ APPLIED_KEY = b"A"
 GAP_KEY = b"G"
 #: A key no reader uses: a stale changelog record in Faust's replay is made a delete of it.
 STALE_KEY = b"Z"
+#: ``b"U"`` (local only): present while the database holds changes whose changelog records the
+#: broker has not acknowledged. A worker that finds it at start restores the partition from the
+#: changelog instead (tables/rebuild.py): the changes were lost to the changelog, and applying
+#: their commands again would not write them (a cancel finds no job).
+UNACKED_KEY = b"U"
 #: ``b"T"`` -> ``be64(tag)`` (local only): the tag of this process's own changelog record at the
 #: persisted offset, or lower. A replay that starts after the persisted offset skips records
 #: tagged below it as a late writer's (tables/store.py ``fresh``).

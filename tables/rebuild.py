@@ -15,6 +15,14 @@ What happens instead, in this order:
 3. the worker crashes;
 4. on the next start, before any table opens, the table directory is emptied: every partition
    is restored from its changelog, and the commands delivered again are applied anew.
+
+A worker that dies (SIGKILL, a crash, the machine) between a command's local write and the
+broker's acknowledgement of its changelog record leaves the same kind of database: ahead of its
+changelog, whose replay mark (written only once acknowledged) lets the command be applied again,
+but a cancel or replace applied again finds its effect already there and writes nothing to the
+changelog. Such a partition holds :data:`tables.keys.UNACKED_KEY`
+(:class:`tables.store.PartitionStore`); the next start removes its database before any table
+opens (:func:`remove_unacked_partitions`), so it is restored from the changelog.
 """
 
 from __future__ import annotations
@@ -27,7 +35,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "mark_for_rebuild", "rebuild_if_marked", "stop_for_rebuild"]
+from rocksdict import AccessType, Options, Rdict
+
+from tables.keys import UNACKED_KEY
+
+__all__ = [
+    "MARKER",
+    "mark_for_rebuild",
+    "rebuild_if_marked",
+    "remove_unacked_partitions",
+    "stop_for_rebuild",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +95,28 @@ def rebuild_if_marked(tabledir: Path) -> str | None:
             entry.unlink()
     marker.unlink()
     return reason
+
+
+def remove_unacked_partitions(tabledir: Path) -> list[str]:
+    """Remove the partition databases in ``tabledir`` that hold changes their changelog never
+    acknowledged (the worker died first); their names. Recovery restores them in full."""
+    removed: list[str] = []
+    for path in sorted(tabledir.rglob("*.db")) if tabledir.exists() else []:
+        if not path.is_dir() or not _holds_unacked(path):
+            continue
+        log.warning(
+            "%s held changes its changelog had not acknowledged when the worker stopped: "
+            "restoring it from the changelog",
+            path.name,
+        )
+        shutil.rmtree(path)
+        removed.append(path.name)
+    return removed
+
+
+def _holds_unacked(path: Path) -> bool:
+    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        return db.get(UNACKED_KEY) is not None
+    finally:
+        db.close()

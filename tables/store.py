@@ -34,6 +34,7 @@ from tables.keys import (
     DUE_PREFIX,
     GAP_KEY,
     TAG_KEY,
+    UNACKED_KEY,
     decode_due_ms,
     encode_due_ms,
     index_entry,
@@ -113,6 +114,9 @@ class PartitionStore:
         #: Partitions whose changelog got records from another writer since this one's last:
         #: their persisted offset stays where it was (see :meth:`_acked`).
         self.diverged: set[int] = set()
+        #: partition -> changelog records handed to the producer and not acknowledged yet;
+        #: partitions in it (or with records pending) hold :data:`UNACKED_KEY`.
+        self._unacked: dict[int, int] = {}
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The value at ``key`` in ``partition``, or None (also if its database is not open)."""
@@ -130,7 +134,7 @@ class PartitionStore:
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Write locally now; the changelog record goes out with :meth:`flush_changelog`."""
-        self._open_db(partition).put(key, value)
+        self._unacked_db(partition).put(key, value)
         self._pending.append((partition, key, value, False, self._tag_headers()))
 
     def put_once_acked(self, partition: int, key: bytes, value: bytes) -> None:
@@ -144,8 +148,32 @@ class PartitionStore:
 
     def delete(self, partition: int, key: bytes) -> None:
         """Delete locally now; the tombstone goes out with :meth:`flush_changelog`."""
-        self._open_db(partition).delete(key)
+        self._unacked_db(partition).delete(key)
         self._pending.append((partition, key, None, False, self._tag_headers()))
+
+    def _unacked_db(self, partition: int) -> PartitionDB:
+        """The partition's database, marked as holding unacknowledged changes (before they are
+        written: the marker reaches the disk first) until :meth:`_settled` clears it."""
+        db = self._open_db(partition)
+        if partition not in self._unacked:
+            db.put(UNACKED_KEY, b"")
+            self._unacked[partition] = 0
+        return db
+
+    def _settled(self, partition: int, records: int, fut: asyncio.Future[Any]) -> None:
+        """``records`` of the partition's changelog records were acknowledged (or failed: then
+        the table is rebuilt anyway, tables/rebuild.py). With none left, the marker goes."""
+        left = self._unacked.get(partition)
+        if left is None:
+            return
+        left -= records
+        self._unacked[partition] = left
+        if left > 0 or any(entry[0] == partition for entry in self._pending):
+            return
+        del self._unacked[partition]
+        db = self._dbs().get(partition)
+        if db is not None:  # else revoked: a start that finds the marker restores it
+            db.delete(UNACKED_KEY)
 
     def put_local(self, partition: int, key: bytes, value: bytes) -> None:
         """Write a derived key (the id index): never changelogged."""
@@ -186,6 +214,10 @@ class PartitionStore:
                 if once_acked and value is not None:
                     write = functools.partial(self._write_acked, partition, key, value)
                     asyncio.ensure_future(record_ack).add_done_callback(write)
+            if partition in self._unacked:
+                self._unacked[partition] += len(entries)
+                settled = functools.partial(self._settled, partition, len(entries))
+                asyncio.ensure_future(placed[-1][0]).add_done_callback(settled)
             last, index = placed[-1]
             tag = _tag_of(entries[-1][3])
             callback = functools.partial(self._acked, partition, placed[0], index, tag)
@@ -304,6 +336,7 @@ class PartitionStore:
 
     def forget(self, partition: int) -> None:
         """The partition left this worker: its next recovery sets where its changelog is."""
+        self._unacked.pop(partition, None)
         self._next_offset.pop(partition, None)
         self._replay_next.pop(partition, None)
         self._replay_tag.pop(partition, None)

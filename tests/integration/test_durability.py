@@ -260,31 +260,44 @@ async def test_a_wiped_worker_restored_in_bulk_finds_replaces_and_cancels_by_id(
     assert not set(cancelled) & set(forwarded)
 
 
-def _scheduled_in_changelog(records: list[Any]) -> set[bytes]:
-    """Job ids with a schedule (a due-key put) in the jobs changelog."""
-    return {split_due_key(r.key)[1] for r in records if r.key.startswith(b"D") and r.value}
+def _live_in_changelog(records: list[Any]) -> set[bytes]:
+    """Job ids whose due key's last record in the jobs changelog is a put (not a tombstone)."""
+    last: dict[bytes, bytes | None] = {}
+    for record in records:
+        if record.key.startswith(b"D"):
+            last[record.key] = record.value
+    return {split_due_key(key)[1] for key, value in last.items() if value}
 
 
 async def test_commands_applied_just_before_a_sigkill_reach_the_changelog_after_a_restart(
     ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
 ) -> None:
-    # Given a worker with a backlog of schedules to apply (due in an hour: none fires)
+    # Given a worker with a backlog of schedules to apply (due in an hour: none fires), every
+    # third job cancelled right after the next two were scheduled
     worker = start_worker()
     due = now_ms() + 3_600_000
     ids = [f"stream-{i:05}".encode() for i in range(6_000)]
-    await kafka.send_many(
-        ns.ingest, [(j, j, schedule_headers(ns.target(), due_ms=due)) for j in ids]
-    )
+    commands: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = []
+    for i, job_id in enumerate(ids):
+        commands.append((job_id, job_id, schedule_headers(ns.target(), due_ms=due)))
+        if i % 3 == 2:
+            commands.append((ids[i - 2], None, []))
+    cancelled = set(ids[::3])
+    await kafka.send_many(ns.ingest, commands)
     # When it is SIGKILLed while it applies them, and started again with its data directory
     await changelog_holds(kafka, ns, 1_500)
     worker.kill()
     start_worker(data_dir=worker.data_dir)
-    await ingest_committed(kafka, ns, len(ids))
-    # Then the changelog holds every schedule: a standby or a restore from it misses none
-    # (a replay mark ahead of the changelog after the restart would make the worker skip some)
+    await ingest_committed(kafka, ns, len(commands))
+    # Then the changelog holds every schedule and every cancel: a standby or a restore from it
+    # misses none (a command applied locally but not changelogged before the kill finds its
+    # effect in the local table when applied again, and would write nothing)
     changelog = f"{ns.app_id}-jobs-changelog"
+    expected = set(ids) - cancelled
     records = await kafka.collect(
-        [changelog], lambda rs: _scheduled_in_changelog(rs) >= set(ids), timeout=30
+        [changelog], lambda rs: _live_in_changelog(rs) == expected, timeout=30
     )
-    missing = set(ids) - _scheduled_in_changelog(records)
+    live = _live_in_changelog(records)
+    assert not cancelled & live, f"{len(cancelled & live)} cancels applied but never changelogged"
+    missing = expected - live
     assert not missing, f"{len(missing)} schedules applied but never changelogged"

@@ -71,3 +71,27 @@ async def test_a_failed_changelog_write_stops_commits_marks_the_table_and_crashe
     assert app.refused == ["a changelog write failed"]
     assert (tabledir / MARKER).read_text().strip().endswith("a changelog write failed")
     assert app.crashed == [error]
+
+
+def test_a_partition_that_died_with_unacknowledged_changes_is_restored_whole(
+    tmp_path: Path,
+) -> None:
+    from rocksdict import Options, Rdict
+
+    from tables.keys import UNACKED_KEY
+    from tables.rebuild import remove_unacked_partitions
+
+    # Given two partition databases: one marked as holding unacknowledged changes
+    tables = tmp_path / "tables"
+    for name, marked in (("jobs-0.db", True), ("jobs-1.db", False)):
+        db = Rdict(str(tables / name), options=Options(raw_mode=True))
+        db[b"D-job"] = b"v"
+        if marked:
+            db[UNACKED_KEY] = b""
+        db.close()
+    # When the worker starts
+    removed = remove_unacked_partitions(tables)
+    # Then the marked one is removed (recovery restores it from its changelog), the other kept
+    assert removed == ["jobs-0.db"]
+    assert not (tables / "jobs-0.db").exists()
+    assert (tables / "jobs-1.db").exists()

@@ -11,7 +11,7 @@ from typing import Any
 
 from rocksdict import Options, Rdict
 
-from tables.keys import encode_due_ms
+from tables.keys import UNACKED_KEY, encode_due_ms
 from tables.store import TAG_HEADER, PartitionDB, PartitionStore
 
 
@@ -160,4 +160,50 @@ async def test_a_late_writers_records_first_in_a_replay_after_own_ones_are_skipp
     # And a replay from an earlier offset (a hole to fill) compares from its first record
     store.replay_begins(0, 5)
     assert store.fresh(0, tagged(34))
+    db.close()
+
+
+class HeldChangelog:
+    """A changelog whose acknowledgements wait for the test (the broker is slow, or gone)."""
+
+    def __init__(self) -> None:
+        self.acks: list[asyncio.Future[Any]] = []
+
+    async def send(
+        self, partition: int, records: Sequence[tuple[bytes, bytes | None, list[Any]]]
+    ) -> list[tuple[Awaitable[Any], int]]:
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+        return [(ack, index) for index in range(len(records))]
+
+    def ack_all(self) -> None:
+        for ack in self.acks:
+            if not ack.done():
+                ack.set_result(Acked(0))
+
+
+async def test_a_database_is_marked_while_its_changes_wait_for_the_changelog(
+    tmp_path: Path,
+) -> None:
+    db: Any = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
+    dbs: dict[int, PartitionDB] = {0: db}
+    changelog = HeldChangelog()
+    store = PartitionStore(lambda: dbs, lambda p: dbs[p], changelog.send)
+    # Given a cancel applied locally (a job's due key deleted), its tombstone handed over
+    store.put(0, b"D-job", b"v")
+    await store.flush_changelog()
+    changelog.ack_all()
+    await asyncio.sleep(0)
+    assert db.get(UNACKED_KEY) is None
+    store.delete(0, b"D-job")
+    # Then, until the broker acknowledges it, the database says so: a worker that dies now
+    # leaves a database ahead of its changelog, which the next start restores
+    assert db.get(UNACKED_KEY) is not None
+    await store.flush_changelog()
+    await asyncio.sleep(0)
+    assert db.get(UNACKED_KEY) is not None
+    # When the broker acknowledges it, the mark goes
+    changelog.ack_all()
+    await asyncio.sleep(0)
+    assert db.get(UNACKED_KEY) is None
     db.close()
