@@ -222,6 +222,12 @@ def _rule(
     return rule
 
 
+def _delayed_ms(delay_ms: int, timestamp_ms: int) -> int:
+    if timestamp_ms + delay_ms > MAX_DUE_MS:
+        raise ValueError("delay: now + delay is beyond 9999-12-31T23:59:59.999Z")
+    return timestamp_ms + delay_ms
+
+
 def _check_first(rule: Rule | None, first_ms: int) -> None:
     """A series must start by year 9999 and not after its end (else the worker refuses it)."""
     problem = None if rule is None else first_occurrence_problem(rule, first_ms)
@@ -257,8 +263,9 @@ def _schedule(
     job = uuid.uuid4().hex if job_id is None else job_id
     _job_id(job)
     delay_ms, due_ms = _when(delay, at, rule)
-    if due_ms is not None:  # a delay's first occurrence is known when it is sent
-        _check_first(rule, due_ms)
+    # A delay counts from the record's timestamp: checked from now here, and again when sent.
+    first_ms = due_ms if due_ms is not None else _delayed_ms(delay_ms or 0, now_ms())
+    _check_first(rule, first_ms)
     out = _headers(headers)
     out.append((names.HEADER_TARGET, target.encode()))
     if due_ms is not None:
@@ -520,9 +527,7 @@ class AsyncDelayQueue:
         timestamp_ms = None
         if command.delay_ms is not None:
             timestamp_ms = now_ms()
-            if timestamp_ms + command.delay_ms > MAX_DUE_MS:
-                raise ValueError("delay: now + delay is beyond 9999-12-31T23:59:59.999Z")
-            _check_first(command.rule, timestamp_ms + command.delay_ms)
+            _check_first(command.rule, _delayed_ms(command.delay_ms, timestamp_ms))
         meta = await self._produce(
             what, command.job_id.encode(), command.value, command.headers, timestamp_ms
         )

@@ -267,6 +267,20 @@ BAD_INPUT = [
     (["cancel", "x" * 1025], "ID: longer than 1024 bytes"),
     (["reschedule"], "No such command 'reschedule'"),
     (["schedule", "--tagret", "out"], "No such option: --tagret"),
+    (["schedule", "-t", "out", "--cron", "61 * * * *", "v"], "--cron: '61 * * * *' is not a cron"),
+    (
+        ["schedule", "-t", "out", "--cron", "@daily", "--timezone", "Mars/Olympus", "v"],
+        "--timezone: 'Mars/Olympus' is not an IANA time zone",
+    ),
+    (["schedule", "-t", "out", "--every", "500ms", "v"], "--every: 500 is below the minimum"),
+    (["schedule", "-t", "out", "--every", "often", "v"], "invalid duration 'often'"),
+    (["schedule", "-t", "out", "--every", "1m", "--cron", "@daily", "v"], "give --cron or --ev"),
+    (["schedule", "-t", "out", "--delay", "1s", "--timezone", "UTC", "v"], "a --cron rule only"),
+    (["schedule", "-t", "out", "--delay", "1s", "--until", "0", "v"], "needs --cron or --every"),
+    (["schedule", "-t", "out", "--every", "1m", "--until", "0", "v"], "--until: 1970-01-01T00"),
+    (["schedule", "-t", "out", "--every", "1m", "--delay", "1h", "--until", "1", "v"], "--until"),
+    (["schedule", "-t", "out", "--every", "1m", "--until", "later", "v"], "invalid time 'later'"),
+    (["schedule", "-t", "out", "v"], "or --cron or --every for a recurring job"),
 ]
 
 

@@ -385,6 +385,7 @@ BAD_RULES: list[tuple[dict[str, Any], str]] = [
     ({**TARGET, "every": "1s", "until": "soon"}, "^until: invalid time 'soon'"),
     ({**TARGET, "every": "1s", "until": 0}, "^until: 1970-01-01T00:00:00.000Z is before the first"),
     ({**TARGET, "every": "1s", "at": 5, "until": 4}, "^until: .* is before the first occurrence"),
+    ({**TARGET, "every": "1s", "delay": "1h", "until": 5}, "^until: .* is before the first"),
     (
         {**TARGET, "cron": "61 * * * *", "timezone": "Mars/Olympus"},
         "^timezone: 'Mars/Olympus' is not an IANA .*; cron: '61 ",
