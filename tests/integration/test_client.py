@@ -269,7 +269,8 @@ async def test_recurring_jobs_fire_at_each_occurrence_and_carry_their_rule(
         assert before + 1_000 <= ticker.due_ms <= after + 1_000
         fired = ticks(await kafka.collect([target], lambda records: len(ticks(records)) >= 2))
         dues = [int(headers_of(r)["delayq-due-ms"]) for r in fired]
-        assert dues[0] == ticker.due_ms and dues == sorted(set(dues)), dues
+        # (a worker that lags by an interval sends only the latest occurrence due: skips one)
+        assert dues == sorted(set(dues)) and dues[0] >= ticker.due_ms, dues
         assert all((due - ticker.due_ms) % 1_000 == 0 for due in dues), dues
         assert all(
             r.timestamp >= due and r.value == b"tick" for r, due in zip(fired, dues, strict=True)

@@ -373,9 +373,10 @@ def test_a_recurring_job_fires_at_each_occurrence_until_it_is_deleted(setup: Set
 
     # When three of its occurrences have been forwarded
     fired = forwards(setup.collect([target], lambda records: len(forwards(records)) >= 3))
-    # Then each carries its own due time, on the series, and none came before it
+    # Then each carries its own due time, on the series (a worker lagging by an interval sends
+    # only the latest occurrence due), and none came before it
     dues = [due_of(r) for r in fired]
-    assert dues == sorted(set(dues)) and dues[0] == first, dues
+    assert dues == sorted(set(dues)) and dues[0] >= first, dues
     assert all((due - first) % 1_000 == 0 for due in dues), dues
     assert all(r.timestamp >= due_of(r) and r.value == b"t" for r in fired)
 
