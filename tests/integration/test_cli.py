@@ -97,7 +97,8 @@ async def test_schedule_forwards_values_from_an_argument_stdin_and_a_file(
         assert result.exit_code == EXIT_OK, result.output
         assert result.stderr == "" and result.stdout.count("\n") == 1
     scheduled = json.loads(as_argument.stdout)
-    assert set(scheduled) == {"job_id", "due_ms", "due_at", "target"}
+    assert set(scheduled) == {"job_id", "due_ms", "due_at", "target", "rule"}
+    assert scheduled["rule"] is None  # a one-shot job
     assert (scheduled["job_id"], scheduled["target"]) == ("cli-arg", target)
     assert scheduled["due_at"].endswith("Z")
     assert from_stdin.stdout.startswith("scheduled job cli-stdin for ")
