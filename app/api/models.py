@@ -561,21 +561,7 @@ class ScheduleIn(BaseModel):
         """The ingest record to write, or a 422 :class:`ApiError` listing every problem."""
         rule, problems = check_rule(self.cron, self._every_ms, self.timezone, self._until_ms)
         errors = [self._rule_error(problem) for problem in problems]
-        recurring = self.cron is not None or self.every is not None
-        if self.delay is not None and self.at is not None:
-            errors.append(
-                FieldError(
-                    field="delay", message="give exactly one of delay or at (both were given)"
-                )
-            )
-        elif self.delay is None and self.at is None and not recurring:
-            errors.append(
-                FieldError(
-                    field="delay",
-                    message="give exactly one of delay or at (neither was given), or a "
-                    "recurring rule: cron or every",
-                )
-            )
+        errors += self._when_errors()
         if self.target in forbidden_targets:
             internal = f"{echo(self.target)} is an internal delayq topic"
             errors.append(FieldError(field="target", message=internal))
@@ -619,6 +605,19 @@ class ScheduleIn(BaseModel):
                 ]
             )
         return schedule
+
+    def _when_errors(self) -> list[FieldError]:
+        """Exactly one of delay and at, or neither for a recurring job."""
+        if self.delay is not None and self.at is not None:
+            message = "give exactly one of delay or at (both were given)"
+        elif self.delay is None and self.at is None and self.cron is None and self.every is None:
+            message = (
+                "give exactly one of delay or at (neither was given), or a recurring rule: "
+                "cron or every"
+            )
+        else:
+            return []
+        return [FieldError(field="delay", message=message)]
 
     # The validators turned these into milliseconds; the annotations are the JSON's types.
     @property
