@@ -2,6 +2,8 @@
 
     delayq schedule --target reminders --delay 30m --key user-7 'time to stretch'
     echo '{"report": 42}' | delayq schedule -t reports --at 2030-05-01T12:00:00Z --json -
+    delayq schedule -t chat --cron '0 9 * * 1-5' --timezone Europe/Berlin --id standup 'standup!'
+    delayq schedule -t pings --every 30s --until 2030-01-01T00:00:00Z ping
     delayq cancel 3f2a9c...
     delayq get 3f2a9c...            # these three ask a worker's HTTP API (--url)
     delayq list --before 2030-05-01T00:00:00Z --limit 20
@@ -67,6 +69,8 @@ from app.errors import (
     SettingsError,
 )
 from app.ranges import ranges_text
+from app.recurrence import Rule
+from app.rule_fields import check_rule, rule_json
 from app.times import now_ms
 
 __all__ = [
@@ -99,6 +103,10 @@ _OPTION_OF = {
     "app_id": "--app-id",
     "delay": "--delay",
     "at": "--at",
+    "cron": "--cron",
+    "timezone": "--timezone",
+    "every": "--every",
+    "until": "--until",
 }
 
 
@@ -317,10 +325,42 @@ def _read_value(value: str | None, file: IO[bytes] | None, tombstone: bool) -> b
     return None if value is None else _arg_bytes(value)
 
 
-def _due_sentence(job: ScheduledJob, target: str) -> str:
+def _due_sentence(job: ScheduledJob, target: str, rule: Rule | None) -> str:
     remaining = job.due_ms - now_ms()
     when = f"in {format_duration_ms(remaining)}" if remaining > 0 else "due now"
-    return f"scheduled job {job.job_id} for {format_time_ms(job.due_ms)} ({when}) to {target}"
+    due = f"{format_time_ms(job.due_ms)} ({when})"
+    if rule is None:
+        return f"scheduled job {job.job_id} for {due} to {target}"
+    return f"scheduled job {job.job_id} {_repeats(rule_json(rule))} to {target}, first {due}"
+
+
+def _repeats(rule: Mapping[str, Any]) -> str:
+    """A recurring job's rule for a sentence: ``repeats at 09:00 on Monday (Europe/Berlin)``."""
+    text = str(rule.get("description"))
+    return f"repeats {text[:1].lower()}{text[1:]}"
+
+
+def _checked_rule(
+    delay: int | None,
+    at: int | None,
+    cron: str | None,
+    timezone: str | None,
+    every: int | None,
+    until: int | None,
+) -> Rule | None:
+    """The recurring rule the options give (None: a one-shot job), or every problem in one
+    line (the client checks them too, but names its arguments, not the options)."""
+    rule, problems = check_rule(cron, every, timezone, until, _OPTION_OF)
+    if problems:
+        message = "; ".join(f"{_OPTION_OF[p.field]}: {p.message}" for p in problems)
+        raise CommandError(message, EXIT_USAGE)
+    if delay is not None and at is not None:
+        raise click.UsageError("give exactly one of --delay or --at")
+    if rule is None and delay is None and at is None:
+        raise click.UsageError(
+            "give exactly one of --delay or --at, or --cron or --every for a recurring job"
+        )
+    return rule
 
 
 @cli.command()
@@ -334,6 +374,26 @@ def _due_sentence(job: ScheduledJob, target: str) -> str:
     "--at",
     type=_Time(),
     help="Forward at this time: ISO-8601 with a zone (2030-05-01T12:00:00Z) or epoch ms.",
+)
+@click.option(
+    "--cron",
+    metavar="RULE",
+    help="Forward again at every time this cron rule matches: five fields ('0 9 * * 1-5') or "
+    "@hourly, @daily, @weekly, @monthly, @yearly. A local time that does not exist fires at "
+    "the first minute after the gap; one that exists twice fires once.",
+)
+@click.option(
+    "--timezone",
+    metavar="ZONE",
+    help="The IANA time zone of --cron (Europe/Berlin) [default: UTC].",
+)
+@click.option(
+    "--every", type=_Duration(), help="Forward again at this interval, at least 1s: 30s, 5m, 1h."
+)
+@click.option(
+    "--until",
+    type=_Time(),
+    help="With --cron or --every: no occurrence after this time (ISO-8601 with a zone, epoch ms).",
 )
 @click.option("-k", "--key", help="Key of the forwarded record [default: the job id].")
 @click.option(
@@ -359,6 +419,10 @@ def schedule(
     target: str,
     delay: int | None,
     at: int | None,
+    cron: str | None,
+    timezone: str | None,
+    every: int | None,
+    until: int | None,
     key: str | None,
     job_id: str | None,
     file: IO[bytes] | None,
@@ -370,12 +434,13 @@ def schedule(
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Forward VALUE to a topic after --delay or at --at.
+    """Forward VALUE to a topic after --delay or at --at; with --cron or --every, again at
+    every occurrence until cancelled or --until (--delay or --at then set the first one, by
+    default the rule's first after now).
 
     VALUE is the record's value as typed; '-' reads it from stdin, --file from a file.
     """
-    if (delay is None) == (at is None):
-        raise click.UsageError("give exactly one of --delay or --at")
+    rule = _checked_rule(delay, at, cron, timezone, every, until)
     record = _read_value(value, file, tombstone)
     with _client_errors():
         queue = _queue(bootstrap, ingest_topic, app_id, timeout)
@@ -388,6 +453,10 @@ def schedule(
                 key=None if key is None else _arg_bytes(key),
                 job_id=job_id,
                 headers=headers,
+                cron=cron,
+                timezone=timezone,
+                every=every,
+                until=until,
             )
         finally:
             queue.close()
@@ -396,8 +465,9 @@ def schedule(
         "due_ms": job.due_ms,
         "due_at": format_time_ms(job.due_ms),
         "target": target,
+        "rule": None if rule is None else rule_json(rule),
     }
-    emit(as_json, data, _due_sentence(job, target))
+    emit(as_json, data, _due_sentence(job, target, rule))
 
 
 @cli.command()
@@ -609,7 +679,12 @@ def _job_cells(job: Mapping[str, Any], now: int) -> list[str]:
         job_id = f"base64:{job.get('id_base64')}"
     key = _shown(job, "key")
     value = _shown(job, "value")
-    details = [f"key {key}" if key is not None else "", f"value {value or 'null'}"]
+    rule = job.get("rule")
+    details = [
+        _repeats(rule) if isinstance(rule, Mapping) else "",
+        f"key {key}" if key is not None else "",
+        f"value {value or 'null'}",
+    ]
     headers = job.get("headers") or []
     if headers:
         shown = [f"{h.get('name')}={_shown(h, 'value') or 'null'}" for h in headers]

@@ -2,8 +2,8 @@
 
 It only writes ingest records (README, "Wire contract") with aiokafka; it needs no worker code,
 and imports nothing of delayq but ``app.names``, ``app.durations``, ``app.times``, ``app.errors``,
-``app.endpoints``, ``app.outcomes`` (and ``app.settings``, lazily, for the ``DELAYQ_*`` defaults
-when an argument is omitted)::
+``app.endpoints``, ``app.outcomes``, ``app.recurrence`` and ``app.rule_fields`` (and
+``app.settings``, lazily, for the ``DELAYQ_*`` defaults when an argument is omitted)::
 
     async with AsyncDelayQueue(bootstrap_servers="k1:9092") as queue:
         job = await queue.schedule(b"remind", target="reminders", delay="30m", key=b"user-7")
@@ -12,6 +12,8 @@ when an argument is omitted)::
     with DelayQueue() as queue:  # plain scripts: an event loop runs in a background thread
         queue.delay(b"ping", "90s", target="pings")  # go-zero's Delay(body, d)
         queue.at(b"report", "2030-05-01T12:00:00Z", target="reports")  # go-zero's At(body, t)
+        queue.cron(b"standup", "0 9 * * 1-5", target="chat", timezone="Europe/Berlin")
+        queue.every(b"tick", "30s", target="ticks", job_id="ticker")  # cancel("ticker") ends it
 
 Before its first command a client checks, without creating anything, that the ingest topic
 exists and is delayq's: it has the partition count of the jobs table's changelog topic, which only
@@ -65,6 +67,8 @@ from app.endpoints import bootstrap_list, default_bootstrap, default_web_url
 from app.errors import ApiUnavailable, BrokerUnavailable, DelayqError, IngestTopicError
 from app.names import MAX_JOB_ID_BYTES
 from app.outcomes import CancelOutcome
+from app.recurrence import Rule
+from app.rule_fields import check_rule, first_occurrence_problem, rule_headers
 from app.times import MAX_DUE_MS, ms_to_datetime, now_ms
 
 __all__ = [
@@ -166,11 +170,20 @@ def _headers(headers: Headers | None) -> list[tuple[str, bytes]]:
     return out
 
 
-def _when(delay: Duration | None, at: Moment | None) -> tuple[int | None, int | None]:
-    """``(delay_ms, due_ms)``: exactly one of them is set."""
+def _when(
+    delay: Duration | None, at: Moment | None, rule: Rule | None
+) -> tuple[int | None, int | None]:
+    """``(delay_ms, due_ms)``: exactly one of them is set. A recurring job given neither
+    starts at the rule's first occurrence after now."""
+    if delay is None and at is None and rule is not None:
+        return None, rule.first_after(now_ms())
     if (delay is None) == (at is None):
-        got = "both" if delay is not None else "neither"
-        raise ValueError(f"give exactly one of delay= or at= (got {got})")
+        if delay is not None:
+            raise ValueError("give exactly one of delay= or at= (got both)")
+        raise ValueError(
+            "give exactly one of delay= or at= (got neither), or cron= or every= for a "
+            "recurring job"
+        )
     if delay is not None:
         try:
             return parse_duration_ms(delay), None
@@ -183,6 +196,45 @@ def _when(delay: Duration | None, at: Moment | None) -> tuple[int | None, int | 
         raise ValueError(f"at: {exc}") from None
 
 
+def _text(value: object, argument: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{argument}: expected a str, not {type(value).__name__}")
+    return value
+
+
+def _rule(
+    cron: str | None, timezone: str | None, every: Duration | None, until: Moment | None
+) -> Rule | None:
+    """The recurring rule of a schedule (None: a one-shot job), checked as the worker will."""
+    try:
+        every_ms = None if every is None else parse_duration_ms(every)
+    except ValueError as exc:
+        raise ValueError(f"every: {exc}") from None
+    try:
+        until_ms = None if until is None else parse_time_ms(until)
+    except ValueError as exc:
+        raise ValueError(f"until: {exc}") from None
+    rule, problems = check_rule(
+        _text(cron, "cron"), every_ms, _text(timezone, "timezone"), until_ms
+    )
+    if problems:
+        raise ValueError("; ".join(f"{p.field}: {p.message}" for p in problems))
+    return rule
+
+
+def _delayed_ms(delay_ms: int, timestamp_ms: int) -> int:
+    if timestamp_ms + delay_ms > MAX_DUE_MS:
+        raise ValueError("delay: now + delay is beyond 9999-12-31T23:59:59.999Z")
+    return timestamp_ms + delay_ms
+
+
+def _check_first(rule: Rule | None, first_ms: int) -> None:
+    """A series must start by year 9999 and not after its end (else the worker refuses it)."""
+    problem = None if rule is None else first_occurrence_problem(rule, first_ms)
+    if problem is not None:
+        raise ValueError(f"{problem.field}: {problem.message}")
+
+
 @dataclass(frozen=True, slots=True)
 class _Schedule:
     """A validated schedule command, ready to be written."""
@@ -192,6 +244,7 @@ class _Schedule:
     headers: list[tuple[str, bytes]]
     delay_ms: int | None
     due_ms: int | None
+    rule: Rule | None = None
 
 
 def _schedule(
@@ -203,12 +256,16 @@ def _schedule(
     key: Data | None,
     job_id: str | None,
     headers: Headers | None,
+    rule: Rule | None = None,
 ) -> _Schedule:
     if checked_topic(target, "target") == ingest_topic:
         raise ValueError(f"target: {target!r} is the ingest topic of delayq itself")
     job = uuid.uuid4().hex if job_id is None else job_id
     _job_id(job)
-    delay_ms, due_ms = _when(delay, at)
+    delay_ms, due_ms = _when(delay, at, rule)
+    # A delay counts from the record's timestamp: checked from now here, and again when sent.
+    first_ms = due_ms if due_ms is not None else _delayed_ms(delay_ms or 0, now_ms())
+    _check_first(rule, first_ms)
     out = _headers(headers)
     out.append((names.HEADER_TARGET, target.encode()))
     if due_ms is not None:
@@ -217,8 +274,10 @@ def _schedule(
         out.append((names.HEADER_DELAY_MS, str(delay_ms).encode()))
     if key is not None:
         out.append((names.HEADER_KEY, _data(key, "key")))
+    if rule is not None:
+        out.extend(rule_headers(rule))
     encoded = None if value is None else _data(value, "value")
-    return _Schedule(job, encoded, out, delay_ms, due_ms)
+    return _Schedule(job, encoded, out, delay_ms, due_ms, rule)
 
 
 # --- topics, looked at without creating them -----------------------------------------------
@@ -443,6 +502,10 @@ class AsyncDelayQueue:
         key: Data | None = None,
         job_id: str | None = None,
         headers: Headers | None = None,
+        cron: str | None = None,
+        timezone: str | None = None,
+        every: Duration | None = None,
+        until: Moment | None = None,
     ) -> ScheduledJob:
         """Forward ``value`` to ``target`` after ``delay`` or at ``at`` (exactly one of them).
 
@@ -450,15 +513,21 @@ class AsyncDelayQueue:
         job id). ``job_id`` defaults to a new random id; scheduling an existing id replaces that
         job. A ``delay`` counts from the ingest record's timestamp, which is set here, so the
         returned due time is the one the worker computes.
+
+        A recurring job gives ``cron`` (five fields or ``@daily`` ..., read in ``timezone``,
+        an IANA name, default UTC) or ``every`` (an interval of at least 1 s): it is forwarded
+        at every occurrence until cancelled, or until ``until``. ``delay``/``at`` then set the
+        first occurrence and may be left out: it is the rule's first after now. The returned
+        due time is the first occurrence.
         """
-        command = _schedule(self.ingest_topic, value, target, delay, at, key, job_id, headers)
+        rule = _rule(cron, timezone, every, until)
+        command = _schedule(self.ingest_topic, value, target, delay, at, key, job_id, headers, rule)
         what = f"schedule of job {command.job_id!r}"
         await self._started()
         timestamp_ms = None
         if command.delay_ms is not None:
             timestamp_ms = now_ms()
-            if timestamp_ms + command.delay_ms > MAX_DUE_MS:
-                raise ValueError("delay: now + delay is beyond 9999-12-31T23:59:59.999Z")
+            _check_first(command.rule, _delayed_ms(command.delay_ms, timestamp_ms))
         meta = await self._produce(
             what, command.job_id.encode(), command.value, command.headers, timestamp_ms
         )
@@ -497,6 +566,48 @@ class AsyncDelayQueue:
         """Forward ``value`` to ``target`` at ``at`` (go-zero's ``At(body, t)``)."""
         return await self.schedule(
             value, target=target, at=at, key=key, job_id=job_id, headers=headers
+        )
+
+    async def cron(
+        self,
+        value: Data | None,
+        cron: str,
+        *,
+        target: str,
+        timezone: str | None = None,
+        until: Moment | None = None,
+        key: Data | None = None,
+        job_id: str | None = None,
+        headers: Headers | None = None,
+    ) -> ScheduledJob:
+        """Forward ``value`` to ``target`` at every time ``cron`` matches in ``timezone``
+        (default UTC), until cancelled or ``until``; the first time is the next match."""
+        return await self.schedule(
+            value,
+            target=target,
+            cron=cron,
+            timezone=timezone,
+            until=until,
+            key=key,
+            job_id=job_id,
+            headers=headers,
+        )
+
+    async def every(
+        self,
+        value: Data | None,
+        every: Duration,
+        *,
+        target: str,
+        until: Moment | None = None,
+        key: Data | None = None,
+        job_id: str | None = None,
+        headers: Headers | None = None,
+    ) -> ScheduledJob:
+        """Forward ``value`` to ``target`` every ``every`` (at least 1 s) from one interval
+        after now, until cancelled or ``until``."""
+        return await self.schedule(
+            value, target=target, every=every, until=until, key=key, job_id=job_id, headers=headers
         )
 
     async def cancel(self, job_id: str, *, wait: bool = False) -> CancelOutcome | None:
@@ -725,4 +836,6 @@ class DelayQueue:
     schedule = _Blocking(AsyncDelayQueue.schedule)
     delay = _Blocking(AsyncDelayQueue.delay)
     at = _Blocking(AsyncDelayQueue.at)
+    cron = _Blocking(AsyncDelayQueue.cron)
+    every = _Blocking(AsyncDelayQueue.every)
     cancel = _Blocking(AsyncDelayQueue.cancel)

@@ -10,7 +10,8 @@ request leaves the worker) polls the API every worker already serves (``GET /sta
   and a warning when partitions have fewer standby copies than configured (``app.standbys``);
 - ``timeline``: pending jobs per minute over the next hour and per hour over the next 72 hours,
   plus those overdue and those later (bounded scans, see :meth:`Engine.timeline`);
-- ``jobs``: the earliest pending jobs, a page at a time after an opaque cursor;
+- ``jobs``: the earliest pending jobs, a page at a time after an opaque cursor (a recurring
+  job with its rule, in words too);
 - ``dead-letters``: each worker's most recent dead letters and why, newest first.
 
 Lists and the timeline fan out to every owner and merge, as ``app.api.routing`` does for
@@ -39,6 +40,7 @@ from app.api.routing import ROUTED_HEADER, partition_of, same_worker
 from app.durations import format_time_ms
 from app.errors import ApiError
 from app.jobs import Job, decode_job
+from app.rule_fields import rule_json
 from app.runtime import active_partitions, engine
 from app.service import app, settings
 from app.standbys import standby_counts, standby_partitions, standby_warning
@@ -381,6 +383,7 @@ def job_row(job: Job) -> dict[str, Any]:
         "partition": partition,
         "value_bytes": None if job.value is None else len(job.value),
         "cursor": cursor_of(job.due_ms, job.job_id),
+        "rule": None if job.rule is None else rule_json(job.rule),
     }
 
 

@@ -160,7 +160,8 @@ def parse_rule(
 def _check_zone(name: str) -> None:
     try:
         _zone(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    # OSError: a name that is a folder of the zone database ("Europe") or too long for a path.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidRecord(
             f"delayq-timezone {name!r} is not an IANA time zone (like Europe/Berlin or UTC)"
         ) from None

@@ -179,7 +179,9 @@ async def cancel_job(job_id: str, *, routed: bool, path_qs: str, wait: str | Non
     job = engine.get(where.partition, encoded)
     if job is None:
         raise ApiError(404, f"no pending job {echo(job_id)}")
-    if engine.status(where.partition, job) is JobStatus.IN_FLIGHT:
+    # A recurring job is cancelled whatever its current occurrence does: an occurrence in
+    # flight may still arrive, but the series ends (its forward finds no job to move on).
+    if engine.status(where.partition, job) is JobStatus.IN_FLIGHT and job.rule is None:
         raise ApiError(409, f"job {echo(job_id)} was already forwarded to {job.target!r}")
     await _produce(encoded, None, [])
     return Reply(202, {"id": job_id, "status": "cancelling"})

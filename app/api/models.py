@@ -33,6 +33,14 @@ from app.errors import ApiError
 from app.jobs import Header, Job, JobStatus
 from app.names import MAX_JOB_ID_BYTES, valid_topic_name
 from app.outcomes import CancelOutcome
+from app.recurrence import MIN_EVERY_MS, Rule
+from app.rule_fields import (
+    RuleProblem,
+    check_rule,
+    first_occurrence_problem,
+    rule_headers,
+    rule_json,
+)
 from app.times import MAX_DUE_MS
 
 __all__ = [
@@ -57,6 +65,7 @@ __all__ = [
     "Lateness",
     "ListQuery",
     "Reply",
+    "RuleOut",
     "Schedule",
     "ScheduleIn",
     "ScheduledOut",
@@ -393,6 +402,8 @@ class Schedule:
     key: bytes | None
     value: bytes | None
     headers: list[Header]
+    #: A recurring job's rule (``due_ms``: its first occurrence); None for a one-shot job.
+    rule: Rule | None = None
 
     @property
     def job_id_bytes(self) -> bytes:
@@ -407,6 +418,8 @@ class Schedule:
         ]
         if self.key is not None:
             out.append((names.HEADER_KEY, self.key))
+        if self.rule is not None:
+            out.extend(rule_headers(self.rule))
         return out
 
     def forward_size(self) -> int:
@@ -415,8 +428,21 @@ class Schedule:
         return job.forward_size() + sum(len(n) + len(v or b"") for n, v in self.headers)
 
 
+#: The rules of a recurring job in one place, for the fields' descriptions.
+_DST_RULE = (
+    "Daylight saving time: a local time that does not exist (clocks go forward) fires at the "
+    "first minute after the gap; one that exists twice (clocks go back) fires once, at the "
+    "first."
+)
+_FIRST = (
+    "Exactly one of delay and at; a recurring job (cron or every) may give neither: its first "
+    "occurrence is then the rule's first after now."
+)
+
+
 class ScheduleIn(BaseModel):
-    """``POST /jobs``: forward ``value`` to ``target`` after ``delay`` or at ``at``."""
+    """``POST /jobs``: forward ``value`` to ``target`` after ``delay`` or at ``at``; with
+    ``cron`` or ``every``, again at every occurrence of the rule."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -431,12 +457,36 @@ class ScheduleIn(BaseModel):
     delay: Annotated[int | float | str | None, _only_types(int, float, str)] = Field(
         None,
         description="Milliseconds (number) or a duration like '90s', '30m', '1h30m', '2d', "
-        "counted from the worker's clock. Exactly one of delay and at.",
+        f"counted from the worker's clock. {_FIRST}",
     )
     at: Annotated[int | str | None, _only_types(int, str)] = Field(
         None,
         description="Epoch milliseconds or ISO-8601 with a zone ('2030-05-01T12:00:00Z'). "
-        "Exactly one of delay and at.",
+        f"{_FIRST}",
+    )
+    cron: Annotated[str | None, _only_types(str)] = Field(
+        None,
+        description="A recurring job: forwarded at every time this cron rule matches, in "
+        "timezone, until cancelled or until. Five fields (minute hour day-of-month month "
+        "day-of-week, like '0 9 * * 1-5') or @hourly, @daily, @weekly, @monthly, @yearly. "
+        f"{_DST_RULE} Not with every.",
+    )
+    timezone: Annotated[str | None, _only_types(str)] = Field(
+        None,
+        description="The IANA time zone cron is read in, like 'Europe/Berlin' (default UTC). "
+        "Only with cron.",
+    )
+    every: Annotated[int | float | str | None, _only_types(int, float, str)] = Field(
+        None,
+        description="A recurring job: forwarded at its first occurrence and every interval "
+        "after it (first + k x every: a late forward does not shift the later ones), until "
+        "cancelled or until. Milliseconds (number) or a duration like '30s', '1h'; at least "
+        f"{MIN_EVERY_MS} ms. Not with cron.",
+    )
+    until: Annotated[int | str | None, _only_types(int, str)] = Field(
+        None,
+        description="A recurring job's end: no occurrence after this. Epoch milliseconds or "
+        "ISO-8601 with a zone; not before the first occurrence. Only with cron or every.",
     )
     key: Annotated[str | None, _only_types(str)] = Field(
         None, description="Key of the forwarded record (default: the job id)."
@@ -481,12 +531,17 @@ class ScheduleIn(BaseModel):
     def _delay(cls, value: int | float | str | None) -> int | None:
         return None if value is None else parse_duration_ms(value)
 
-    @field_validator("at")
+    @field_validator("at", "until")
     @classmethod
     def _at(cls, value: int | str | None) -> int | None:
         return None if value is None else parse_time_ms(value)
 
-    @field_validator("key", "value")
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: int | float | str | None) -> int | None:
+        return None if value is None else parse_duration_ms(value)
+
+    @field_validator("key", "value", "cron", "timezone")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         if value is not None:
@@ -504,12 +559,9 @@ class ScheduleIn(BaseModel):
         self, now_ms: int, forbidden_targets: frozenset[str], max_forward_bytes: int
     ) -> Schedule:
         """The ingest record to write, or a 422 :class:`ApiError` listing every problem."""
-        errors: list[FieldError] = []
-        if (self.delay is None) == (self.at is None):
-            both = "both were given" if self.delay is not None else "neither was given"
-            errors.append(
-                FieldError(field="delay", message=f"give exactly one of delay or at ({both})")
-            )
+        rule, problems = check_rule(self.cron, self._every_ms, self.timezone, self._until_ms)
+        errors = [self._rule_error(problem) for problem in problems]
+        errors += self._when_errors()
         if self.target in forbidden_targets:
             internal = f"{echo(self.target)} is an internal delayq topic"
             errors.append(FieldError(field="target", message=internal))
@@ -523,9 +575,13 @@ class ScheduleIn(BaseModel):
                 errors.append(
                     FieldError(field=f"headers.{i}", message="give value or value_base64, not both")
                 )
-        due_ms = now_ms + int(self.delay) if self.delay is not None else int(self.at or 0)
-        if due_ms > MAX_DUE_MS:
+        due_ms = self._first_due_ms(now_ms, rule)
+        if due_ms > MAX_DUE_MS and self.delay is not None:  # at is checked by its validator
             errors.append(FieldError(field="delay", message="the due time is beyond year 9999"))
+        elif rule is not None:
+            problem = first_occurrence_problem(rule, due_ms)
+            if problem is not None:
+                errors.append(self._rule_error(problem))
         if errors:
             raise invalid_request(errors)
         schedule = Schedule(
@@ -535,6 +591,7 @@ class ScheduleIn(BaseModel):
             key=_bytes_field(self.key, self.key_base64),
             value=_bytes_field(self.value, self.value_base64),
             headers=[h.header() for h in self.headers or ()],
+            rule=rule,
         )
         size = schedule.forward_size()
         if size > max_forward_bytes:
@@ -548,6 +605,44 @@ class ScheduleIn(BaseModel):
                 ]
             )
         return schedule
+
+    def _when_errors(self) -> list[FieldError]:
+        """Exactly one of delay and at, or neither for a recurring job."""
+        if self.delay is not None and self.at is not None:
+            message = "give exactly one of delay or at (both were given)"
+        elif self.delay is None and self.at is None and self.cron is None and self.every is None:
+            message = (
+                "give exactly one of delay or at (neither was given), or a recurring rule: "
+                "cron or every"
+            )
+        else:
+            return []
+        return [FieldError(field="delay", message=message)]
+
+    # The validators turned these into milliseconds; the annotations are the JSON's types.
+    @property
+    def _every_ms(self) -> int | None:
+        return None if self.every is None else int(self.every)
+
+    @property
+    def _until_ms(self) -> int | None:
+        return None if self.until is None else int(self.until)
+
+    def _first_due_ms(self, now_ms: int, rule: Rule | None) -> int:
+        """The due time delay or at give, else the rule's first occurrence after now."""
+        if self.delay is not None:
+            return now_ms + int(self.delay)
+        if self.at is not None or rule is None:
+            return int(self.at or 0)
+        return rule.first_after(now_ms)
+
+    def _rule_error(self, problem: RuleProblem) -> FieldError:
+        """A problem of a rule field, its input quoted in part when long (as pydantic's are)."""
+        message = problem.message
+        given = {"cron": self.cron, "timezone": self.timezone}.get(problem.field)
+        if given is not None:
+            message = _shorten_echo(_shorten_echo(message, given), given.strip())
+        return FieldError(field=problem.field, message=message)
 
 
 def _bytes_field(text: str | None, b64: str | None) -> bytes | None:
@@ -574,13 +669,31 @@ class HeaderOut(BaseModel):
     value_base64: str | None = None
 
 
+class RuleOut(BaseModel):
+    """A recurring job's rule: a cron rule in a time zone, or a fixed interval
+    (:func:`app.rule_fields.rule_json`)."""
+
+    cron: str | None = Field(description="The cron rule as given; null for an interval.")
+    timezone: str | None = Field(
+        description="The IANA time zone the cron rule is read in; null for an interval."
+    )
+    every_ms: int | None = Field(description="The interval, milliseconds; null for a cron rule.")
+    until_ms: int | None = Field(
+        description="No occurrence after this (epoch ms); null: until cancelled."
+    )
+    description: str = Field(
+        description="The rule in words: 'At 09:00 on Monday through Friday (Europe/Berlin)', "
+        "'every 30 s'."
+    )
+
+
 class JobOut(BaseModel):
     """A pending job. Text fields are null with a ``*_base64`` twin when not UTF-8."""
 
     id: str | None
     id_base64: str | None = None
     target: str
-    due_ms: int
+    due_ms: int = Field(description="When it is due: a recurring job's next occurrence.")
     due_at: str
     key: str | None = Field(description="null (and no key_base64): the job id is the key.")
     key_base64: str | None = None
@@ -588,9 +701,13 @@ class JobOut(BaseModel):
     value_base64: str | None = None
     headers: list[HeaderOut]
     status: Literal["pending", "in_flight"] = Field(
-        description="in_flight: forwarded, its removal not yet applied."
+        description="in_flight: forwarded, its removal (a recurring job: its move to the next "
+        "occurrence) not yet applied."
     )
     partition: int
+    rule: RuleOut | None = Field(
+        None, description="A recurring job's rule; null for a one-shot job."
+    )
 
 
 def job_out(job: Job, status: JobStatus, partition: int) -> dict[str, Any]:
@@ -610,6 +727,7 @@ def job_out(job: Job, status: JobStatus, partition: int) -> dict[str, Any]:
     out["headers"] = headers
     out["status"] = str(status)
     out["partition"] = partition
+    out["rule"] = None if job.rule is None else rule_json(job.rule)
     return out
 
 
@@ -649,7 +767,8 @@ class CancelOutcomeOut(BaseModel):
     ``cancelled``: the job was pending and will not be forwarded. ``too_late``: it was already
     forwarded, or sent and awaiting the broker's acknowledgement (``forwarded_ms``). ``unknown``:
     no such job was pending (never scheduled, cancelled before, or forwarded too long ago for
-    the worker to remember).
+    the worker to remember). A recurring job's series ends with ``cancelled`` and ``too_late``
+    alike: ``too_late`` says its current occurrence was sent.
     """
 
     id: str

@@ -106,7 +106,8 @@ def _paths() -> dict[str, Any]:
         "/jobs": {
             "post": {
                 "tags": ["jobs"],
-                "summary": "Schedule a job (replaces a pending job with the same id)",
+                "summary": "Schedule a job, once or recurring (replaces a pending job with "
+                "the same id)",
                 "requestBody": _body(ScheduleIn),
                 "responses": {
                     "201": _json(_ref(ScheduledOut), "The ingest record is acknowledged."),
@@ -158,7 +159,7 @@ def _paths() -> dict[str, Any]:
             },
             "delete": {
                 "tags": ["jobs"],
-                "summary": "Cancel a pending job",
+                "summary": "Cancel a pending job (a recurring job: its series)",
                 "parameters": [
                     {
                         "name": "wait",
@@ -173,7 +174,10 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref(CancelOutcomeOut), "With wait=true: who won."),
                     "202": _json(_ref(CancelOut), "The cancel record is acknowledged."),
                     "404": _error("No pending job with this id."),
-                    "409": _error("The job was already forwarded."),
+                    "409": _error(
+                        "The job was already forwarded (a one-shot job; a recurring job's "
+                        "series ends whatever its current occurrence does)."
+                    ),
                     "422": _error("Invalid id."),
                     "503": _UNAVAILABLE,
                 },

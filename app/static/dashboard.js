@@ -541,6 +541,16 @@
 
   const statusBadge = (status) => h("span", { class: `badge ${status === "pending" ? "" : "warn"}`, text: status.replace("_", " ") });
 
+  // A recurring job's rule in words, marked as such (null for a one-shot job).
+  const ruleLine = (rule) =>
+    rule ? h("div", { class: "rule", title: rule.description }, h("span", { class: "badge recurring", text: "recurring" }), " ", rule.description) : null;
+
+  // The rule in words (its end included), and a cron rule as given, with its zone.
+  function ruleDetails(rule) {
+    const given = rule.cron !== null ? [h("br"), h("span", { class: "muted mono", text: `${rule.cron} · ${rule.timezone}` })] : [];
+    return h("span", {}, rule.description, given);
+  }
+
   function renderJobs(res) {
     const jobs = state.jobs;
     const body = $("jobs-table").tBodies[0];
@@ -557,10 +567,10 @@
           : keyCell(null, job.id_base64);
         return h(
           "tr",
-          { "data-id": job.id ?? "", "data-due": job.due_ms },
+          { "data-id": job.id ?? "", "data-due": job.due_ms, "data-recurring": job.rule ? "true" : null },
           h("td", { class: "nowrap", title: job.due_at }, when(job.due_ms)),
           h("td", { class: "nowrap rel", "data-due": job.due_ms, text: relative(job.due_ms) }),
-          h("td", { class: "id" }, idCell),
+          h("td", { class: "id" }, idCell, ruleLine(job.rule)),
           h("td", { class: "wrap mono span target", "data-label": "→", text: job.target }),
           h("td", { class: "state" }, statusBadge(job.status)),
           h("td", { class: "opt num", text: job.partition }),
@@ -626,7 +636,8 @@
     const rows = [
       ["Id", h("code", { text: job.id ?? job.id_base64 })],
       ["State", statusBadge(job.status)],
-      ["Due", h("span", {}, when(job.due_ms), " · ", h("span", { "data-due": job.due_ms, class: "rel", text: relative(job.due_ms) }), h("br"), h("span", { class: "muted mono", text: job.due_at }))],
+      [job.rule ? "Next" : "Due", h("span", {}, when(job.due_ms), " · ", h("span", { "data-due": job.due_ms, class: "rel", text: relative(job.due_ms) }), h("br"), h("span", { class: "muted mono", text: job.due_at }))],
+      job.rule ? ["Repeats", ruleDetails(job.rule)] : null,
       ["Target", h("code", { text: job.target })],
       ["Partition", String(job.partition)],
       ["Key", job.key === null && !job.key_base64 ? h("span", { class: "muted", text: "the job id" }) : keyCell(job.key, job.key_base64)],
@@ -635,9 +646,10 @@
     if (job.headers.length) {
       rows.push(["Headers", h("div", {}, job.headers.map((hd) => h("div", {}, h("code", { text: hd.name }), ": ", hd.value ?? (hd.value_base64 ? `base64 ${hd.value_base64}` : "null"))))]);
     }
-    const details = h("dl", { class: "details", id: "job-details" }, rows.map(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
-    const cancel = h("button", { type: "button", class: "danger", id: "cancel-button", onclick: () => confirmCancel(job) }, "Cancel job…");
-    if (job.status !== "pending" || job.id === null) cancel.disabled = true;
+    const details = h("dl", { class: "details", id: "job-details" }, rows.filter(Boolean).map(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
+    const cancel = h("button", { type: "button", class: "danger", id: "cancel-button", onclick: () => confirmCancel(job) }, job.rule ? "Cancel series…" : "Cancel job…");
+    // A recurring job's series can be ended while an occurrence is in flight.
+    if ((job.status !== "pending" && !job.rule) || job.id === null) cancel.disabled = true;
     const actions = h("div", { class: "actions" }, cancel, h("button", { type: "button", class: "ghost", onclick: () => lookup(job.id, false) }, "Refresh"));
     showLookup("found", note || null, details, actions);
   }

@@ -97,7 +97,8 @@ async def test_schedule_forwards_values_from_an_argument_stdin_and_a_file(
         assert result.exit_code == EXIT_OK, result.output
         assert result.stderr == "" and result.stdout.count("\n") == 1
     scheduled = json.loads(as_argument.stdout)
-    assert set(scheduled) == {"job_id", "due_ms", "due_at", "target"}
+    assert set(scheduled) == {"job_id", "due_ms", "due_at", "target", "rule"}
+    assert scheduled["rule"] is None  # a one-shot job
     assert (scheduled["job_id"], scheduled["target"]) == ("cli-arg", target)
     assert scheduled["due_at"].endswith("Z")
     assert from_stdin.stdout.startswith("scheduled job cli-stdin for ")
@@ -267,6 +268,20 @@ BAD_INPUT = [
     (["cancel", "x" * 1025], "ID: longer than 1024 bytes"),
     (["reschedule"], "No such command 'reschedule'"),
     (["schedule", "--tagret", "out"], "No such option: --tagret"),
+    (["schedule", "-t", "out", "--cron", "61 * * * *", "v"], "--cron: '61 * * * *' is not a cron"),
+    (
+        ["schedule", "-t", "out", "--cron", "@daily", "--timezone", "Mars/Olympus", "v"],
+        "--timezone: 'Mars/Olympus' is not an IANA time zone",
+    ),
+    (["schedule", "-t", "out", "--every", "500ms", "v"], "--every: 500 is below the minimum"),
+    (["schedule", "-t", "out", "--every", "often", "v"], "invalid duration 'often'"),
+    (["schedule", "-t", "out", "--every", "1m", "--cron", "@daily", "v"], "give --cron or --ev"),
+    (["schedule", "-t", "out", "--delay", "1s", "--timezone", "UTC", "v"], "a --cron rule only"),
+    (["schedule", "-t", "out", "--delay", "1s", "--until", "0", "v"], "needs --cron or --every"),
+    (["schedule", "-t", "out", "--every", "1m", "--until", "0", "v"], "--until: 1970-01-01T00"),
+    (["schedule", "-t", "out", "--every", "1m", "--delay", "1h", "--until", "1", "v"], "--until"),
+    (["schedule", "-t", "out", "--every", "1m", "--until", "later", "v"], "invalid time 'later'"),
+    (["schedule", "-t", "out", "v"], "or --cron or --every for a recurring job"),
 ]
 
 

@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from aiokafka import ConsumerRecord
 from click.testing import CliRunner, Result
 
 from app.cli import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, cli
 from app.embedded import EmbeddedBroker, free_port
 from tests.conftest import WorkerFactory
-from tests.support import ROOT, WAIT_S, Kafka, Namespace, create_topics
+from tests.support import ROOT, WAIT_S, Kafka, Namespace, create_topics, headers_of
 
 pytestmark = pytest.mark.integration
 
@@ -166,6 +167,49 @@ async def test_get_list_stats_then_cancel_through_the_http_api(
     assert won.stdout.startswith("job cli-http-2 cancelled (due "), won.stdout
     assert again.exit_code == EXIT_FAILURE, again.output
     assert json.loads(again.stdout) == {"id": "cli-http-2", "status": "unknown"}
+
+
+async def test_a_recurring_job_is_scheduled_shown_and_cancelled(
+    broker: EmbeddedBroker,
+    ns: Namespace,
+    kafka: Kafka,
+    target: str,
+    start_worker: WorkerFactory,
+) -> None:
+    # Given a worker
+    worker = start_worker()
+    url = ["--url", f"http://127.0.0.1:{worker.web_port}"]
+    kafka_options = ["--bootstrap", broker.bootstrap, "--ingest-topic", ns.ingest]
+    kafka_options += ["--app-id", ns.app_id]
+    # When a job is scheduled to recur every second
+    scheduled = await invoke(
+        ["schedule", "-t", target, "--every", "1s", "--id", "cli-every", *kafka_options, "tick"]
+    )
+    # Then the CLI says so, with its first occurrence
+    assert scheduled.exit_code == EXIT_OK, scheduled.output
+    said = f"scheduled job cli-every repeats every 1 s to {target}, first "
+    assert scheduled.stdout.startswith(said), scheduled.stdout
+
+    # And it is forwarded at two occurrences at least, each with its own due time
+    def ticks(records: list[ConsumerRecord[bytes, bytes]]) -> set[bytes]:
+        return {headers_of(r)["delayq-due-ms"] for r in records if r.key == b"cli-every"}
+
+    await kafka.collect([target], lambda records: len(ticks(records)) >= 2)
+    # And `get` and `list` show its rule in words
+    for command in (["get", "cli-every"], ["list"]):
+        await eventually(
+            [*command, *url],
+            lambda r: "cli-every" in r.stdout and "repeats every 1 s" in r.stdout,
+            f"{command[0]} to show the rule",
+        )
+
+    # When it is cancelled
+    cancelled = await invoke(["cancel", "cli-every", *kafka_options])
+    assert cancelled.exit_code == EXIT_OK, cancelled.output
+    # Then it is pending no more
+    await eventually(
+        ["get", "cli-every", *url], lambda r: r.exit_code == EXIT_FAILURE, "the series to end"
+    )
 
 
 async def test_the_url_defaults_to_delayq_web_port_in_a_real_subprocess(

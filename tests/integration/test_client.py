@@ -24,6 +24,7 @@ from app.embedded import EmbeddedBroker, free_port
 from app.errors import BrokerUnavailable, IngestTopicError
 from app.jobs import Job
 from app.outcomes import CancelOutcome
+from app.recurrence import Rule
 from app.times import now_ms
 from tests.conftest import WorkerFactory
 from tests.support import (
@@ -235,6 +236,56 @@ async def test_a_cancel_that_waits_returns_who_won(
     assert too_late.forwarded_ms >= too_late.due_ms
 
 
+async def test_recurring_jobs_fire_at_each_occurrence_and_carry_their_rule(
+    broker: EmbeddedBroker, ns: Namespace, kafka: Kafka, target: str, start_worker: WorkerFactory
+) -> None:
+    # Given a worker
+    start_worker()
+    weekdays = Rule(cron="0 9 * * 1-5", timezone="Europe/Berlin", until_ms=4_102_444_800_000)
+    before = now_ms()
+    async with AsyncDelayQueue(broker.bootstrap, ns.ingest, app_id=ns.app_id) as queue:
+        # When the async client schedules a job every second, and the blocking one a cron job
+        ticker = await queue.every(b"tick", "1s", target=target, job_id="ticker")
+
+        def schedule_cron() -> ScheduledJob:
+            with DelayQueue(broker.bootstrap, ns.ingest, app_id=ns.app_id) as blocking:
+                return blocking.cron(
+                    b"standup",
+                    "0 9 * * 1-5",
+                    target=target,
+                    timezone="Europe/Berlin",
+                    until="2100-01-01T00:00:00Z",
+                    job_id="standup",
+                )
+
+        standup = await asyncio.to_thread(schedule_cron)
+        after = now_ms()
+
+        def ticks(records: Records) -> list[ConsumerRecord[bytes, bytes]]:
+            return [r for r in records if job_id_of(r) == "ticker"]
+
+        # Then the ticker starts one interval from now and is forwarded at each occurrence,
+        # each forward with its own due time, none early
+        assert before + 1_000 <= ticker.due_ms <= after + 1_000
+        fired = ticks(await kafka.collect([target], lambda records: len(ticks(records)) >= 2))
+        dues = [int(headers_of(r)["delayq-due-ms"]) for r in fired]
+        # (a worker that lags by an interval sends only the latest occurrence due: skips one)
+        assert dues == sorted(set(dues)) and dues[0] >= ticker.due_ms, dues
+        assert all((due - ticker.due_ms) % 1_000 == 0 for due in dues), dues
+        assert all(
+            r.timestamp >= due and r.value == b"tick" for r, due in zip(fired, dues, strict=True)
+        )
+        await queue.cancel("ticker")
+    # And the cron job's record holds its rule, due at its next match, as the worker reads it
+    records = await kafka.collect([ns.ingest], has_keys(b"standup"))
+    [job] = [parse_ingest(r, ns.ingest) for r in records if r.key == b"standup"]
+    assert isinstance(job, Job)
+    assert job.rule == weekdays
+    assert (
+        job.due_ms == standup.due_ms in {weekdays.first_after(before), weekdays.first_after(after)}
+    )
+
+
 # --- the records written, as the worker reads them ----------------------------------------------
 
 
@@ -282,7 +333,7 @@ async def test_bad_arguments_raise_before_anything_is_produced(
     await create_deployment_topics(broker.bootstrap, ns)
     async with AsyncDelayQueue(broker.bootstrap, ns.ingest, app_id=ns.app_id) as queue:
         # Given a connected client / When every kind of bad argument is given
-        for kwargs, message in BAD_SCHEDULES:
+        for kwargs, message in BAD_SCHEDULES + BAD_RULES:
             with pytest.raises(ValueError, match=message):
                 await queue.schedule(**{"value": b"v", **kwargs})
         for job_id, message in BAD_JOB_IDS:
@@ -322,6 +373,25 @@ BAD_SCHEDULES: list[tuple[dict[str, Any], str]] = [
     ({**TARGET, "delay": "1s", "headers": "h=1"}, "^headers: expected"),
 ]
 BAD_JOB_IDS: list[tuple[Any, str]] = [("", "^job_id: must not be empty"), ("y" * 1025, "longer")]
+#: Recurring jobs the worker would dead-letter: refused by the client with the argument at fault.
+BAD_RULES: list[tuple[dict[str, Any], str]] = [
+    ({**TARGET, "cron": "61 * * * *"}, r"^cron: '61 \* \* \* \*' is not a cron rule: Bad minute$"),
+    ({**TARGET, "cron": 5}, "^cron: expected a str, not int$"),
+    ({**TARGET, "cron": "@daily", "timezone": "Europe"}, "^timezone: 'Europe' is not an IANA"),
+    ({**TARGET, "every": "500ms"}, "^every: 500 is below the minimum of 1000 ms$"),
+    ({**TARGET, "every": "1x"}, "^every: invalid duration '1x'"),
+    ({**TARGET, "every": "1s", "cron": "@daily"}, "^cron: give cron or every, not both$"),
+    ({**TARGET, "every": "1s", "timezone": "UTC"}, "^timezone: applies to a cron rule only$"),
+    ({**TARGET, "delay": 0, "until": 5}, "^until: needs cron or every$"),
+    ({**TARGET, "every": "1s", "until": "soon"}, "^until: invalid time 'soon'"),
+    ({**TARGET, "every": "1s", "until": 0}, "^until: 1970-01-01T00:00:00.000Z is before the first"),
+    ({**TARGET, "every": "1s", "at": 5, "until": 4}, "^until: .* is before the first occurrence"),
+    ({**TARGET, "every": "1s", "delay": "1h", "until": 5}, "^until: .* is before the first"),
+    (
+        {**TARGET, "cron": "61 * * * *", "timezone": "Mars/Olympus"},
+        "^timezone: 'Mars/Olympus' is not an IANA .*; cron: '61 ",
+    ),
+]
 
 
 # --- the ingest topic: looked at before the first record, never created --------------------------
@@ -385,7 +455,7 @@ def test_the_ingest_topic_is_not_a_target(closed_port: str) -> None:
         queue.close()
 
 
-@pytest.mark.parametrize(("kwargs", "message"), BAD_SCHEDULES[:12])
+@pytest.mark.parametrize(("kwargs", "message"), BAD_SCHEDULES[:12] + BAD_RULES)
 async def test_bad_arguments_raise_without_connecting(
     closed_port: str, kwargs: dict[str, Any], message: str
 ) -> None:
@@ -499,7 +569,7 @@ def test_the_client_imports_only_aiokafka_and_light_delayq_modules() -> None:
     client = _imports(ROOT / "app" / "client.py")
     durations = _imports(ROOT / "app" / "durations.py")
     allowed = {"app", "app.names", "app.durations", "app.times", "app.errors", "app.settings"}
-    allowed |= {"app.endpoints", "app.outcomes"}
+    allowed |= {"app.endpoints", "app.outcomes", "app.recurrence", "app.rule_fields"}
     assert {m for m in client if m.split(".")[0] not in stdlib} - {
         "aiokafka",
         "aiokafka.errors",

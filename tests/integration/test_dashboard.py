@@ -382,6 +382,44 @@ def test_the_dashboard_in_a_browser(
         assert full_page(page, PHONE, ARTIFACTS / "dashboard-phone.png") <= PHONE
 
 
+@needs_browser
+def test_a_recurring_job_is_marked_with_its_rule_in_words(
+    broker: EmbeddedBroker,
+    ns: Namespace,
+    start_worker: Callable[..., Worker],
+    browser: webdriver.Chrome,
+) -> None:
+    asyncio.run(create_topics(broker.bootstrap, [ns.ingest, ns.fired, ns.target()], ns.partitions))
+    worker = start_worker()
+    port, page = worker.web_port, browser
+    # Given a job recurring every hour and a one-shot job, both pending before the page opens
+    schedule(port, "hourly", ns.target(), every="1h")
+    schedule(port, "once", ns.target(), delay="2h")
+    for job_id in ("hourly", "once"):
+        wait_for(lambda job_id=job_id: http(port, "GET", f"/jobs/{job_id}")[0] == 200, job_id)
+    with screenshot_on_failure(page, worker):
+        # When the page shows the earliest jobs
+        page.get(f"http://127.0.0.1:{port}/")
+        until(page, lambda: [job_id for job_id, _due in rows(page)] == ["hourly", "once"], "2")
+        # Then the recurring one is marked, with its rule in words, and the other is not
+        hourly = css(page, '#jobs-table tr[data-id="hourly"]')
+        assert hourly.get_attribute("data-recurring") == "true"
+        assert hourly.find_element(By.CSS_SELECTOR, ".rule").text == "recurring every 1 h"
+        once = css(page, '#jobs-table tr[data-id="once"]')
+        assert once.get_attribute("data-recurring") is None
+        assert not once.find_elements(By.CSS_SELECTOR, ".rule")
+
+        # When it is looked up, its details say how it repeats, and its series can be cancelled
+        lookup(page, "hourly", "found")
+        assert "Repeats\nevery 1 h" in css(page, "#job-details").text
+        assert css(page, "#cancel-button").text == "Cancel series…"
+        click(page, "#cancel-button")
+        until(page, lambda: dialog_open(page), "the confirmation")
+        click(page, "#cancel-confirm")
+        until(page, lambda: data(page, "#lookup-result", "state") == "cancelled", "cancelled")
+        assert http(port, "GET", "/jobs/hourly")[0] == 404
+
+
 def cluster_settled(port: int, partitions: int) -> dict[str, Any] | None:
     """``/dashboard/api/cluster`` once two workers are ok and own every partition once."""
     status, _, body = http(port, "GET", "/dashboard/api/cluster")

@@ -258,6 +258,9 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("unknown field", {"id": "bad-13", "target": "t", "delay": 1, "dealy": 5}, "dealy"),
     ("internal target", {"id": "bad-14", "target": "INGEST", "delay": 1, "value": "BAD"}, "target"),
+    ("bad cron", {"id": "bad-15", "target": "t", "cron": "61 * * * *", "value": "BAD"}, "cron"),
+    ("fast", {"id": "bad-16", "target": "t", "every": "500ms", "value": "BAD"}, "every"),
+    ("ends first", {"id": "bad-17", "target": "t", "every": "1m", "until": 0}, "until"),
 ]
 
 
@@ -344,6 +347,69 @@ def test_a_delete_that_waits_answers_who_won(setup: Setup) -> None:
     bad = api.delete("/jobs/w-later?wait=soon")
     assert bad.status == 422
     assert "wait" in bad.text
+
+
+# --- recurring jobs ---------------------------------------------------------------------------
+
+
+def due_of(record: ConsumerRecord[bytes, bytes]) -> int:
+    return int(headers_of(record)["delayq-due-ms"])
+
+
+def test_a_recurring_job_fires_at_each_occurrence_until_it_is_deleted(setup: Setup) -> None:
+    api, target = setup.api, setup.ns.target("every")
+    asyncio.run(create_topics(setup.bootstrap, [target], 1))  # forwards in the order sent
+    # Given a job posted to recur every second, with no delay or at
+    before = now_ms()
+    answer = api.post("/jobs", {"id": "every-1", "target": target, "every": "1s", "value": "t"})
+    after = now_ms()
+    # Then its first occurrence is one interval after now
+    assert answer.status == 201, answer.text
+    first = answer.json["due_ms"]
+    assert before + 1_000 <= first <= after + 1_000
+
+    def forwards(records: Records) -> list[ConsumerRecord[bytes, bytes]]:
+        return [r for r in records if headers_of(r)["delayq-job-id"] == b"every-1"]
+
+    # When three of its occurrences have been forwarded
+    fired = forwards(setup.collect([target], lambda records: len(forwards(records)) >= 3))
+    # Then each carries its own due time, on the series (a worker lagging by an interval sends
+    # only the latest occurrence due), and none came before it
+    dues = [due_of(r) for r in fired]
+    assert dues == sorted(set(dues)) and dues[0] >= first, dues
+    assert all((due - first) % 1_000 == 0 for due in dues), dues
+    assert all(r.timestamp >= due_of(r) and r.value == b"t" for r in fired)
+
+    # And GET shows the rule and the next occurrence (or the last one while it is in flight)
+    job = api.job("every-1").json
+    assert job["rule"] == {
+        "cron": None,
+        "timezone": None,
+        "every_ms": 1_000,
+        "until_ms": None,
+        "description": "every 1 s",
+    }
+    assert job["due_ms"] >= dues[-1] and (job["due_ms"] - first) % 1_000 == 0, job
+
+    # And so does the list (which leaves a job out while it is in flight: waited for)
+    def listed() -> list[Any]:
+        jobs = api.get("/jobs?limit=1000").json["jobs"]
+        return [j["rule"] for j in jobs if j["id"] == "every-1"]
+
+    wait_for(lambda: listed() == [job["rule"]], "every-1 to be listed with its rule")
+
+    # When it is deleted (whether an occurrence is in flight or not)
+    deleted = api.delete("/jobs/every-1")
+    acknowledged = now_ms()
+    assert deleted.status == 202, deleted.text
+    api.wait_job("every-1", 404)
+    # Then once a marker due after its next would-be occurrence is forwarded ...
+    marker = now_ms() + 1_100
+    assert api.post("/jobs", {"target": target, "at": marker, "key": "every-end"}).status == 201
+    records = setup.collect([target], has_key(b"every-end"))
+    # ... at most the occurrence in flight at the delete came after its acknowledgement
+    late = [r for r in forwards(records) if r.timestamp > acknowledged]
+    assert len(late) <= 1, [due_of(r) for r in late]
 
 
 # --- GET /jobs --------------------------------------------------------------------------------

@@ -169,6 +169,8 @@ def test_rules_in_words() -> None:
         (("0 0 30 2 *", None, None, None), "Bad day-of-month"),
         (("0 9 * * *", None, "Mars/Olympus", None), "is not an IANA time zone"),
         (("0 9 * * *", None, "../etc/passwd", None), "is not an IANA time zone"),
+        (("0 9 * * *", None, "Europe", None), "is not an IANA time zone"),
+        (("0 9 * * *", None, "x" * 300, None), "is not an IANA time zone"),
         (("0 9 * * *", 60_000, None, None), "not both"),
         ((None, MIN_EVERY_MS - 1, None, None), f"below the minimum of {MIN_EVERY_MS} ms"),
         ((None, 60_000, "Europe/Berlin", None), "applies to a delayq-cron rule only"),

@@ -21,8 +21,10 @@ from app.api.models import (
     job_out,
     parse_model,
 )
+from app.commands import parse_command
 from app.errors import ApiError
 from app.jobs import Job, JobStatus
+from app.recurrence import Rule
 
 NOW = 1_700_000_000_000
 FORBIDDEN = frozenset({"delayq-ingest"})
@@ -141,6 +143,12 @@ def test_headers_may_be_an_object_and_a_missing_id_is_generated() -> None:
         ),
         ({"target": "t", "at": 1, "headers": "x"}, "headers"),
         ({"target": "t", "at": 1, "extra": 1}, "extra"),
+        ({"target": "t", "cron": 5}, "cron"),
+        ({"target": "t", "cron": "\ud800"}, "cron"),
+        ({"target": "t", "every": "30"}, "every"),
+        ({"target": "t", "every": True}, "every"),
+        ({"target": "t", "every": "1s", "until": "tomorrow"}, "until"),
+        ({"target": "t", "every": "1s", "until": 1.5}, "until"),
     ],
 )
 def test_each_bad_field_is_named(body: dict[str, Any], field: str) -> None:
@@ -178,6 +186,7 @@ def test_job_out_shows_text_or_base64() -> None:
         ],
         "status": "in_flight",
         "partition": 3,
+        "rule": None,
     }
 
 
@@ -275,8 +284,8 @@ def test_headers_of_another_type_name_both_accepted_forms() -> None:
 def test_an_unknown_field_lists_the_known_ones() -> None:
     found = messages(ScheduleIn, {"target": "t", "at": 1, "valeu": "x"})
     assert found["valeu"] == (
-        "unknown field (fields: id, target, delay, at, key, key_base64, value, value_base64, "
-        "headers)"
+        "unknown field (fields: id, target, delay, at, cron, timezone, every, until, key, "
+        "key_base64, value, value_base64, headers)"
     )
     found = messages(ScheduleIn, {"target": "t", "at": 1, "headers": [{"name": "a", "vlaue": 1}]})
     assert found["headers.0.vlaue"] == "unknown field (fields: name, value, value_base64)"
@@ -314,3 +323,128 @@ def test_echo_quotes_short_values_whole_and_long_ones_in_part() -> None:
     assert echo("a" * ECHO_CHARS) == repr("a" * ECHO_CHARS)
     assert echo("a" * 300) == f"'{'a' * ECHO_CHARS}…' (300 characters)"
     assert echo(10**60) == f"{'1' + '0' * (ECHO_CHARS - 1)}… (61 characters)"
+
+
+# --- recurring jobs -----------------------------------------------------------------------------
+
+
+def reparsed(schedule: Any) -> Job:
+    """What the worker makes of the ingest record the API writes."""
+    job = parse_command(
+        schedule.job_id_bytes,
+        schedule.value,
+        schedule.ingest_headers(),
+        timestamp_ms=NOW,
+        version=1,
+        forbidden_targets=FORBIDDEN,
+    )
+    assert isinstance(job, Job)
+    return job
+
+
+@pytest.mark.parametrize(
+    ("body", "rule", "due"),
+    [
+        # without delay or at: the rule's first occurrence after now
+        ({"every": "30s"}, Rule(every_ms=30_000), NOW + 30_000),
+        ({"every": 1000.4}, Rule(every_ms=1_000), NOW + 1_000),
+        ({"cron": "@daily"}, Rule(cron="@daily"), 1_700_006_400_000),
+        (
+            {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin", "until": "2024-01-01T00:00:00Z"},
+            Rule(cron="0 9 * * 1-5", timezone="Europe/Berlin", until_ms=1_704_067_200_000),
+            1_700_035_200_000,  # Wednesday 2023-11-15 09:00 in Berlin (08:00Z)
+        ),
+        # with one of them: the first occurrence they say
+        ({"every": "1h", "delay": "5s"}, Rule(every_ms=3_600_000), NOW + 5_000),
+        ({"cron": "@hourly", "at": 5, "until": 5}, Rule(cron="@hourly", until_ms=5), 5),
+    ],
+)
+def test_a_recurring_schedule_carries_its_rule_to_the_worker(
+    body: dict[str, Any], rule: Rule, due: int
+) -> None:
+    # Given a recurring schedule / When resolved
+    schedule = resolve({"target": "t", "id": "r", **body})
+    # Then its first occurrence is due, and the record the worker reads has the same rule
+    assert (schedule.rule, schedule.due_ms) == (rule, due)
+    job = reparsed(schedule)
+    assert (job.rule, job.due_ms) == (rule, due)
+
+
+@pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        ({"cron": "61 * * * *"}, {"cron": "'61 * * * *' is not a cron rule: Bad minute"}),
+        (
+            {"cron": "0 9 * * *", "timezone": "Europe"},
+            {"timezone": "'Europe' is not an IANA time zone (like Europe/Berlin or UTC)"},
+        ),
+        ({"every": 999}, {"every": "999 is below the minimum of 1000 ms"}),
+        ({"cron": "@daily", "every": "1m"}, {"cron": "give cron or every, not both"}),
+        ({"every": "1m", "timezone": "UTC"}, {"timezone": "applies to a cron rule only"}),
+        ({"delay": "1s", "until": 5}, {"until": "needs cron or every"}),
+        (
+            {"every": "1m", "until": NOW + 59_999},
+            {
+                "until": "2023-11-14T22:14:19.999Z is before the first occurrence "
+                "(2023-11-14T22:14:20.000Z)"
+            },
+        ),
+        (
+            {"cron": "@hourly", "at": 5, "until": 4},
+            {
+                "until": "1970-01-01T00:00:00.004Z is before the first occurrence "
+                "(1970-01-01T00:00:00.005Z)"
+            },
+        ),
+        (
+            {},
+            {
+                "delay": "give exactly one of delay or at (neither was given), or a recurring "
+                "rule: cron or every"
+            },
+        ),
+        # every problem at once
+        (
+            {"cron": "* * *", "timezone": "Mars/Olympus", "delay": 1, "at": 1},
+            {
+                "timezone": "'Mars/Olympus' is not an IANA time zone (like Europe/Berlin or UTC)",
+                "cron": "'* * *' is not a cron rule: it needs five fields (minute hour "
+                "day-of-month month day-of-week)",
+                "delay": "give exactly one of delay or at (both were given)",
+            },
+        ),
+    ],
+)
+def test_a_bad_rule_is_a_422_naming_each_field_at_fault(
+    body: dict[str, Any], errors: dict[str, str]
+) -> None:
+    assert problems({"target": "t", **body}) == errors
+
+
+def test_a_long_cron_rule_is_echoed_in_part() -> None:
+    message = problems({"target": "t", "cron": "1 " * 300})["cron"]
+    assert message.startswith("'1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 …' (")
+    assert len(message) < 160, message
+
+
+def test_job_out_shows_a_recurring_jobs_rule_and_null_for_a_one_shot_job() -> None:
+    one_shot = Job(b"j", 1_000, "t", None, None, (), 1)
+    every = Job(b"j", 1_000, "t", None, None, (), 1, rule=Rule(every_ms=30_000, until_ms=0))
+    cron = Job(b"j", 1_000, "t", None, None, (), 1, rule=Rule("0 9 * * 1-5", None, "Europe/Berlin"))
+    assert job_out(one_shot, JobStatus.PENDING, 0)["rule"] is None
+    assert job_out(every, JobStatus.PENDING, 0)["rule"] == {
+        "cron": None,
+        "timezone": None,
+        "every_ms": 30_000,
+        "until_ms": 0,
+        "description": "every 30 s, until 1970-01-01T00:00:00Z",
+    }
+    shown = job_out(cron, JobStatus.IN_FLIGHT, 0)
+    assert JobOut.model_validate(shown)
+    assert shown["rule"] == {
+        "cron": "0 9 * * 1-5",
+        "timezone": "Europe/Berlin",
+        "every_ms": None,
+        "until_ms": None,
+        "description": "At 09:00 on Monday through Friday (Europe/Berlin)",
+    }

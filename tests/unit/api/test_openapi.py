@@ -65,3 +65,25 @@ def test_every_operation_with_a_body_documents_its_413_in_its_envelope() -> None
             schema = op["responses"]["413"]["content"]["application/json"]["schema"]
             envelope = "CompatReply" if path.startswith("/delay-queue/") else "ErrorOut"
             assert schema == {"$ref": f"#/components/schemas/{envelope}"}, (path, method)
+
+
+def test_recurring_fields_are_documented_with_their_rules() -> None:
+    schemas = document()["components"]["schemas"]
+    fields = schemas["ScheduleIn"]["properties"]
+    # The rule fields, each described, the DST rule and the minimum interval with them
+    for name in ("cron", "timezone", "every", "until"):
+        assert fields[name]["description"], name
+    assert "first minute after the gap" in fields["cron"]["description"]
+    assert "exists twice" in fields["cron"]["description"]
+    assert "at least 1000 ms" in fields["every"]["description"]
+    assert "rule's first after now" in fields["delay"]["description"]
+    # And a job shows its rule: the fields of RuleOut, null for a one-shot job
+    rule = schemas["JobOut"]["properties"]["rule"]
+    assert {"$ref": "#/components/schemas/RuleOut"} in rule["anyOf"]
+    assert set(schemas["RuleOut"]["properties"]) == {
+        "cron",
+        "timezone",
+        "every_ms",
+        "until_ms",
+        "description",
+    }
