@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from app import names
 from app.recurrence import Rule
+from app.rule_fields import rule_headers
 from tables.keys import due_of
 
 __all__ = [
@@ -112,15 +113,8 @@ class Job:
         ]
         if self.key is not None:
             extra.append((names.HEADER_KEY, self.key))
-        rule = self.rule
-        if rule is not None:
-            if rule.every_ms is not None:
-                extra.append((names.HEADER_EVERY_MS, str(rule.every_ms).encode()))
-            else:
-                extra.append((names.HEADER_CRON, (rule.cron or "").encode()))
-                extra.append((names.HEADER_TIMEZONE, rule.timezone.encode()))
-            if rule.until_ms is not None:
-                extra.append((names.HEADER_UNTIL_MS, str(rule.until_ms).encode()))
+        if self.rule is not None:
+            extra.extend(rule_headers(self.rule))
         return [*self.headers, *extra]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from app.commands import parse_command
 from app.jobs import Job, decode_fired
 from app.names import HEADER_DUE_MS, HEADER_JOB_ID
 from app.recurrence import Rule
@@ -140,3 +141,15 @@ async def test_a_one_shot_removal_record_carries_no_occurrence(h: Harness) -> No
     [(_partition, entries)] = h.producer.take_fired()
     assert [occurrence for _key, _version, occurrence in entries] == [NOW]
     assert decode_fired(b"") == []
+
+
+def test_a_dead_lettered_occurrence_carries_what_schedules_the_series_again() -> None:
+    # Given a recurring job whose occurrence could not be forwarded (its dead letter's headers)
+    job = Job(b"poll", NOW, "out", None, b"v", (), 7, rule=Rule(every_ms=EVERY, until_ms=NOW + 9))
+    headers = job.contract_headers()
+    # When they are written back to the ingest topic, then they schedule the same series again
+    again = parse_command(
+        b"poll", b"v", headers, timestamp_ms=NOW, version=8, forbidden_targets=frozenset()
+    )
+    assert isinstance(again, Job)
+    assert (again.due_ms, again.rule) == (NOW, job.rule)
