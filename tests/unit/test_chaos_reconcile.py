@@ -35,7 +35,7 @@ from chaos.figures import (
     failures,
 )
 from chaos.forensics import duplicate_cause
-from chaos.load import PARTITIONERS, LoadConfig, LoadGenerator, routes
+from chaos.load import EVERY_MS, PARTITIONERS, LoadConfig, LoadGenerator, routes
 from chaos.reconcile import BEFORE_DUE, RACE, Book, Forward
 from tests.support import wait_for
 
@@ -615,3 +615,30 @@ def test_a_replaced_series_ends_when_the_replace_is_acknowledged_and_the_new_one
     assert (figures["occurrences_expected"], figures["occurrences_forwarded"]) == (6, 6)
     assert figures["occurrences_after_replace_acked_before_due"] == 1
     assert failures(figures) == [OCCURRENCES_AFTER_END]
+
+
+async def test_the_load_starts_series_and_cancels_and_replaces_them_too() -> None:
+    # Given a generator whose every new job is a series
+    config = LoadConfig(100, 1, 10_000, recurring_share=1.0, partitions=4)
+    load = LoadGenerator("127.0.0.1:1", "ingest", ["out"], "p", config)
+    now = now_ms()
+
+    # When it makes a few hundred commands
+    commands = [load._next(now) for _ in range(400)]
+
+    # Then each schedule is a series every 1-5 s from within the delay range, some ending
+    schedules = [dict(headers) for _key, value, headers, _new in commands if value is not None]
+    assert all(EVERY_MS[0] <= int(h["delayq-every-ms"]) <= EVERY_MS[1] for h in schedules)
+    firsts = [
+        int(h["delayq-due-ms"]) - now if "delayq-due-ms" in h else int(h["delayq-delay-ms"])
+        for h in schedules
+    ]
+    assert all(0 <= first <= 10_000 for first in firsts)
+    stats = load.stats
+    assert 0 < stats.series_until < stats.series == stats.new
+    # And the cancels and replaces pick series (the only jobs there are), none once cancelled
+    assert stats.series_cancels == stats.cancels > 0
+    assert stats.series_replaces == stats.replaces > 0
+    keys = [key for key, _value, _headers, _new in commands]
+    for at, (key, value, _headers, _new) in enumerate(commands):
+        assert value is not None or key not in keys[at + 1 :], f"{key!r} used after its cancel"
