@@ -374,9 +374,9 @@ class LoadGenerator:
         elif cfg.recurring_share and self.rng.random() < cfg.recurring_share:
             return self._new_series(now)
         else:
-            job_id, target, fkey = self._new_job()
+            new_id, new_target, new_fkey = self._new_job()
             delay = self._delay_ms()
-            entry = [job_id, now + delay, 0, target, fkey, True]
+            entry = [new_id, now + delay, 0, new_target, new_fkey, True]
             self.pending.add(entry)
         job_id, revision, target, fkey = entry[0], entry[2], entry[3], entry[4]
         assert isinstance(job_id, bytes) and isinstance(revision, int) and isinstance(target, str)
