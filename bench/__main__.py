@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--scenarios steady,throughput,burst,capacity,recovery]``.
+"""``python -m bench [--quick] [--scenarios steady,recurring,throughput,burst,capacity,recovery]``.
 
 Starts one embedded broker on a free port, runs the scenarios in that order against the
 contenders, prints progress lines and then one table, and writes ``<out>/<mode>.json``,
@@ -31,10 +31,11 @@ from bench.broker import Broker
 from bench.contenders import Delayq, Env
 from bench.durability import capacity, recovery
 from bench.load import Generator
+from bench.recurring import recurring
 from bench.scenarios import Runner, burst, session, steady, throughput
 from bench.workers import stop_all
 
-SCENARIOS = ("steady", "throughput", "burst", "capacity", "recovery")
+SCENARIOS = ("steady", "recurring", "throughput", "burst", "capacity", "recovery")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Plan:
     steady_s: float
     steady_parallel: bool
     steady_contenders: tuple[str, ...]
+    #: Series every second at ``steady_rate`` occurrences/s for ``steady_s`` (bench/recurring.py).
+    recurring_contenders: tuple[str, ...]
     tp_contenders: tuple[str, ...]
     tp_start: float
     tp_step_s: float
@@ -63,6 +66,7 @@ FULL = Plan(
     steady_s=60,
     steady_parallel=False,
     steady_contenders=("limit", "seed", "delayq", "delayq/fnv1a"),
+    recurring_contenders=("delayq",),
     tp_contenders=("limit", "seed", "delayq", "delayq-2w"),
     tp_start=500,
     tp_step_s=20,
@@ -80,6 +84,7 @@ QUICK = Plan(
     steady_s=15,
     steady_parallel=True,
     steady_contenders=("limit", "seed", "delayq"),
+    recurring_contenders=("delayq",),
     tp_contenders=("limit", "delayq"),
     tp_start=1_000,
     tp_step_s=5,
@@ -115,8 +120,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated, of limit,seed,delayq,delayq-2w,delayq/fnv1a,delayq/crc32,"
         "delayq@DIR: /fnv1a, /crc32: the producer partitions as sarama's default, librdkafka's "
         "(the worker moves the commands to their home); DIR: another checkout, e.g. a git "
-        "worktree of the commit before. The contenders of steady, throughput and burst "
-        "(default: each scenario's own list)",
+        "worktree of the commit before. The contenders of steady, throughput and burst, and "
+        "the delayq ones of recurring (default: each scenario's own list)",
     )
     parser.add_argument("--partitions", type=int, default=8, help="partitions of every topic")
     parser.add_argument(
@@ -212,6 +217,12 @@ async def _run(
                     parallel=plan.steady_parallel,
                 ),
             )
+        if "recurring" in scenarios:
+            await _guarded(
+                results,
+                "recurring",
+                lambda: recurring(r, plan.recurring_contenders, plan.steady_rate, plan.steady_s),
+            )
         if "throughput" in scenarios:
             await _guarded(
                 results,
@@ -264,9 +275,17 @@ async def _durability(r: Runner, plan: Plan, scenarios: list[str], results: dict
 
 
 def _only(plan: Plan, names: list[str]) -> Plan:
-    """``plan`` with ``names`` as the contenders of steady, throughput and burst."""
+    """``plan`` with ``names`` as the contenders of steady, throughput and burst, and its delayq
+    ones as recurring's (the others have no recurring jobs)."""
     chosen = tuple(names)
-    return replace(plan, steady_contenders=chosen, tp_contenders=chosen, burst_contenders=chosen)
+    delayqs = tuple(name for name in chosen if name.startswith("delayq"))
+    return replace(
+        plan,
+        steady_contenders=chosen,
+        recurring_contenders=delayqs,
+        tp_contenders=chosen,
+        burst_contenders=chosen,
+    )
 
 
 def _overridden(plan: Plan, settings: list[str]) -> Plan:

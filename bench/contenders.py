@@ -41,6 +41,8 @@ __all__ = ["Contender", "Delayq", "Env", "Limit", "Seed", "make"]
 
 TARGET = "delayq-target"
 DUE = "delayq-due-ms"
+EVERY = "delayq-every-ms"
+UNTIL = "delayq-until-ms"
 SEED_DELAYS_S = range(1, 11)
 #: The partitioners a ``delayq/<name>`` contender's producer may use instead of murmur2.
 PARTITIONERS: dict[str, Callable[[bytes, int], int]] = {
@@ -258,6 +260,14 @@ class Delayq(Contender):
         return Record(
             self.ns.ingest, job.key, _headers(self.target, job.due_ms), partition=partition
         )
+
+    def record_series(self, job: Job, every_ms: int, occurrences: int) -> Record:
+        """A recurring job: its first occurrence at ``job.due_ms``, then one every
+        ``every_ms``, ``occurrences`` in all (``delayq-until-ms`` = the last one)."""
+        record = self.record(job, job.sched_ms)
+        until_ms = job.due_ms + (occurrences - 1) * every_ms
+        rule = [(EVERY, str(every_ms).encode()), (UNTIL, str(until_ms).encode())]
+        return replace(record, headers=[*record.headers, *rule])
 
     async def counters(self) -> dict[str, Any]:
         """The live workers' ``/stats`` counters, summed, and each one's ``move_lag_ms``

@@ -5,6 +5,8 @@ it sent the record) - its due time (header ``delayq-due-ms``: delayq writes it o
 forward, limit and seed copy the schedule's headers). The receipt time at this consumer is kept
 too (``receipt_*`` in the JSON). Negative lateness = forwarded early, counted as ``early``.
 A job id (record key) seen twice counts as a duplicate; only its first arrival is measured.
+The occurrences of a recurring job share its key: with ``by_occurrence`` set, an arrival is
+identified by its key and due time (:meth:`Collector.occurrence_key`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Collector:
         self.arrivals: dict[bytes, Arrival] = {}
         self.duplicates = 0
         self.without_due = 0
+        #: Identify arrivals by key and due time (recurring jobs), not by key alone.
+        self.by_occurrence = False
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
@@ -91,10 +95,16 @@ class Collector:
         if due is None:
             self.without_due += 1
             return
-        if rec.key in self.arrivals:
+        ident = self.occurrence_key(rec.key, int(due)) if self.by_occurrence else rec.key
+        if ident in self.arrivals:
             self.duplicates += 1
             return
-        self.arrivals[rec.key] = Arrival(rec.timestamp, int(due), receipt, rec.partition)
+        self.arrivals[ident] = Arrival(rec.timestamp, int(due), receipt, rec.partition)
+
+    @staticmethod
+    def occurrence_key(key: bytes, due_ms: int) -> bytes:
+        """How an occurrence of a recurring job is identified with ``by_occurrence`` set."""
+        return b"%s@%d" % (key, due_ms)
 
     def count(self, keys: Collection[bytes]) -> int:
         return sum(1 for key in keys if key in self.arrivals)

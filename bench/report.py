@@ -109,18 +109,25 @@ def _steady_rows(st: dict[str, Any]) -> list[Row]:
     title = f"steady: {rate} jobs/s for {secs} s, delays {delays} s ({side})"
     return [
         (title, {}),
-        ("  lateness p50 (ms)", _per(st, _lateness("p50_ms"))),
-        ("  lateness p99 (ms)", _per(st, _lateness("p99_ms"))),
-        ("  lateness p99.9 (ms)", _per(st, _lateness("p999_ms"))),
-        ("  lateness max (ms)", _per(st, _lateness("max_ms"))),
-        ("  early", _per(st, lambda r: _num(r.get("early")))),
-        (
-            "  delivered",
-            _per(st, lambda r: f"{_num(r.get('delivered'))}/{_num(r.get('expected'))}"),
-        ),
+        *_lateness_rows(st, "  delivered"),
         ("  CPU per job (ms)", _per(st, _cpu_per_job)),
         *_broker_cpu_rows(st),
         *_move_rows(st),
+    ]
+
+
+def _lateness_rows(section: dict[str, Any], delivered: str) -> list[Row]:
+    """Lateness quantiles, early and delivered (labelled ``delivered``) per contender."""
+    return [
+        ("  lateness p50 (ms)", _per(section, _lateness("p50_ms"))),
+        ("  lateness p99 (ms)", _per(section, _lateness("p99_ms"))),
+        ("  lateness p99.9 (ms)", _per(section, _lateness("p999_ms"))),
+        ("  lateness max (ms)", _per(section, _lateness("max_ms"))),
+        ("  early", _per(section, lambda r: _num(r.get("early")))),
+        (
+            delivered,
+            _per(section, lambda r: f"{_num(r.get('delivered'))}/{_num(r.get('expected'))}"),
+        ),
     ]
 
 
@@ -155,6 +162,41 @@ def _move_rows(st: dict[str, Any]) -> list[Row]:
 def _cpu_per_job(res: dict[str, Any]) -> str:
     cpu = res.get("cpu_ms_per_job")
     return DASH if cpu is None else f"{cpu:.2f}"
+
+
+def _recurring_rows(re_: dict[str, Any], steady: dict[str, Any] | None) -> list[Row]:
+    """Series every second: an occurrence's lateness and CPU, beside a one-shot job's (steady,
+    when it ran at the same rate)."""
+    rate, secs = _num(re_["rate"]), _num(re_["duration_s"])
+    title = (
+        f"recurring: {_num(re_['series'])} series every {re_['every_ms'] / 1000:g} s for {secs} s "
+        f"({rate} occurrences/s)"
+    )
+
+    def per_occurrence(key: str) -> Callable[[dict[str, Any]], str]:
+        return lambda res: _cpu_per_job({"cpu_ms_per_job": res.get(key)})
+
+    out = [
+        (title, {}),
+        *_lateness_rows(re_, "  occurrences delivered"),
+        ("  skipped (missed, counted)", _per(re_, lambda r: _num(r.get("occurrences_skipped")))),
+        ("  CPU per occurrence (ms)", _per(re_, per_occurrence("cpu_ms_per_occurrence"))),
+        (
+            "  broker CPU per occurrence (ms)",
+            _per(re_, per_occurrence("broker_cpu_ms_per_occurrence")),
+        ),
+    ]
+    if steady is not None and steady.get("rate") == re_["rate"]:
+        one_shot = steady.get("contenders", {})
+
+        def ratio(name: str, res: dict[str, Any]) -> str:
+            job = one_shot.get(name, {}).get("cpu_ms_per_job")
+            occurrence = res.get("cpu_ms_per_occurrence")
+            return f"{occurrence / job:.2f}" if job and occurrence is not None else DASH
+
+        cells = {name: ratio(name, res) for name, res in re_.get("contenders", {}).items()}
+        out.append(("  CPU per occurrence / per one-shot job (steady)", cells))
+    return out
 
 
 def _throughput_rows(tp: dict[str, Any]) -> list[Row]:
@@ -234,8 +276,9 @@ def _recovery_rows(rec: dict[str, Any]) -> list[Row]:
 def rows(results: dict[str, Any]) -> list[Row]:
     """The table: a title row per scenario, then one row per figure."""
     table: list[Row] = []
-    builders = {
+    builders: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
         "steady": _steady_rows,
+        "recurring": lambda re_: _recurring_rows(re_, results.get("steady")),
         "throughput": _throughput_rows,
         "burst": _burst_rows,
         "capacity": _capacity_rows,
@@ -323,6 +366,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     something to draw; False if neither has."""
     steady = results.get("steady", {}).get("contenders", {})
     cdfs = {name: res["cdf"] for name, res in steady.items() if res.get("cdf")}
+    recurring = results.get("recurring", {}).get("contenders", {})
+    cdfs |= {f"{name}, recurring": res["cdf"] for name, res in recurring.items() if res.get("cdf")}
     bar_title, bar_label, bars = _bars(results)
     if not cdfs and not bars:
         return False
@@ -339,8 +384,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             left.plot([max(v, 0.5) for _q, v in points], [q for q, _v in points], label=name)
         left.set_xscale("log")
         left.set_xlabel("lateness (ms, log; values below 0.5 ms drawn at 0.5)")
-        left.set_ylabel("fraction of jobs forwarded")
-        left.set_title("steady: lateness CDF")
+        left.set_ylabel("fraction of jobs (occurrences) forwarded")
+        left.set_title("steady (and recurring): lateness CDF")
         left.grid(True, which="both", alpha=0.3)
         left.legend()
     if bars:

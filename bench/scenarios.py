@@ -31,6 +31,7 @@ __all__ = [
     "WARM_JOBS",
     "Runner",
     "burst",
+    "cpu_of",
     "session",
     "steady",
     "throughput",
@@ -147,7 +148,8 @@ def _load_fields(load: LoadStats) -> dict[str, Any]:
     }
 
 
-def _cpu(pids: Sequence[int | None]) -> float:
+def cpu_of(pids: Sequence[int | None]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` have used so far."""
     total = 0.0
     for pid in pids:
         if pid is not None:
@@ -176,7 +178,7 @@ async def _paced_run(
     keys = [job.key for job in jobs]
     counters_before = await c.counters()
     broker = [r.broker_pid()] if own_broker else []
-    cpu_before, broker_before = _cpu(c.pids()), _cpu(broker)
+    cpu_before, broker_before = cpu_of(c.pids()), cpu_of(broker)
     load = await r.gen.paced(jobs, c.emit_ms, c.record, sent)
     last_due = max(job.due_ms for job in jobs)
     timeout = max(0.0, (last_due - now_ms()) / 1000) + grace_s
@@ -191,9 +193,9 @@ async def _paced_run(
     out["receipt_p50_ms"], out["receipt_p99_ms"] = receipt["p50_ms"], receipt["p99_ms"]
     out.update(_load_fields(load))
     # CPU per job: what the contender's processes spent (less sensitive to a busy machine).
-    out["cpu_ms_per_job"] = round((_cpu(c.pids()) - cpu_before) * 1000 / max(1, len(keys)), 3)
+    out["cpu_ms_per_job"] = round((cpu_of(c.pids()) - cpu_before) * 1000 / max(1, len(keys)), 3)
     if broker and broker[0] is not None:
-        spent = _cpu(broker) - broker_before
+        spent = cpu_of(broker) - broker_before
         out["broker_cpu_ms_per_job"] = round(spent * 1000 / max(1, len(keys)), 3)
     out.update(_moves(counters_before, await c.counters()))
     if not c.alive():

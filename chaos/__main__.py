@@ -83,6 +83,13 @@ def parse(argv: list[str] | None) -> ChaosConfig:
         help="share of jobs whose replaces and cancels go through another partitioner than "
         "their first schedule (%(default)s; needs two partitioners or more)",
     )
+    p.add_argument(
+        "--recurring-share",
+        type=float,
+        default=d.recurring_share,
+        help="share of new jobs that are recurring: delayq-every-ms 1-5 s, some with "
+        "delayq-until-ms, some cancelled or replaced later (%(default)s)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=d.out_dir, help="results dir (%(default)s)")
     a = p.parse_args(argv)
@@ -103,6 +110,7 @@ def parse(argv: list[str] | None) -> ChaosConfig:
         seed=a.seed,
         partitioners=a.partitioners,
         mixed_share=a.mixed_share,
+        recurring_share=a.recurring_share,
         out_dir=a.out,
         command=shlex.join(["python", "-m", "chaos", *(sys.argv[1:] if argv is None else argv)]),
     )

@@ -21,6 +21,12 @@ A command is one of:
   yet reached), with the next revision of its value and, mostly, a new due time;
 - a cancel: key = such a job id, null value, no headers.
 
+A share of the new jobs (``recurring_share``) are recurring instead: ``delayq-every-ms`` of
+1-5 s (:data:`EVERY_MS`), the first occurrence in the same delay range, some with
+``delayq-until-ms`` a few occurrences on. Such a *series* is pending until cancelled (or its
+``until`` passed): the cancels and replaces pick one now and then (a replace starts a new
+series, with the next revision of its value and, mostly, another interval).
+
 Values are ``<job id>|<revision>|`` padded to 100 bytes, so a forwarded value names its job.
 What was sent is read back from the ingest topic by the reconciler: the generator's own
 bookkeeping only picks the jobs to replace and cancel, and notes when the broker acknowledged
@@ -57,6 +63,17 @@ SLICE_S = 0.010
 VALUE_BYTES = 100
 #: Jobs remembered as candidates for replace and cancel.
 _RECENT = 50_000
+#: A series' interval is drawn between these (ms): delayq's minimum, and a few occurrences in a
+#: short run.
+EVERY_MS = (1_000, 5_000)
+#: Share of the series that end by ``delayq-until-ms``, after at most this many occurrences.
+UNTIL_SHARE = 0.3
+UNTIL_OCCURRENCES = 5
+#: A cancel or replace picks a series (rather than a one-shot job) this many times as often as
+#: a new job is one: about a quarter of the series get cancelled, two fifths replaced.
+SERIES_FOLLOW_UP = 2.0
+
+Command = tuple[bytes, bytes | None, list[tuple[str, bytes]], bool]
 
 
 def job_value(job_id: bytes, revision: int) -> bytes:
@@ -98,6 +115,8 @@ class LoadConfig:
     mixed_share: float = 0.0
     #: Ingest partitions (the partitioners need the count).
     partitions: int = 1
+    #: Share of new jobs that are recurring (``delayq-every-ms``).
+    recurring_share: float = 0.0
 
 
 @dataclass
@@ -123,6 +142,12 @@ class LoadStats:
     #: schedule, and those replaces and cancels.
     mixed_jobs: int = 0
     mixed_commands: int = 0
+    #: New jobs that are series, those of them with ``delayq-until-ms``, and the cancels and
+    #: replaces that picked a series (counted in ``new``, ``cancels`` and ``replaces`` too).
+    series: int = 0
+    series_until: int = 0
+    series_cancels: int = 0
+    series_replaces: int = 0
 
     @property
     def records(self) -> int:
@@ -158,6 +183,46 @@ class _Pending:
         return None
 
 
+@dataclass
+class _Series:
+    """A series the generator started, as it last scheduled it."""
+
+    job_id: bytes
+    target: str
+    fkey: bytes | None
+    every_ms: int = 0
+    until_ms: int | None = None
+    revision: int = 0
+    cancelled: bool = False
+
+    def pending(self, now: int) -> bool:
+        return not self.cancelled and (self.until_ms is None or self.until_ms > now)
+
+
+class _SeriesPool:
+    """Series believed pending, for the cancels and replaces to pick from."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.items: list[_Series] = []
+
+    def add(self, series: _Series) -> None:
+        self.items.append(series)
+
+    def pick(self, now: int) -> _Series | None:
+        """A pending series (a few tries, then None); those found over are dropped."""
+        for _ in range(4):
+            if not self.items:
+                return None
+            at = self.rng.randrange(len(self.items))
+            series = self.items[at]
+            if series.pending(now):
+                return series
+            self.items[at] = self.items[-1]
+            self.items.pop()
+        return None
+
+
 class LoadGenerator:
     """Sends the command mix to ``ingest`` for ``duration_s`` at ``rate`` commands/s."""
 
@@ -177,6 +242,7 @@ class LoadGenerator:
         self.stats = LoadStats()
         self.rng = random.Random(config.seed)
         self.pending = _Pending(self.rng)
+        self.series = _SeriesPool(self.rng)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
@@ -250,10 +316,8 @@ class LoadGenerator:
         return self.rng.randint(0, top)
 
     def _schedule_headers(
-        self, entry: list[object], now: int, delay: int
+        self, target: str, fkey: bytes | None, now: int, delay: int
     ) -> list[tuple[str, bytes]]:
-        target, fkey = entry[3], entry[4]
-        assert isinstance(target, str)
         headers: list[tuple[str, bytes]] = []
         if self.rng.random() < 0.3:
             headers.append(("chaos-trace", b"t-%d" % self.rng.randrange(1 << 30)))
@@ -262,7 +326,7 @@ class LoadGenerator:
             headers.append(("delayq-delay-ms", str(delay).encode()))
         else:
             headers.append(("delayq-due-ms", str(now + delay).encode()))
-        if isinstance(fkey, bytes):
+        if fkey is not None:
             headers.append(("delayq-key", fkey))
         return headers
 
@@ -279,10 +343,16 @@ class LoadGenerator:
         stats.off_home += partition != home_partition(job_id, cfg.partitions)
         return partition
 
-    def _next(self, now: int) -> tuple[bytes, bytes | None, list[tuple[str, bytes]], bool]:
+    def _next(self, now: int) -> Command:
         """The next command: (key, value, headers, whether it is a new job)."""
         roll = self.rng.random()
         cfg = self.config
+        if roll < cfg.replace_share + cfg.cancel_share and self._picks_series():
+            series = self.series.pick(now)
+            if series is not None and roll < cfg.cancel_share:
+                return self._cancel_series(series)
+            if series is not None:
+                return self._replace_series(series, now)
         entry = None
         if roll < cfg.replace_share + cfg.cancel_share:
             entry = self.pending.pick(now)
@@ -301,19 +371,75 @@ class LoadGenerator:
             delay = max(0, due - now) if self.rng.random() < 0.3 else self._delay_ms()
             entry[1] = now + delay
             self.stats.replaces += 1
+        elif cfg.recurring_share and self.rng.random() < cfg.recurring_share:
+            return self._new_series(now)
         else:
-            job_id = b"%s-%08d" % (self.prefix.encode(), self.stats.new)
-            target = self.targets[self.stats.new % len(self.targets)]
-            fkey = b"k-" + job_id if self.rng.random() < 0.2 else None
+            new_id, new_target, new_fkey = self._new_job()
             delay = self._delay_ms()
-            entry = [job_id, now + delay, 0, target, fkey, True]
+            entry = [new_id, now + delay, 0, new_target, new_fkey, True]
             self.pending.add(entry)
-            self.stats.new += 1
-        job_id = entry[0]
-        revision = entry[2]
-        assert isinstance(job_id, bytes) and isinstance(revision, int)
-        value, headers = job_value(job_id, revision), self._schedule_headers(entry, now, delay)
+        job_id, revision, target, fkey = entry[0], entry[2], entry[3], entry[4]
+        assert isinstance(job_id, bytes) and isinstance(revision, int) and isinstance(target, str)
+        assert fkey is None or isinstance(fkey, bytes)
+        value = job_value(job_id, revision)
+        headers = self._schedule_headers(target, fkey, now, delay)
         return job_id, value, headers, revision == 0  # revision 0: a new job
+
+    def _new_job(self) -> tuple[bytes, str, bytes | None]:
+        """A fresh job id, its target, its forward key (None: the job id); counted as new."""
+        job_id = b"%s-%08d" % (self.prefix.encode(), self.stats.new)
+        target = self.targets[self.stats.new % len(self.targets)]
+        fkey = b"k-" + job_id if self.rng.random() < 0.2 else None
+        self.stats.new += 1
+        return job_id, target, fkey
+
+    # -- series -------------------------------------------------------------------------------
+
+    def _picks_series(self) -> bool:
+        """Whether this cancel or replace goes to a series (see :data:`SERIES_FOLLOW_UP`)."""
+        share = self.config.recurring_share
+        return bool(share) and self.rng.random() < share * SERIES_FOLLOW_UP
+
+    def _new_series(self, now: int) -> Command:
+        job_id, target, fkey = self._new_job()
+        series = _Series(job_id, target, fkey)
+        self.series.add(series)
+        self.stats.series += 1
+        return job_id, job_value(job_id, 0), self._series_headers(series, now), True
+
+    def _replace_series(self, series: _Series, now: int) -> Command:
+        """A new series under the same id: next revision, mostly another interval."""
+        series.revision += 1
+        self.stats.replaces += 1
+        self.stats.series_replaces += 1
+        headers = self._series_headers(series, now, keep_every=self.rng.random() < 0.3)
+        return series.job_id, job_value(series.job_id, series.revision), headers, False
+
+    def _cancel_series(self, series: _Series) -> Command:
+        series.cancelled = True
+        self.stats.cancels += 1
+        self.stats.series_cancels += 1
+        return series.job_id, None, [], False
+
+    def _series_headers(
+        self, series: _Series, now: int, keep_every: bool = False
+    ) -> list[tuple[str, bytes]]:
+        """A schedule of ``series``: its first occurrence in the usual delay range, its interval
+        (drawn again unless ``keep_every``), for some an end a few occurrences on."""
+        if not keep_every:
+            series.every_ms = self.rng.randint(*EVERY_MS)
+        delay = self._delay_ms()
+        headers = self._schedule_headers(series.target, series.fkey, now, delay)
+        headers.append(("delayq-every-ms", str(series.every_ms).encode()))
+        series.until_ms = None
+        if self.rng.random() < UNTIL_SHARE:
+            occurrences = self.rng.randint(1, UNTIL_OCCURRENCES - 1)
+            series.until_ms = now + delay + occurrences * series.every_ms
+            if self.rng.random() < 0.5:  # half of them end between two occurrences
+                series.until_ms += self.rng.randrange(series.every_ms)
+            headers.append(("delayq-until-ms", str(series.until_ms).encode()))
+            self.stats.series_until += series.revision == 0
+        return headers
 
     async def run(self) -> LoadStats:
         """Send for ``duration_s`` seconds; return once every command is acknowledged.

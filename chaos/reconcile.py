@@ -40,6 +40,10 @@ value). Then:
   waited long enough. Must be 0.
 - **moved commands never applied**: commands written off their job's home partition without a
   copy there that the worker applies. Must be 0.
+
+Recurring schedules (``delayq-every-ms``) are judged per occurrence instead (chaos/series.py):
+their forwards are matched to the schedule whose rule has their due time, and count in none of
+the figures above but the mismatched forwards and the duplicates under another job id.
 """
 
 from __future__ import annotations
@@ -55,7 +59,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from app.gaps import read_raw_range
 from app.jobs import job_version
 from app.moving import home_partition, parse_moved_from
+from app.recurrence import MIN_EVERY_MS
 from chaos.acks import AckTimes
+from chaos.series import AFTER_END, RACE_ACK_UNKNOWN, Series, SeriesTally
 
 __all__ = [
     "BEFORE_DUE",
@@ -64,6 +70,7 @@ __all__ = [
     "Book",
     "Follower",
     "Forward",
+    "Parsed",
     "Superseded",
     "changelog_history",
     "parse_ingest",
@@ -90,6 +97,10 @@ H_DUE = "delayq-due-ms"
 H_DELAY = "delayq-delay-ms"
 H_KEY = "delayq-key"
 H_JOB_ID = "delayq-job-id"
+H_EVERY = "delayq-every-ms"
+H_UNTIL = "delayq-until-ms"
+H_CRON = "delayq-cron"
+H_TIMEZONE = "delayq-timezone"
 
 
 @dataclass(slots=True)
@@ -111,6 +122,18 @@ class Cmd:
     #: By when it was acknowledged in the home partition (``acked``, or for a moved command an
     #: upper bound: see the module doc); None: unknown.
     home_acked: int | None = None
+    #: A recurring schedule's interval (None: a one-shot job; ``due`` is the first occurrence)
+    #: and the time after which it has no occurrence.
+    every: int | None = None
+    until: int | None = None
+
+    def on_rule(self, due: int) -> bool:
+        """Whether a forward due at ``due`` is this schedule's: its due time, or for a
+        recurring one any of its occurrences (chaos/series.py)."""
+        if self.every is None:
+            return due == self.due
+        on_grid = due >= self.due and (due - self.due) % self.every == 0
+        return on_grid and (self.until is None or due <= self.until)
 
 
 @dataclass(slots=True)
@@ -118,6 +141,11 @@ class JobLog:
     #: The job's home partition (its jobs table partition).
     partition: int
     cmds: list[Cmd] = field(default_factory=list)
+
+    @property
+    def recurring(self) -> bool:
+        """Whether a schedule of the job is recurring (the load never mixes the kinds)."""
+        return any(cmd.every is not None for cmd in self.cmds)
 
 
 def _home_order(cmd: Cmd) -> tuple[bool, int, int]:
@@ -188,21 +216,51 @@ class Forward:
     headers: tuple[tuple[str, bytes], ...]
 
 
+class Parsed(NamedTuple):
+    """An ingest command: a schedule's due time (a recurring one's first occurrence) or
+    CANCEL, its target and forward key, and a recurring schedule's interval and end."""
+
+    due: int
+    target: str | None = None
+    fkey: bytes | None = None
+    every: int | None = None
+    until: int | None = None
+
+
 def parse_ingest(
     key: bytes | None, value: bytes | None, ts: int, headers: Iterable[tuple[str, bytes]]
-) -> tuple[int, str | None, bytes | None] | None:
-    """(due, target, forward key) of a schedule, (CANCEL, None, None) of a cancel, None if bad."""
+) -> Parsed | None:
+    """The command an ingest record holds; None if delayq dead-letters it (or it has a cron
+    rule: the load sends none, and the reconciler follows interval rules only)."""
     hs = dict(headers)
     if not key:
         return None
     if H_TARGET not in hs:
-        contract = {H_DUE, H_DELAY, H_KEY}
-        return (CANCEL, None, None) if value is None and not contract & hs.keys() else None
+        contract = {H_DUE, H_DELAY, H_KEY, H_EVERY, H_UNTIL, H_CRON, H_TIMEZONE}
+        return Parsed(CANCEL) if value is None and not contract & hs.keys() else None
+    if H_CRON in hs:
+        return None
     try:
-        due = int(hs[H_DUE]) if H_DUE in hs else ts + int(hs[H_DELAY])
+        every = int(hs[H_EVERY]) if H_EVERY in hs else None
+        until = int(hs[H_UNTIL]) if H_UNTIL in hs else None
+        if H_DUE in hs:
+            due = int(hs[H_DUE])
+        elif H_DELAY in hs or every is None:
+            due = ts + int(hs[H_DELAY])
+        else:  # a series without a due time: its first occurrence is one interval on
+            due = ts + every
     except (KeyError, ValueError):
         return None
-    return due, hs[H_TARGET].decode(), hs.get(H_KEY)
+    if not _valid_rule(due, every, until):
+        return None
+    return Parsed(due, hs[H_TARGET].decode(), hs.get(H_KEY), every, until)
+
+
+def _valid_rule(due: int, every: int | None, until: int | None) -> bool:
+    """Whether delayq accepts a schedule's recurrence fields (app/recurrence.py, parse_rule)."""
+    if every is None:
+        return until is None
+    return every >= MIN_EVERY_MS and (until is None or until >= due)
 
 
 class Superseded(NamedTuple):
@@ -238,6 +296,8 @@ class Book:
         self.ingest_records = 0
         self.bad_ingest = 0
         self.schedules = 0
+        #: Of the schedules, the recurring ones.
+        self.recurring_schedules = 0
         self.cancels = 0
         #: Moved copies: (home partition, source partition) -> [(source offset, home offset)].
         self._copies: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -278,6 +338,22 @@ class Book:
         self.early_count = 0
         self.mismatched_count = 0
         self.foreign_count = 0
+        # Recurring schedules (chaos/series.py), filled by close_ingest():
+        #: Occurrences due up to this are expected of the series nothing ended.
+        self.horizon = 0
+        #: (job id, schedule index) -> the series of each applied recurring schedule.
+        self.series: dict[tuple[bytes, int], Series] = {}
+        #: Series nothing ended whose last expected occurrence (or a later one) is not forwarded
+        #: yet: the run waits for them as for the missing one-shot jobs.
+        self.series_behind: set[tuple[bytes, int]] = set()
+        #: Forwards of jobs with a recurring schedule, and among them those sent before their
+        #: due time, of occurrences due after the cancel or replace that ended their series was
+        #: acknowledged (by "cancel" / "replace"), and races with an unknown acknowledgement.
+        self.occurrence_forwards = 0
+        self.occurrences_early = 0
+        self.occurrences_after_end: dict[str, int] = {}
+        self.occurrence_races_ack_unknown = 0
+        self.occurrence_samples: list[Anomaly] = []
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -303,24 +379,27 @@ class Book:
         if parsed is None or key is None:
             self.bad_ingest += 1
             return
-        due, target, fkey = parsed
         home = partition if self.partitions is None else home_partition(key, self.partitions)
         job = self.jobs.get(key)
         if job is None:
             job = self.jobs[key] = JobLog(home)
-        cmd = Cmd(offset, ts, CANCEL) if due == CANCEL else Cmd(offset, ts, due, hash(value))
-        if due == CANCEL:
+        cmd = Cmd(offset, ts, parsed.due)
+        if parsed.due == CANCEL:
             self.cancels += 1
         else:
             self.schedules += 1
-            cmd.target, cmd.fkey = target, fkey
+            self.recurring_schedules += parsed.every is not None
+            cmd.vhash, cmd.target, cmd.fkey = hash(value), parsed.target, parsed.fkey
+            cmd.every, cmd.until = parsed.every, parsed.until
         if home != partition:
             cmd.offset, cmd.landed = -1, (partition, offset)
         job.cmds.append(cmd)
 
-    def close_ingest(self) -> None:
+    def close_ingest(self, horizon_ms: int = 0) -> None:
         """Place the moved commands, order every job's commands as delayq applies them; the
-        final state of every job: the expected forwards. After the last :meth:`add_ingest`, with
+        final state of every job: the expected forwards; the series of the recurring schedules,
+        whose occurrences are expected up to ``horizon_ms`` (or the last one-shot due time, if
+        later) unless a command ended them before. After the last :meth:`add_ingest`, with
         every acknowledgement noted."""
         placed = self._applied_copies()
         for job_id, job in self.jobs.items():
@@ -329,10 +408,42 @@ class Book:
             job.cmds.sort(key=_home_order)
             self.mixed.add(job.cmds)
             last = job.cmds[-1]
-            if last.due != CANCEL:
+            if last.due != CANCEL and last.every is None:
                 self.expected[job_id] = last
                 self.max_due = max(self.max_due, last.due)
         self.missing = set(self.expected)
+        self.horizon = max(horizon_ms, self.max_due)
+        self._open_series()
+
+    def _open_series(self) -> None:
+        """A :class:`Series` per applied recurring schedule, ended by the command after it."""
+        for job_id, job in self.jobs.items():
+            for index, cmd in enumerate(job.cmds):
+                if cmd.every is None or cmd.offset < 0:  # never applied: a figure of its own
+                    continue
+                series = Series(job_id, index, cmd.due, cmd.every, cmd.until)
+                series.expect_until = self.horizon
+                if index + 1 < len(job.cmds):
+                    nxt = job.cmds[index + 1]
+                    what = "cancel" if nxt.due == CANCEL else "replace"
+                    series.end(what, nxt.ts, self.guarded_at(nxt), self.horizon)
+                self.series[job_id, index] = series
+                last = series.last_expected
+                if series.ended_by is None and last is not None:
+                    self.series_behind.add((job_id, index))
+                    self.max_due = max(self.max_due, last)
+
+    def waiting(self) -> int:
+        """What the run waits for: expected jobs not forwarded yet, and series nothing ended
+        whose occurrences have not reached the horizon yet."""
+        return len(self.missing) + len(self.series_behind)
+
+    @staticmethod
+    def guarded_at(cmd: Cmd) -> int | None:
+        """By when a cancel or replace wins against forwards due after it (module doc): its
+        acknowledgement in the job's home partition, or where a moved one was written (the
+        guard holds the job until it is moved). None: unknown."""
+        return cmd.acked if cmd.landed is not None else cmd.home_acked
 
     def _applied_copies(self) -> dict[tuple[int, int], int]:
         """(source partition, source offset) -> home offset of the moved copy the home applies.
@@ -369,9 +480,13 @@ class Book:
         if cmd.acked is not None and cmd.home_acked is not None:
             self.hops_ms.append(max(0, cmd.home_acked - cmd.acked))
 
+    def one_shot_jobs(self) -> Iterable[JobLog]:
+        """The jobs without a recurring schedule (the one-shot figures count only those)."""
+        return (job for job in self.jobs.values() if not job.recurring)
+
     @property
     def scheduled_jobs(self) -> int:
-        return sum(1 for job in self.jobs.values() if any(c.due != CANCEL for c in job.cmds))
+        return sum(1 for job in self.one_shot_jobs() if any(c.due != CANCEL for c in job.cmds))
 
     # -- forwards -------------------------------------------------------------------------
 
@@ -390,18 +505,25 @@ class Book:
             self.mismatched_count += 1
             self._sample(self.mismatched, "no delayq-job-id / delayq-due-ms", b"?", where, fwd)
             return
+        job = self.jobs.get(job_id)
+        index = self._match(job_id, job, due, vhash, fwd) if job is not None else None
+        # The schedule it carries tells its kind; a forward that matches none goes by its job.
+        if job is not None and index is not None:
+            recurring = job.cmds[index].every is not None
+        else:
+            recurring = job is not None and job.recurring
+        self.occurrence_forwards += recurring
         if fwd.ts < due:
-            self.early_count += 1
-            self._sample(self.early, f"{due - fwd.ts} ms early", job_id, where, fwd, due=due)
+            self._early(recurring, job_id, where, fwd, due)
         owner = self._owner.setdefault(vhash, job_id)
         if owner != job_id:
             self.foreign_count += 1
             self._sample(self.foreign_duplicates, f"value of {owner!r}", job_id, where, fwd)
-        job = self.jobs.get(job_id)
-        index = self._match(job_id, job, due, vhash, fwd) if job is not None else None
         if job is None or index is None:
-            self.mismatched_count += 1
-            self._sample(self.mismatched, "matches no schedule of its id", job_id, where, fwd)
+            self._mismatched(job_id, where, fwd)
+            return
+        if recurring:
+            self._occurrence(job_id, index, due, fwd, where)
             return
         self.log_forward(job_id, fwd.ts, due, index)
         ident = (job_id, due, vhash)
@@ -419,6 +541,38 @@ class Book:
             return
         self._superseded(job_id, job, index, fwd, where)
 
+    def _early(self, recurring: bool, job_id: bytes, where: str, fwd: Forward, due: int) -> None:
+        if recurring:
+            self.occurrences_early += 1
+            kind, samples = f"occurrence {due - fwd.ts} ms early", self.occurrence_samples
+        else:
+            self.early_count += 1
+            kind, samples = f"{due - fwd.ts} ms early", self.early
+        self._sample(samples, kind, job_id, where, fwd, due=due)
+
+    def _mismatched(self, job_id: bytes, where: str, fwd: Forward) -> None:
+        self.mismatched_count += 1
+        self._sample(self.mismatched, "matches no schedule of its id", job_id, where, fwd)
+
+    def _occurrence(self, job_id: bytes, index: int, due: int, fwd: Forward, where: str) -> None:
+        """A forward of an occurrence of the series of ``job_id``'s schedule ``index``."""
+        series = self.series.get((job_id, index))
+        if series is None:  # its schedule was never applied: nothing may forward it
+            self._mismatched(job_id, where, fwd)
+            return
+        how = series.forward(due, fwd.ts)
+        if how == AFTER_END:
+            assert series.ended_by is not None
+            ended = self.occurrences_after_end
+            ended[series.ended_by] = ended.get(series.ended_by, 0) + 1
+            kind = f"occurrence due after the {series.ended_by} was acknowledged, forwarded"
+            self._sample(self.occurrence_samples, kind, job_id, where, fwd, **series.describe())
+        elif how == RACE_ACK_UNKNOWN:
+            self.occurrence_races_ack_unknown += 1
+        last = series.last_expected
+        if last is not None and due >= last:
+            self.series_behind.discard((job_id, index))
+
     def log_forward(self, job_id: bytes, ts: int, due: int, index: int) -> None:
         entries = self.forward_log.get(job_id)
         if entries is None:
@@ -430,7 +584,7 @@ class Book:
         """Index of the schedule this forward carries (latest first), or None."""
         for index in range(len(job.cmds) - 1, -1, -1):
             cmd = job.cmds[index]
-            if cmd.due == due and cmd.vhash == vhash:
+            if cmd.due != CANCEL and cmd.vhash == vhash and cmd.on_rule(due):
                 key = cmd.fkey if cmd.fkey is not None else job_id
                 if cmd.target == fwd.topic and fwd.key == key:
                     return index
@@ -441,9 +595,8 @@ class Book:
         what, done = ("cancel", "cancelled") if nxt.due == CANCEL else ("replace", "replaced")
         acked, home_acked = nxt.acked, nxt.home_acked
         ahead = None if acked is None else sched.due - acked
-        # A moved command counts from its own acknowledgement (module doc). Acknowledged at the
-        # due time exactly is a race too: the worker may fire at due.
-        at = acked if nxt.landed is not None else home_acked
+        # Acknowledged at the due time exactly is a race too: the worker may fire at due.
+        at = self.guarded_at(nxt)
         won = at is not None and at < sched.due
         when = BEFORE_DUE if won else RACE
         self.ack_unknown += acked is None and not won
@@ -496,7 +649,7 @@ class Book:
     def cancelled_jobs(self) -> tuple[int, int]:
         """Jobs whose final state is cancelled: all, and those cancelled before their due."""
         total = before = 0
-        for job in self.jobs.values():
+        for job in self.one_shot_jobs():
             cmds = job.cmds
             if cmds[-1].due != CANCEL:
                 continue
@@ -509,7 +662,29 @@ class Book:
         return total, before
 
     def replaced_jobs(self) -> int:
-        return sum(1 for job in self.jobs.values() if sum(c.due != CANCEL for c in job.cmds) > 1)
+        return sum(1 for job in self.one_shot_jobs() if sum(c.due != CANCEL for c in job.cmds) > 1)
+
+    def series_tally(self) -> tuple[SeriesTally, list[dict[str, Any]]]:
+        """The occurrences of every series added up, and up to 20 series that never forwarded
+        an expected occurrence (their rule, life and first missing occurrences)."""
+        total = SeriesTally()
+        samples: list[dict[str, Any]] = []
+        for series in self.series.values():
+            tally = series.tally()
+            total.add(tally)
+            if tally.missing and len(samples) < 20:
+                partition = self.jobs[series.job_id].partition
+                samples.append(
+                    {
+                        "job_id": series.job_id.decode(errors="replace"),
+                        **series.describe(),
+                        "ingest_partition": partition,
+                        "never_forwarded": tally.never_forwarded,
+                        "missing_occurrences_ms": tally.missing,
+                        "forwarded_occurrences_ms": sorted(series.forwarded)[:30],
+                    }
+                )
+        return total, samples
 
     def lateness(self) -> list[tuple[int, int]]:
         """(due, lateness) of the first forward of every expected job that was forwarded."""

@@ -66,6 +66,7 @@ def table(result: dict[str, Any]) -> str:
             "to the generator; not a failure",
         ),
         *_moved_rows(result),
+        *_series_rows(result),
         (
             "NEVER FORWARDED (must be 0)",
             _n(f["never_forwarded"]),
@@ -190,6 +191,68 @@ def _moved_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def _series_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Recurring jobs: their series and occurrences (none before they were reported)."""
+    f, load = result["figures"], result["load"]
+    if "series" not in f:
+        return []
+    late = f["occurrence_lateness_ms"]
+    return [
+        (
+            "recurring series (delayq-every-ms)",
+            _n(f["series"]),
+            f"{_n(f['series_jobs'])} job ids; {_n(f['series_with_until'])} with "
+            f"delayq-until-ms; {_n(f['series_cancelled'])} ended by a cancel, "
+            f"{_n(f['series_replaced'])} by a replace (load: {_n(load.get('series'))} started, "
+            f"{_n(load.get('series_cancels'))} cancels, {_n(load.get('series_replaces'))} "
+            "replaces)",
+        ),
+        (
+            "  occurrences expected / forwarded",
+            f"{_n(f['occurrences_expected'])} / {_n(f['occurrences_forwarded'])}",
+            "from each series' first occurrence to its end: its until, the cancel or replace "
+            "acknowledged, or when the ingest was read; "
+            f"{_n(f['occurrence_forward_records'])} occurrence records read; "
+            f"{_n(f['series_behind_at_stop'])} series not caught up when the run stopped waiting",
+        ),
+        (
+            "  never forwarded / skipped and counted",
+            f"{_n(f['occurrences_never_forwarded'])} / {_n(f['occurrences_skipped_by_workers'])}",
+            "delayq forwards the latest occurrence due after a stall and counts the ones before "
+            "it (the workers' occurrences_skipped, added up)",
+        ),
+        (
+            "  OCCURRENCES MISSING BEYOND THE COUNTED SKIPS (must be 0)",
+            _n(f["occurrences_missing_beyond_skipped"]),
+            "never forwarded, less the workers' occurrences_skipped",
+        ),
+        (
+            "  cut off by a cancel or replace",
+            _n(f["occurrences_cut_off"]),
+            "due before it was acknowledged, after the series' last forward; the earliest "
+            f"{_ms(f['occurrences_cut_off_max_ms'])} before it; not a failure",
+        ),
+        ("  OCCURRENCES FORWARDED EARLY (must be 0)", _n(f["occurrences_forwarded_early"]), ""),
+        (
+            "  OCCURRENCES AFTER A CANCEL/REPLACE ACKED BEFORE DUE (must be 0)",
+            _n(f["occurrences_after_cancel_or_replace_acked_before_due"]),
+            f"cancels {_n(f['occurrences_after_cancel_acked_before_due'])}, replaces "
+            f"{_n(f['occurrences_after_replace_acked_before_due'])}; races with the ack unknown "
+            f"to the generator: {_n(f['occurrence_races_ack_unknown'])}",
+        ),
+        (
+            "  occurrence duplicates",
+            _n(f["occurrence_duplicates"]),
+            "further forwards of one occurrence (same job id and due time)",
+        ),
+        (
+            "  occurrence lateness p50 / p99 / max",
+            f"{_ms(late['p50'])} / {_ms(late['p99'])} / {_ms(late['max'])}",
+            "first forward of each expected occurrence after its due time",
+        ),
+    ]
+
+
 def _notes(result: dict[str, Any]) -> list[str]:
     """What the forensics found, the machine's load, and a few samples of each anomaly."""
     out = []
@@ -229,6 +292,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
         ("foreign_duplicate_samples", "duplicate under another job id"),
         ("acked_before_due_samples", "cancelled/replaced, acked before due, forwarded"),
         ("moved_never_applied_samples", "moved command never applied"),
+        ("occurrence_samples", "recurring occurrence"),
+        ("series_never_forwarded_samples", "series with occurrences never forwarded"),
     ):
         for sample in result.get(name, [])[:5]:
             short = {k: v for k, v in sample.items() if k != "worker_logs_around"}

@@ -97,6 +97,8 @@ def _log_time_ms(line: str) -> int | None:
     return int(seconds) * 1000 + int(stamp.group(2))
 
 
+#: The workers' counters (``GET /stats``) the run adds up over every worker process.
+_SUMMED_COUNTERS = ("moved", "moves_skipped", "rescheduled", "occurrences_skipped")
 #: Kept for reading the jobs changelog when there is something to explain.
 FORENSICS_RESERVE_S = 60.0
 #: How long the reconciler waits, after the load, for the workers to commit the ingest topic
@@ -142,6 +144,8 @@ class ChaosConfig:
     #: replaces and cancels go through another one than their first schedule.
     partitioners: tuple[str, ...] = tuple(PARTITIONERS)
     mixed_share: float = 0.2
+    #: Share of new jobs that are recurring (chaos/load.py): a few hundred series in a full run.
+    recurring_share: float = 0.001
     out_dir: Path = Path("chaos/results")
     write_latest: bool = True
     command: str = ""
@@ -167,6 +171,8 @@ class ChaosConfig:
             )
         if not 0 <= self.mixed_share <= 1:
             raise ValueError("the mixed share must be in [0, 1]")
+        if not 0 <= self.recurring_share <= 1:
+            raise ValueError("the recurring share must be in [0, 1]")
         needed = (
             SETUP_RESERVE_S + self.duration_s + self.max_delay_s + self.grace_s
         ) + TEARDOWN_RESERVE_S
@@ -288,7 +294,7 @@ class Run:
         self.session_timeout_s = self.cluster.worker_session_timeout_s()
         self.freeze_s = cfg.freeze_s or max(3 * self.session_timeout_s, MIN_FREEZE_S)
         self._progress_log = (self.run_dir / "progress.log").open("a")
-        #: (worker, start number) -> the move counters of its last ``GET /stats``.
+        #: (worker, start number) -> the counters of its last ``GET /stats`` the run adds up.
         self.worker_counters: dict[tuple[str, int], dict[str, Any]] = {}
 
     def say(self, line: str) -> None:
@@ -449,13 +455,14 @@ class Run:
             )
 
     async def watch_counters(self) -> None:
-        """Every ``progress_s``, the workers' move counters (see :meth:`sample_counters`)."""
+        """Every ``progress_s``, the workers' counters (see :meth:`sample_counters`)."""
         while True:
             await self.sample_counters()
             await asyncio.sleep(self.cfg.progress_s)
 
     async def sample_counters(self, workers: list[Worker] | None = None) -> None:
-        """The move counters of ``workers`` (default: every live one), from ``GET /stats``.
+        """The move and recurrence counters of ``workers`` (default: every live one), from
+        ``GET /stats``.
 
         A worker's counters start at 0 with its process: the run keeps each process's last
         answer (sampled again just before a disruption stops it) and adds them up.
@@ -468,18 +475,17 @@ class Run:
             counters = body.get("counters")
             if isinstance(counters, dict):
                 self.worker_counters[(worker.name, worker.starts)] = {
-                    "moved": counters.get("moved", 0),
-                    "moves_skipped": counters.get("moves_skipped", 0),
+                    **{name: counters.get(name, 0) for name in _SUMMED_COUNTERS},
                     "move_lag_max_ms": (body.get("move_lag_ms") or {}).get("max"),
                 }
 
     def move_counters(self) -> dict[str, Any]:
-        """The workers' move counters, added up over every worker process of the run."""
+        """The workers' move and recurrence counters, added up over every worker process of
+        the run."""
         rows = self.worker_counters
         lags = [row["move_lag_max_ms"] for row in rows.values() if row["move_lag_max_ms"]]
         return {
-            "moved": sum(row["moved"] for row in rows.values()),
-            "moves_skipped": sum(row["moves_skipped"] for row in rows.values()),
+            **{name: sum(row[name] for row in rows.values()) for name in _SUMMED_COUNTERS},
             "move_lag_max_ms": max(lags, default=None),
             "worker_processes": len(rows),
             "per_process": {f"{name}#{start}": row for (name, start), row in rows.items()},
@@ -503,6 +509,7 @@ class Run:
                 partitioners=cfg.partitioners,
                 mixed_share=cfg.mixed_share,
                 partitions=cfg.partitions,
+                recurring_share=cfg.recurring_share,
             ),
             self.acks,
         )
@@ -551,19 +558,21 @@ class Run:
         if self.load is not None and self.load.stats.off_home:
             await self._wait_moved()
         await read_to_end(bootstrap, [self.names.ingest], ingest)
-        book.close_ingest()
+        # The series nothing ended are expected to fire up to now (chaos/series.py).
+        book.close_ingest(horizon_ms=now_ms())
         grace_ms = int(cfg.grace_s * 1000)
         self.say(
             f"reconcile: ingest read, {book.ingest_records:,} commands; {len(book.expected):,} "
-            f"jobs expected; last due in {(book.max_due - now_ms()) / 1000:.0f} s; waiting until "
-            f"all are forwarded (at most until {cfg.grace_s:.0f} s after the last due time with "
-            f"no progress for {cfg.quiet_s:.0f} s)"
+            f"jobs and {len(book.series):,} series expected; last due in "
+            f"{(book.max_due - now_ms()) / 1000:.0f} s; waiting until all are forwarded (at most "
+            f"until {cfg.grace_s:.0f} s after the last due time with no progress for "
+            f"{cfg.quiet_s:.0f} s)"
         )
-        progress = {"missing": len(book.missing), "at": time.monotonic(), "said": 0.0}
+        progress = {"missing": book.waiting(), "at": time.monotonic(), "said": 0.0}
         stop_reason = ["all expected jobs forwarded"]
 
         def done() -> bool:
-            if not book.missing:
+            if not book.waiting():
                 return True
             now = time.monotonic()
             if now > self.hard_deadline - FORENSICS_RESERVE_S:
@@ -579,13 +588,14 @@ class Run:
 
         def tick() -> None:
             now = time.monotonic()
-            if len(book.missing) != progress["missing"]:
-                progress["missing"], progress["at"] = len(book.missing), now
+            if book.waiting() != progress["missing"]:
+                progress["missing"], progress["at"] = book.waiting(), now
             if now - float(progress["said"]) >= cfg.progress_s:
                 progress["said"] = now
                 self.say(
                     f"reconcile: forwards read {book.forwards:,}; expected jobs not yet "
-                    f"forwarded {len(book.missing):,} of {len(book.expected):,}; "
+                    f"forwarded {len(book.missing):,} of {len(book.expected):,}; series not "
+                    f"caught up {len(book.series_behind):,} of {len(book.series):,}; "
                     f"last due {(now_ms() - book.max_due) / 1000:+.0f} s ago"
                 )
 
@@ -1011,7 +1021,7 @@ def figures(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
     book = run.book
     dead: dict[bytes, str] = extra["dead_letters"]
     return {
-        **book_figures(book),
+        **book_figures(book, run.move_counters()["occurrences_skipped"]),
         "forward_ranges_read_again": run.forwards.skipped_ranges if run.forwards else 0,
         "missing_found_on_second_read": extra.get("found_on_second_read", 0),
         "forward_records_read_again": run.forwards.read_again if run.forwards else 0,
@@ -1064,6 +1074,11 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
                 "off_home": stats.off_home,
                 "mixed_jobs": stats.mixed_jobs,
                 "mixed_commands": stats.mixed_commands,
+                "recurring_share": cfg.recurring_share,
+                "series": stats.series,
+                "series_until": stats.series_until,
+                "series_cancels": stats.series_cancels,
+                "series_replaces": stats.series_replaces,
                 "ack_times_noted": len(r.acks),
                 "send_error_samples": stats.error_samples,
                 "throttled_s": round(stats.throttled_s, 1),
@@ -1081,6 +1096,8 @@ async def run(cfg: ChaosConfig, out: Printer = print) -> dict[str, Any]:
             "foreign_duplicate_samples": [asdict(a) for a in r.book.foreign_duplicates[:20]],
             "acked_before_due_samples": [asdict(a) for a in r.book.superseded_samples[:20]],
             "moved_never_applied_samples": r.never_applied(),
+            "occurrence_samples": [asdict(a) for a in r.book.occurrence_samples[:20]],
+            "series_never_forwarded_samples": r.book.series_tally()[1],
             "worker_logs": r.log_summary(),
             "load_average": {"start": r.loadavg_start, "end": list(os.getloadavg())},
             "timeline": r.state.timeline,

@@ -2,7 +2,8 @@
 and restart, one worker SIGSTOPped past its session timeout and one broker SIGSTOP; nothing may
 be lost or early,
 no acknowledged cancel or replace may lose to a forward, and every duplicate is the same job's
-forward.
+forward. About a hundred recurring series among the jobs: each occurrence forwarded on time or
+counted as skipped, none after an acknowledged cancel or replace.
 
 The reconciler itself is checked on made-up records in tests/unit/test_chaos_reconcile.py, so
 that a clean chaos result means something.
@@ -19,7 +20,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.embedded import EmbeddedBroker
-from chaos.figures import SUPERSEDED_ACKED_BEFORE_DUE
+from chaos.figures import (
+    OCCURRENCES_AFTER_END,
+    OCCURRENCES_EARLY,
+    OCCURRENCES_MISSING,
+    SUPERSEDED_ACKED_BEFORE_DUE,
+)
 from chaos.reconcile import Follower
 from chaos.report import table
 from chaos.run import ChaosConfig, run
@@ -33,6 +39,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "chaos" / "results"
 async def test_a_short_chaos_run_loses_nothing_and_fires_nothing_early(tmp_path: Path) -> None:
     config = ChaosConfig(
         rate=300,
+        recurring_share=0.01,  # about a hundred series
         duration_s=40,
         workers=2,
         partitions=8,
@@ -67,6 +74,11 @@ async def test_a_short_chaos_run_loses_nothing_and_fires_nothing_early(tmp_path:
     assert figures[SUPERSEDED_ACKED_BEFORE_DUE] == 0, report
     assert figures["forwarded"] == figures["expected_forwards"] > 0, report
     assert figures["jobs_cancelled"] > 0 and figures["jobs_replaced"] > 0, report
+    # Recurring jobs: every occurrence on time, forwarded or counted as skipped, none after an
+    # acknowledged cancel or replace.
+    assert figures["occurrences_expected"] > 0, report
+    for name in (OCCURRENCES_EARLY, OCCURRENCES_AFTER_END, OCCURRENCES_MISSING):
+        assert figures[name] == 0, report
 
 
 async def _write(bootstrap: str, topic: str, name: str, records: int) -> set[bytes]:

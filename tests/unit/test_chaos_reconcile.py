@@ -3,7 +3,9 @@
 A clean chaos result means something only if the reconciler notices what it must: a lost, an
 early, a foreign forward, and a cancel or replace that Kafka acknowledged before the due time
 yet lost to the forward (issue 17), also when it was written off its job's home partition and
-moved there, and a moved command the home never applied. Also the labels the forensics give
+moved there, and a moved command the home never applied; for recurring jobs, an occurrence
+early, missing beyond what the workers counted as skipped, or forwarded though due after the
+cancel or replace that ended its series was acknowledged. Also the labels the forensics give
 duplicates, the settings the run reads for its workers, the freeze of a worker, and the routes
 the load's commands take through the producers' partitioners.
 """
@@ -25,12 +27,15 @@ from chaos.acks import AckTimes
 from chaos.cluster import Cluster, Names
 from chaos.figures import (
     MOVED_NEVER_APPLIED,
+    OCCURRENCES_AFTER_END,
+    OCCURRENCES_EARLY,
+    OCCURRENCES_MISSING,
     SUPERSEDED_ACKED_BEFORE_DUE,
     book_figures,
     failures,
 )
 from chaos.forensics import duplicate_cause
-from chaos.load import PARTITIONERS, LoadConfig, LoadGenerator, routes
+from chaos.load import EVERY_MS, PARTITIONERS, LoadConfig, LoadGenerator, routes
 from chaos.reconcile import BEFORE_DUE, RACE, Book, Forward
 from tests.support import wait_for
 
@@ -393,3 +398,247 @@ async def test_the_load_sends_a_mixed_jobs_follow_ups_through_its_other_partitio
     assert stats.by_partitioner == {first: 1, then: 1}
     assert (stats.mixed_jobs, stats.mixed_commands) == (1, 1)
     assert stats.off_home == sum(p != home_partition(job_id, 12) for p in partitions)
+
+
+# Recurring jobs: a series every 1 s from FIRST, judged per occurrence (chaos/series.py).
+EVERY = 1_000
+FIRST = T + 2_000
+HORIZON = FIRST + 5 * EVERY  # the ingest read: occurrences FIRST .. FIRST + 5 s are expected
+
+
+def _series(
+    book: Book,
+    offset: int,
+    job: bytes,
+    value: bytes,
+    ts: int,
+    until: int | None = None,
+    first: int = FIRST,
+) -> None:
+    headers = [
+        ("delayq-target", b"out"),
+        ("delayq-due-ms", str(first).encode()),
+        ("delayq-every-ms", str(EVERY).encode()),
+    ]
+    if until is not None:
+        headers.append(("delayq-until-ms", str(until).encode()))
+    book.add_ingest(0, offset, ts, job, value, headers)
+
+
+def _occurrences(book: Book, job: bytes, value: bytes, steps: range, late_ms: int = 5) -> None:
+    """Forwards of the occurrences FIRST + k s, k in ``steps``, each ``late_ms`` after due."""
+    for k in steps:
+        due = FIRST + k * EVERY
+        book.add_forward(_forward(job, due, value, due + late_ms))
+
+
+def test_a_series_forwarded_at_every_occurrence_passes_apart_from_the_one_shot_jobs() -> None:
+    # Given a series every second and a one-shot job
+    book = Book(AckTimes())
+    _series(book, 0, b"series", b"series|0", T)
+    _schedule(book, 1, b"once", T + 3_000, b"once|0", T)
+    book.close_ingest(horizon_ms=HORIZON)
+    assert book.waiting() == 2  # the one-shot job, and the series up to the horizon
+
+    # When each of its six occurrences up to the horizon is forwarded (one of them twice, and
+    # one more after the horizon), and the one-shot job once
+    _occurrences(book, b"series", b"series|0", range(6))
+    _occurrences(book, b"series", b"series|0", range(2, 3), late_ms=900)
+    _occurrences(book, b"series", b"series|0", range(6, 7))
+    book.add_forward(_forward(b"once", T + 3_000, b"once|0", T + 3_001))
+
+    # Then every occurrence is accounted for, none of them as a one-shot figure
+    figures = book_figures(book, occurrences_skipped=0)
+    assert book.waiting() == 0
+    assert (figures["series"], figures["series_jobs"]) == (1, 1)
+    assert (figures["occurrences_expected"], figures["occurrences_forwarded"]) == (6, 6)
+    assert figures["occurrence_duplicates"] == 1
+    assert figures["occurrence_forward_records"] == 8
+    assert figures["occurrence_lateness_ms"] == {"p50": 5, "p99": 5, "max": 5}
+    assert figures["expected_forwards"] == figures["forwarded"] == figures["jobs_scheduled"] == 1
+    assert figures["duplicates"] == figures["mismatched_forwards"] == 0
+    assert figures["duplicate_rate"] == 0.0
+    assert failures(figures) == []
+
+
+@pytest.mark.parametrize(
+    ("skipped", "failed"), [(2, []), (1, [OCCURRENCES_MISSING])], ids=["counted", "not counted"]
+)
+def test_occurrences_never_forwarded_must_be_counted_as_skipped_by_the_workers(
+    skipped: int, failed: list[str]
+) -> None:
+    # Given a series whose occurrences 1 and 2 are never forwarded (a stall: the worker sent
+    # only the latest one due, 3)
+    book = Book(AckTimes())
+    _series(book, 0, b"series", b"series|0", T)
+    book.close_ingest(horizon_ms=HORIZON)
+    _occurrences(book, b"series", b"series|0", range(1))
+    _occurrences(book, b"series", b"series|0", range(3, 6))
+
+    # When the workers counted ``skipped`` occurrences as skipped
+    figures = book_figures(book, occurrences_skipped=skipped)
+
+    # Then the run fails only if they counted fewer than were never forwarded
+    assert figures["occurrences_never_forwarded"] == 2
+    assert figures["occurrences_missing_beyond_skipped"] == 2 - skipped
+    assert failures(figures) == failed
+    [sample] = book.series_tally()[1]
+    assert sample["missing_occurrences_ms"] == [FIRST + EVERY, FIRST + 2 * EVERY]
+
+
+def test_a_series_that_stops_before_the_horizon_is_waited_for_and_missing() -> None:
+    # Given a series forwarded up to its third occurrence only
+    book = Book(AckTimes())
+    _series(book, 0, b"series", b"series|0", T)
+    book.close_ingest(horizon_ms=HORIZON)
+    _occurrences(book, b"series", b"series|0", range(3))
+
+    # Then the run still waits for it, and the occurrences after the last forward are missing
+    assert book.series_behind == {(b"series", 0)}
+    figures = book_figures(book, occurrences_skipped=0)
+    assert figures["series_behind_at_stop"] == 1
+    assert figures["occurrences_never_forwarded"] == 3
+    assert failures(figures) == [OCCURRENCES_MISSING]
+
+
+def test_an_occurrence_forwarded_before_its_due_time_or_off_the_rule_fails_the_run() -> None:
+    # Given a series every second until its third occurrence
+    book = Book(AckTimes())
+    _series(book, 0, b"series", b"series|0", T, until=FIRST + 2 * EVERY + 500)
+    book.close_ingest(horizon_ms=HORIZON)
+
+    # When its first occurrence is forwarded 1 ms early, then one between two occurrences, one
+    # after its until, and its value under another job id
+    book.add_forward(_forward(b"series", FIRST, b"series|0", FIRST - 1))
+    _occurrences(book, b"series", b"series|0", range(1, 3))
+    book.add_forward(_forward(b"series", FIRST + 500, b"series|0", FIRST + 600))
+    book.add_forward(_forward(b"series", FIRST + 3 * EVERY, b"series|0", FIRST + 3 * EVERY))
+    book.add_forward(_forward(b"other", FIRST, b"series|0", FIRST))
+
+    # Then the early one counts apart from the one-shot figure, the others are mismatched
+    figures = book_figures(book, occurrences_skipped=0)
+    assert (figures["occurrences_expected"], figures["occurrences_forwarded"]) == (3, 3)
+    assert figures["occurrences_forwarded_early"] == 1
+    assert figures["forwarded_early"] == 0
+    assert figures["mismatched_forwards"] == 3
+    assert figures["foreign_duplicates"] == 1
+    assert set(failures(figures)) == {
+        OCCURRENCES_EARLY,
+        "mismatched_forwards",
+        "foreign_duplicates",
+    }
+
+
+def _cancelled_series(acked_ms: int | None) -> Book:
+    """A series cancelled 2.5 s after its first occurrence, the cancel acknowledged at
+    ``acked_ms``; occurrences 0 and 1 forwarded."""
+    acks = AckTimes()
+    if acked_ms is not None:
+        acks.note(0, 1, acked_ms)
+    book = Book(acks)
+    _series(book, 0, b"series", b"series|0", T)
+    _cancel(book, 1, b"series", FIRST + 2_500)
+    book.close_ingest(horizon_ms=HORIZON)
+    _occurrences(book, b"series", b"series|0", range(2))
+    return book
+
+
+def test_an_occurrence_due_after_the_cancel_was_acknowledged_must_not_be_forwarded() -> None:
+    # Given a series whose cancel was acknowledged 3.5 s after its first occurrence
+    book = _cancelled_series(acked_ms=FIRST + 3_500)
+    assert book.waiting() == 0  # a cancelled series is not waited for
+
+    # When occurrences 3 (due before the acknowledgement) and 4 (after it) are forwarded
+    _occurrences(book, b"series", b"series|0", range(3, 5))
+
+    # Then the second fails the run; occurrence 2, never forwarded, was missed (not cut off:
+    # the series forwarded a later one)
+    figures = book_figures(book, occurrences_skipped=1)
+    assert figures["series_cancelled"] == 1
+    assert figures["occurrences_after_cancel_acked_before_due"] == 1
+    assert (figures["occurrences_expected"], figures["occurrences_forwarded"]) == (4, 3)
+    assert (figures["occurrences_never_forwarded"], figures["occurrences_cut_off"]) == (1, 0)
+    assert failures(figures) == [OCCURRENCES_AFTER_END]
+    [sample] = book.occurrence_samples
+    assert sample.detail["ended_acked_ms"] == FIRST + 3_500
+
+
+def test_occurrences_after_a_series_last_forward_are_cut_off_by_its_cancel() -> None:
+    # Given a series whose cancel was acknowledged at its fourth occurrence's due time
+    book = _cancelled_series(acked_ms=FIRST + 3 * EVERY)
+
+    # When nothing more of it is forwarded, or occurrence 3 is (due when it was acknowledged)
+    quiet = book_figures(book, occurrences_skipped=0)
+    _occurrences(book, b"series", b"series|0", range(3, 4))
+    raced = book_figures(book, occurrences_skipped=1)
+
+    # Then neither fails: 2 and 3 were cut off by the cancel, or 2 was skipped
+    assert (quiet["occurrences_cut_off"], quiet["occurrences_cut_off_max_ms"]) == (2, EVERY)
+    assert quiet["occurrences_never_forwarded"] == 0
+    assert raced["occurrences_cut_off"] == 0
+    assert raced["occurrences_never_forwarded"] == 1
+    assert failures(quiet) == failures(raced) == []
+
+
+def test_an_occurrence_after_a_cancel_whose_acknowledgement_is_unknown_is_a_race() -> None:
+    # Given a series cancelled (written 2.5 s after its first occurrence, acknowledgement
+    # unknown)
+    book = _cancelled_series(acked_ms=None)
+
+    # When occurrence 3 is forwarded
+    _occurrences(book, b"series", b"series|0", range(3, 4))
+
+    # Then that is a race, not a failure
+    figures = book_figures(book, occurrences_skipped=1)
+    assert figures["occurrence_races_ack_unknown"] == 1
+    assert figures["occurrences_after_cancel_or_replace_acked_before_due"] == 0
+    assert failures(figures) == []
+
+
+def test_a_replaced_series_ends_when_the_replace_is_acknowledged_and_the_new_one_goes_on() -> None:
+    # Given a series replaced (acknowledged 1.5 s after its first occurrence) by another with
+    # the next value, every second from the old one's third occurrence
+    acks = AckTimes()
+    acks.note(0, 1, FIRST + 1_500)
+    book = Book(acks)
+    _series(book, 0, b"series", b"series|0", T)
+    _series(book, 1, b"series", b"series|1", FIRST + 1_400, first=FIRST + 2 * EVERY)
+    book.close_ingest(horizon_ms=HORIZON)
+
+    # When the old one fires at 0, 1 and 2 (due after the replace), the new one from 2 on
+    _occurrences(book, b"series", b"series|0", range(3))
+    _occurrences(book, b"series", b"series|1", range(2, 6))
+
+    # Then the old value's occurrence due after the replace fails the run, and nothing else
+    figures = book_figures(book, occurrences_skipped=0)
+    assert (figures["series"], figures["series_replaced"]) == (2, 1)
+    assert (figures["occurrences_expected"], figures["occurrences_forwarded"]) == (6, 6)
+    assert figures["occurrences_after_replace_acked_before_due"] == 1
+    assert failures(figures) == [OCCURRENCES_AFTER_END]
+
+
+async def test_the_load_starts_series_and_cancels_and_replaces_them_too() -> None:
+    # Given a generator whose every new job is a series
+    config = LoadConfig(100, 1, 10_000, recurring_share=1.0, partitions=4)
+    load = LoadGenerator("127.0.0.1:1", "ingest", ["out"], "p", config)
+    now = now_ms()
+
+    # When it makes a few hundred commands
+    commands = [load._next(now) for _ in range(400)]
+
+    # Then each schedule is a series every 1-5 s from within the delay range, some ending
+    schedules = [dict(headers) for _key, value, headers, _new in commands if value is not None]
+    assert all(EVERY_MS[0] <= int(h["delayq-every-ms"]) <= EVERY_MS[1] for h in schedules)
+    firsts = [
+        int(h["delayq-due-ms"]) - now if "delayq-due-ms" in h else int(h["delayq-delay-ms"])
+        for h in schedules
+    ]
+    assert all(0 <= first <= 10_000 for first in firsts)
+    stats = load.stats
+    assert 0 < stats.series_until < stats.series == stats.new
+    # And the cancels and replaces pick series (the only jobs there are), none once cancelled
+    assert stats.series_cancels == stats.cancels > 0
+    assert stats.series_replaces == stats.replaces > 0
+    keys = [key for key, _value, _headers, _new in commands]
+    for at, (key, value, _headers, _new) in enumerate(commands):
+        assert value is not None or key not in keys[at + 1 :], f"{key!r} used after its cancel"
