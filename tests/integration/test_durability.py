@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rocksdict import Options, Rdict
 
+from app.embedded import EmbeddedBroker
 from app.jobs import Job, encode_job
 from app.times import now_ms
 from tables.keys import due_key, index_entry, split_due_key
@@ -270,29 +273,38 @@ def _live_in_changelog(records: list[Any]) -> set[bytes]:
 
 
 async def test_commands_applied_just_before_a_sigkill_reach_the_changelog_after_a_restart(
-    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
+    ns: Namespace, kafka: Kafka, start_worker: WorkerFactory, broker: EmbeddedBroker
 ) -> None:
-    # Given a worker with a backlog of schedules to apply (due in an hour: none fires), every
-    # third job cancelled right after the next two were scheduled
+    # Given a worker whose changelog holds 6,000 schedules (due in an hour: none fires)
     worker = start_worker()
     due = now_ms() + 3_600_000
     ids = [f"stream-{i:05}".encode() for i in range(6_000)]
-    commands: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = []
-    for i, job_id in enumerate(ids):
-        commands.append((job_id, job_id, schedule_headers(ns.target(), due_ms=due)))
-        if i % 3 == 2:
-            commands.append((ids[i - 2], None, []))
-    cancelled = set(ids[::3])
-    await kafka.send_many(ns.ingest, commands)
-    # When it is SIGKILLed while it applies them, and started again with its data directory
-    await changelog_holds(kafka, ns, 1_500)
-    worker.kill()
-    start_worker(data_dir=worker.data_dir)
-    await ingest_committed(kafka, ns, len(commands))
-    # Then the changelog holds every schedule and every cancel: a standby or a restore from it
-    # misses none (a command applied locally but not changelogged before the kill finds its
-    # effect in the local table when applied again, and would write nothing)
+    await kafka.send_many(
+        ns.ingest, [(j, j, schedule_headers(ns.target(), due_ms=due)) for j in ids]
+    )
     changelog = f"{ns.app_id}-jobs-changelog"
+    await kafka.collect([changelog], lambda rs: _live_in_changelog(rs) == set(ids))
+    # When it applies the cancels of every other job with the broker stopped, so that their
+    # tombstones never reach the changelog, is SIGKILLed and started on its data directory
+    cancelled = set(ids[::2])
+    await kafka.send_many(ns.ingest, [(j, None, []) for j in sorted(cancelled)])
+    wait_for(lambda: worker.get_json("/stats")["counters"]["cancelled"] > 0, "the first cancels")
+    assert broker.pid is not None
+    os.killpg(broker.pid, signal.SIGSTOP)
+    try:
+        applied = worker.get_json("/stats")["counters"]["cancelled"]
+        wait_for(
+            lambda: worker.get_json("/stats")["counters"]["cancelled"] > applied,
+            "cancels applied while the broker is stopped",
+        )
+        worker.kill()
+    finally:
+        os.killpg(broker.pid, signal.SIGCONT)
+    start_worker(data_dir=worker.data_dir)
+    await ingest_committed(kafka, ns, len(ids) + len(cancelled))
+    # Then the changelog holds every cancel: a standby or a restore from it misses none (applied
+    # again after the restart, a cancel finds its job gone from the local table: it must not
+    # have been kept there, ahead of the changelog)
     expected = set(ids) - cancelled
     records = await kafka.collect(
         [changelog], lambda rs: _live_in_changelog(rs) == expected, timeout=30
@@ -300,4 +312,4 @@ async def test_commands_applied_just_before_a_sigkill_reach_the_changelog_after_
     live = _live_in_changelog(records)
     assert not cancelled & live, f"{len(cancelled & live)} cancels applied but never changelogged"
     missing = expected - live
-    assert not missing, f"{len(missing)} schedules applied but never changelogged"
+    assert not missing, f"{len(missing)} schedules missing from the changelog"
