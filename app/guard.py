@@ -22,11 +22,12 @@ consumer group's committed offset (each once: a cursor per partition, read again
 committed offset when a home partition is new to the worker), and notes those for jobs at home
 here (:meth:`expect_move`). Below the committed offset every command was moved and acknowledged:
 the committed offsets are read before the end offsets, so those moves lie below the home's end
-offset and step 3 covers them. Above it, the noted jobs wait until their moves are applied here
-(:meth:`moved_in`); a probe that could not read every other partition up to its end offset
-advances nothing. A partition expecting moves is probed even with nothing held back: a
-bad command is dead-lettered where it landed, never moved, and only a probe (the committed offset
-passing it) ends the wait of its job.
+offset and step 3 covers them (when it can tell: after a peek that cannot, they keep waiting).
+Above it, the noted jobs wait until their moves are applied here (:meth:`moved_in`); a probe
+that could not read every other partition up to its end offset advances nothing. A partition
+expecting moves is probed even with nothing held back: a bad command is dead-lettered where it
+landed, never moved, and only a probe (the committed offset passing it) ends the wait of its
+job.
 
 When the worker is caught up this costs one end-offsets round trip between a job's due time and
 its forward; when commands are in flight to the agent, two. When the agent lags, the jobs named
@@ -98,22 +99,26 @@ class IngestGuard(EngineState):
         (module doc, "Commands on other partitions"); if not, nothing advances.
         ``committed``: the committed offsets the probe read before the end offsets. The moves
         they pass are forgotten here, in the same step that installs what covers them (a pass
-        in between would see neither).
+        in between would see neither), and only in partitions caught up or peeked: a peek
+        that cannot tell covers nothing.
         """
         self.stats.ingest_probes += 1
         if not inbound_read:
             return
-        self._inbound_committed(committed or {}, ends)
         peeked = unapplied_ids or {}
         for partition, end in ends.items():
             state = self._parts.get(partition)
             if state is None:  # revoked meanwhile
                 continue
-            if self.applied_offset(partition) >= end - 1:
+            caught_up = self.applied_offset(partition) >= end - 1
+            ids = None if caught_up else peeked.get(partition)
+            if caught_up or ids is not None:
+                # The moves the committed offsets pass lie below ``end``: applied, or named by
+                # the peek. Not so when the peek cannot tell: they keep their jobs waiting.
+                self._inbound_committed(partition, state, committed or {})
+            if caught_up:
                 self._advance(partition, taken_ms)
-                continue
-            ids = peeked.get(partition)
-            if ids is not None:
+            elif ids is not None:
                 state.blocked = ids
                 state.blocked_until = end - 1
                 self._advance(partition, taken_ms)
@@ -156,15 +161,13 @@ class IngestGuard(EngineState):
         ids.pop(job_id, None)  # re-inserted: the dict stays in offset order
         ids[job_id] = offset
 
-    def _inbound_committed(self, committed: Mapping[int, int], probed: Collection[int]) -> None:
-        """Forget the expected moves below the committed offsets in the ``probed`` partitions:
-        step 3 of the same probe covers them (not in others: their safe time may be ahead)."""
-        for partition in probed:
-            state = self._parts.get(partition)
-            if state is None:
-                continue
-            for source, offset in committed.items():
-                self._drop_inbound(partition, state, source, offset - 1)
+    def _inbound_committed(
+        self, partition: int, state: PartitionState, committed: Mapping[int, int]
+    ) -> None:
+        """Forget the expected moves of a probed ``partition`` below the committed offsets: step 3
+        of the same probe covers them (not in other partitions: their safe time may be ahead)."""
+        for source, offset in committed.items():
+            self._drop_inbound(partition, state, source, offset - 1)
 
     def moved_in(self, partition: int, source: int, offset: int) -> None:
         """Moves from ``source`` up to ``offset`` are applied in ``partition``."""

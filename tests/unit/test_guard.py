@@ -229,6 +229,28 @@ async def test_a_command_never_moved_stops_holding_its_job_once_committed_past(
     assert h.forwarded_ids() == [b"a"]
 
 
+async def test_a_move_committed_past_waits_while_the_probe_cannot_tell_it_is_applied(
+    h: Harness,
+) -> None:
+    # Given job a due (partition 0, its safe time past the due time), held for a command read
+    # on partition 1 at offset 40
+    expecting_a_move(h)
+    await fire(h, NOW)
+    assert h.forwarded_ids() == []
+    # When a probe finds partition 1 committed past it (the move is acknowledged: its copy is
+    # in partition 0 below the end offset 9) while partition 0 has applied up to 5 only, and
+    # the peek at offsets 6-8 cannot tell which jobs they name
+    h.engine.observe_end_offsets(NOW + 1, {0: 9}, {0: None}, committed={1: 41})
+    await fire(h, NOW + 1)
+    # Then a still waits: its moved command may be among them
+    assert h.forwarded_ids() == []
+    # And once the agent applied them, a probe that finds partition 0 caught up releases it
+    h.engine.mark_applied(0, 8)
+    h.engine.observe_end_offsets(NOW + 2, {0: 9}, committed={1: 41})
+    await fire(h, NOW + 2)
+    assert h.forwarded_ids() == [b"a"]
+
+
 async def test_committed_offsets_release_only_the_partitions_probed_with_them(
     h: Harness,
 ) -> None:
