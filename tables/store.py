@@ -114,9 +114,9 @@ class PartitionStore:
         #: Partitions whose changelog got records from another writer since this one's last:
         #: their persisted offset stays where it was (see :meth:`_acked`).
         self.diverged: set[int] = set()
-        #: partition -> changelog records handed to the producer and not acknowledged yet;
-        #: partitions in it (or with records pending) hold :data:`UNACKED_KEY`.
-        self._unacked: dict[int, int] = {}
+        #: partition -> the acks of its changelog records handed to the producer and not
+        #: acknowledged yet; partitions in it hold :data:`UNACKED_KEY`.
+        self._unacked: dict[int, set[asyncio.Future[Any]]] = {}
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The value at ``key`` in ``partition``, or None (also if its database is not open)."""
@@ -157,18 +157,17 @@ class PartitionStore:
         db = self._open_db(partition)
         if partition not in self._unacked:
             db.put(UNACKED_KEY, b"")
-            self._unacked[partition] = 0
+            self._unacked[partition] = set()
         return db
 
-    def _settled(self, partition: int, records: int, fut: asyncio.Future[Any]) -> None:
-        """``records`` of the partition's changelog records were acknowledged (or failed: then
-        the table is rebuilt anyway, tables/rebuild.py). With none left, the marker goes."""
+    def _settled(self, partition: int, fut: asyncio.Future[Any]) -> None:
+        """A flush's changelog records of the partition were acknowledged (or failed: then the
+        table is rebuilt anyway, tables/rebuild.py). With none left, the marker goes."""
         left = self._unacked.get(partition)
-        if left is None:
-            return
-        left -= records
-        self._unacked[partition] = left
-        if left > 0 or any(entry[0] == partition for entry in self._pending):
+        if left is None or fut not in left:
+            return  # forgotten since (the partition left): its next assignment starts anew
+        left.discard(fut)
+        if left or any(entry[0] == partition for entry in self._pending):
             return
         del self._unacked[partition]
         db = self._dbs().get(partition)
@@ -215,9 +214,9 @@ class PartitionStore:
                     write = functools.partial(self._write_acked, partition, key, value)
                     asyncio.ensure_future(record_ack).add_done_callback(write)
             if partition in self._unacked:
-                self._unacked[partition] += len(entries)
-                settled = functools.partial(self._settled, partition, len(entries))
-                asyncio.ensure_future(placed[-1][0]).add_done_callback(settled)
+                flushed = asyncio.ensure_future(placed[-1][0])
+                self._unacked[partition].add(flushed)
+                flushed.add_done_callback(functools.partial(self._settled, partition))
             last, index = placed[-1]
             tag = _tag_of(entries[-1][3])
             callback = functools.partial(self._acked, partition, placed[0], index, tag)

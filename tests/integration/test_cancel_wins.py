@@ -87,7 +87,7 @@ async def test_jobs_fire_without_waiting_for_new_commands_when_the_worker_is_cau
 async def test_replaces_moved_in_shortly_before_the_due_time_win_on_two_workers(
     ns: Namespace, kafka: Kafka, start_worker: WorkerFactory
 ) -> None:
-    # Given two workers, and for 10 s: 40 jobs every 20 ms written to their home partitions,
+    # Given two workers, and for 8 s: 40 jobs every 20 ms written to their home partitions,
     # due 1.5 s later, each replaced 0.6 s before its due time by a producer that writes to
     # the next partition (moved home: its partition's owner is often the other worker)
     start_worker("a")
@@ -95,7 +95,7 @@ async def test_replaces_moved_in_shortly_before_the_due_time_win_on_two_workers(
     target = ns.target()
     replaced: set[bytes] = set()
     waiting: list[tuple[bytes, int]] = []
-    stop = now_ms() + 10_000
+    stop = now_ms() + 8_000
     n = 0
     while now_ms() < stop:
         now = now_ms()

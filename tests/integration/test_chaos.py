@@ -1,4 +1,4 @@
-"""The chaos run, shortened: 2 workers, ~300 commands/s for 40 s (murmur2 producers), one SIGKILL
+"""The chaos run, shortened: 2 workers, ~300 commands/s for 32 s (murmur2 producers), one SIGKILL
 and restart, one worker SIGSTOPped past its session timeout and one broker SIGSTOP; nothing may
 be lost or early,
 no acknowledged cancel or replace may lose to a forward, and every duplicate is the same job's
@@ -40,7 +40,7 @@ async def test_a_short_chaos_run_loses_nothing_and_fires_nothing_early(tmp_path:
     config = ChaosConfig(
         rate=300,
         recurring_share=0.01,  # about a hundred series
-        duration_s=40,
+        duration_s=32,
         workers=2,
         partitions=8,
         max_delay_s=10,
