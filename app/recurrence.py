@@ -72,15 +72,12 @@ class Rule:
 
     def after(self, occurrence_ms: int) -> int | None:
         """The occurrence after ``occurrence_ms``; None when the series ends before it."""
-        if self.every_ms is not None:
-            following = occurrence_ms + self.every_ms
-        else:
-            following = _cron_after(self._fields, self.timezone, occurrence_ms)
+        following = self.first_after(occurrence_ms)
         return following if self._within(following) else None
 
     def first_after(self, timestamp_ms: int) -> int:
-        """The first occurrence of a series started at ``timestamp_ms`` (no due time given),
-        ``until_ms`` aside (the caller refuses a series that ends before it starts)."""
+        """The first occurrence after ``timestamp_ms``, ``until_ms`` aside: a series started then
+        with no due time begins there (the caller refuses one that ends before it starts)."""
         if self.every_ms is not None:
             return timestamp_ms + self.every_ms
         return _cron_after(self._fields, self.timezone, timestamp_ms)

@@ -21,10 +21,13 @@ class Acked:
 
 
 class Changelog:
-    """A changelog partition that other writers may append to between this process's flushes."""
+    """A changelog partition that other writers may append to between this process's flushes;
+    ``held``: its acknowledgements wait for :meth:`ack_all` (the broker is slow, or gone)."""
 
-    def __init__(self, end: int) -> None:
+    def __init__(self, end: int = 0, held: bool = False) -> None:
         self.end = end
+        self.held = held
+        self.acks: list[asyncio.Future[Any]] = []
 
     async def send(
         self,
@@ -32,9 +35,16 @@ class Changelog:
         records: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]],
     ) -> list[tuple[Awaitable[Any], int]]:
         ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        ack.set_result(Acked(self.end))  # one record batch: its base offset
+        self.acks.append(ack)
+        if not self.held:
+            ack.set_result(Acked(self.end))  # one record batch: its base offset
         self.end += len(records)
         return [(ack, index) for index in range(len(records))]
+
+    def ack_all(self) -> None:
+        for ack in self.acks:
+            if not ack.done():
+                ack.set_result(Acked(0))
 
 
 def writing_store(tmp_path: Path) -> tuple[Any, PartitionStore, dict[int, int], Changelog]:
@@ -163,31 +173,12 @@ async def test_a_late_writers_records_first_in_a_replay_after_own_ones_are_skipp
     db.close()
 
 
-class HeldChangelog:
-    """A changelog whose acknowledgements wait for the test (the broker is slow, or gone)."""
-
-    def __init__(self) -> None:
-        self.acks: list[asyncio.Future[Any]] = []
-
-    async def send(
-        self, partition: int, records: Sequence[tuple[bytes, bytes | None, list[Any]]]
-    ) -> list[tuple[Awaitable[Any], int]]:
-        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.acks.append(ack)
-        return [(ack, index) for index in range(len(records))]
-
-    def ack_all(self) -> None:
-        for ack in self.acks:
-            if not ack.done():
-                ack.set_result(Acked(0))
-
-
 async def test_a_database_is_marked_while_its_changes_wait_for_the_changelog(
     tmp_path: Path,
 ) -> None:
     db: Any = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
     dbs: dict[int, PartitionDB] = {0: db}
-    changelog = HeldChangelog()
+    changelog = Changelog(held=True)
     store = PartitionStore(lambda: dbs, lambda p: dbs[p], changelog.send)
     # Given a cancel applied locally (a job's due key deleted), its tombstone handed over
     store.put(0, b"D-job", b"v")
