@@ -275,6 +275,8 @@ class EngineState:
         #: the home partitions it read them for (app/guard.py, "Commands on other partitions").
         self._inbound_cursor: dict[int, int] = {}
         self._inbound_homes: frozenset[int] = frozenset()
+        #: Changes whenever partitions are revoked or assigned (app/guard.py, "Rebalances").
+        self._assignment_epoch = 0
         #: Set by a pass that held due jobs back for the ingest guard (app/guard.py).
         self.probe_wanted = asyncio.Event()
 

@@ -29,6 +29,13 @@ expecting moves is probed even with nothing held back: a bad command is dead-let
 landed, never moved, and only a probe (the committed offset passing it) ends the wait of its
 job.
 
+Rebalances. A probe takes a few round trips, and partitions may be revoked and assigned again
+meanwhile (Faust revokes them all at every rebalance). What it found then belongs to states that
+are gone: the new state of a partition has not noted the commands the probe passed over before
+(they were noted in the old one), so a safe time from that probe would free their jobs. A probe
+therefore applies nothing, notes nothing and moves no cursor when the assignment changed since it
+began (:attr:`assignment_epoch`), and never makes a state for a partition that has none.
+
 When the worker is caught up this costs one end-offsets round trip between a job's due time and
 its forward; when commands are in flight to the agent, two. When the agent lags, the jobs named
 by its backlog wait for it (late, never wrong). "Acknowledged" is with ``acks=all``: with
@@ -83,6 +90,15 @@ class IngestGuard(EngineState):
                 targets.append(partition)
         return targets
 
+    @property
+    def assignment_epoch(self) -> int:
+        """Changes whenever partitions are revoked or assigned (module doc, "Rebalances")."""
+        return self._assignment_epoch
+
+    def _stale(self, epoch: int | None) -> bool:
+        """Whether a probe begun at ``epoch`` began before the current assignment."""
+        return epoch is not None and epoch != self._assignment_epoch
+
     def observe_end_offsets(
         self,
         taken_ms: int,
@@ -90,6 +106,7 @@ class IngestGuard(EngineState):
         unapplied_ids: Mapping[int, frozenset[bytes] | None] | None = None,
         inbound_read: bool = True,
         committed: Mapping[int, int] | None = None,
+        epoch: int | None = None,
     ) -> None:
         """A probe taken at ``taken_ms`` found these end offsets (steps 2 and 3 of the doc).
 
@@ -101,9 +118,10 @@ class IngestGuard(EngineState):
         they pass are forgotten here, in the same step that installs what covers them (a pass
         in between would see neither), and only in partitions caught up or peeked: a peek
         that cannot tell covers nothing.
+        ``epoch``: the :attr:`assignment_epoch` the probe began at (None: now).
         """
         self.stats.ingest_probes += 1
-        if not inbound_read:
+        if not inbound_read or self._stale(epoch):
             return
         peeked = unapplied_ids or {}
         for partition, end in ends.items():
@@ -138,9 +156,12 @@ class IngestGuard(EngineState):
             state.probe = None
             self._advance(partition, probe[0])
 
-    def inbound_homes(self, homes: Collection[int]) -> None:
-        """The probe reads for these home partitions now: if one is new, read everything again
-        from the committed offsets (the commands for it were passed over)."""
+    def inbound_homes(self, homes: Collection[int], epoch: int | None = None) -> None:
+        """The probe (begun at ``epoch``) reads for these home partitions now: if one is new,
+        read everything again from the committed offsets (the commands for it were passed
+        over)."""
+        if self._stale(epoch):
+            return  # its reads are dropped; the next probe sees the new homes
         if not self._inbound_homes.issuperset(homes):
             self._inbound_cursor.clear()
         self._inbound_homes = frozenset(homes)
@@ -149,15 +170,22 @@ class IngestGuard(EngineState):
         """Where the probe reads ingest partition ``source`` for commands to move here."""
         return max(self._inbound_cursor.get(source, committed), committed)
 
-    def inbound_read_to(self, source: int, offset: int) -> None:
-        """The probe read ``source`` up to (not including) ``offset``."""
-        self._inbound_cursor[source] = offset
+    def inbound_read_to(self, source: int, offset: int, epoch: int | None = None) -> None:
+        """The probe begun at ``epoch`` read ``source`` up to (not including) ``offset``."""
+        if not self._stale(epoch):
+            self._inbound_cursor[source] = offset
 
-    def expect_move(self, home: int, job_id: bytes, source: int, offset: int) -> None:
-        """A command for ``job_id`` at ``source``@``offset`` is to be moved to ``home``."""
+    def expect_move(
+        self, home: int, job_id: bytes, source: int, offset: int, epoch: int | None = None
+    ) -> None:
+        """A command for ``job_id`` at ``source``@``offset`` is to be moved to ``home`` (read
+        by a probe begun at ``epoch``)."""
+        state = self._parts.get(home)
+        if state is None or self._stale(epoch):
+            return  # not this worker's (any more), or noted in a state that is gone
         if offset <= self.moved_offset(home, source):
             return
-        ids = self._state(home).inbound.setdefault(source, {})
+        ids = state.inbound.setdefault(source, {})
         ids.pop(job_id, None)  # re-inserted: the dict stays in offset order
         ids[job_id] = offset
 

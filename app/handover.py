@@ -63,9 +63,21 @@ class Handover(Firing):
                     await self.settled()
         except TimeoutError:
             log.warning("a firing pass did not end before the partitions were handed over")
+        self._assignment_epoch += 1  # a probe begun before frees nothing (app/guard.py)
         for partition in revoked:
             self._parts.pop(partition, None)
             self.store.forget(partition)
+
+    def assigned(self) -> None:
+        """A new assignment (before its tables are recovered): forget every partition state.
+
+        Faust revokes every partition before it assigns (an eager rebalance), and
+        :meth:`quiesce` forgot them then; a state here now was made since by work of the old
+        assignment finishing late (an ack, a probe). Its safe time and notes belong to no
+        assignment, so :meth:`sync_assignment` must start the partition afresh.
+        """
+        self._assignment_epoch += 1
+        self._parts.clear()
 
     async def send_fences(self, active: Collection[int], now: int) -> None:
         """Send the fence record of every active partition that waits for one."""

@@ -97,6 +97,7 @@ async def _probe(
             reader.pause(*every)
     targets = engine.probe_targets(active, now_ms())
     if targets:
+        epoch = engine.assignment_epoch  # a rebalance meanwhile voids it (app/guard.py)
         taken = now_ms()  # before the requests: the broker answers at or after it
         # Committed offsets first: the moves below them lie below the end offsets read next.
         committed = await committed_offsets.read()
@@ -105,10 +106,12 @@ async def _probe(
         starts = {partition: engine.applied_offset(partition) + 1 for partition in ends}
         unapplied = {p: (starts[p], end) for p, end in ends.items() if starts[p] < end}
         ids, inbound_read = await asyncio.gather(
-            _peek(consumer, unapplied), _read_inbound(inbound, active, committed, all_ends)
+            _peek(consumer, unapplied), _read_inbound(inbound, active, committed, all_ends, epoch)
         )
-        engine.observe_end_offsets(taken, ends, ids, inbound_read, committed)
-        if not inbound_read:
+        if engine.assignment_epoch != epoch:
+            log.info("ingest guard probe begun before a rebalance: dropped, probing again")
+        engine.observe_end_offsets(taken, ends, ids, inbound_read, committed, epoch)
+        if not inbound_read or engine.assignment_epoch != epoch:
             engine.probe_wanted.set()  # the next probe reads on from where this one stopped
     await _meet_stalled_probes(active, stalled)
 
@@ -155,11 +158,12 @@ class _Committed:
 
 
 async def _read_inbound(
-    consumer: Any, active: list[int], committed: dict[int, int], ends: dict[int, int]
+    consumer: Any, active: list[int], committed: dict[int, int], ends: dict[int, int], epoch: int
 ) -> bool:
     """Note the commands on other partitions for jobs at home here (app/guard.py, "Commands on
-    other partitions"); whether every partition was read up to its end offset in time."""
-    engine.inbound_homes(active)
+    other partitions"); whether every partition was read up to its end offset in time.
+    ``epoch``: the assignment the probe began in (nothing is noted for another)."""
+    engine.inbound_homes(active, epoch)
     homes = set(active)
     ranges = {}
     for source, end in ends.items():
@@ -181,7 +185,7 @@ async def _read_inbound(
                     for record in records:
                         if record.offset >= end:
                             break
-                        _note_inbound(record, tp.partition, homes)
+                        _note_inbound(record, tp.partition, homes, epoch)
                 for tp, (_start, end) in ranges.items():  # past transaction markers too
                     reached[tp] = min(end, await consumer.position(tp))
 
@@ -190,16 +194,16 @@ async def _read_inbound(
     finally:
         consumer.pause(*ranges)
         for tp, offset in reached.items():
-            engine.inbound_read_to(tp.partition, offset)
+            engine.inbound_read_to(tp.partition, offset, epoch)
     return all(reached[tp] >= end for tp, (_start, end) in ranges.items())
 
 
-def _note_inbound(record: Any, source: int, homes: set[int]) -> None:
+def _note_inbound(record: Any, source: int, homes: set[int], epoch: int) -> None:
     if not record.key or parse_moved_from([(str(n), v) for n, v in record.headers]) is not None:
         return
     home = home_partition(record.key, settings.partitions)
     if home != source and home in homes:
-        engine.expect_move(home, record.key, source, record.offset)
+        engine.expect_move(home, record.key, source, record.offset, epoch)
 
 
 async def _peek(

@@ -56,8 +56,10 @@ app.on_partitions_revoked.connect(cast(Any, hand_over))
 
 
 async def fresh_membership(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-    """A new assignment: the group's view is fresh, an earlier stand-still is past (freeze.py)."""
+    """A new assignment: the group's view is fresh, an earlier stand-still is past (freeze.py);
+    partition states made since the revocation belong to no assignment (app/handover.py)."""
     freeze_watch.assigned()
+    engine.assigned()
 
 
 app.on_partitions_assigned.connect(cast(Any, fresh_membership))

@@ -301,3 +301,52 @@ async def test_a_partition_revoked_and_assigned_again_reads_the_others_again(h: 
     h.engine.inbound_homes([0, 1])
     # Then the next probe reads partition 1 again from its committed offset
     assert h.engine.inbound_start(1, committed=100) == 100
+
+
+async def test_a_probe_that_straddles_a_rebalance_frees_no_job(h: Harness) -> None:
+    # Given job a due in partition 0, applied there up to offset 5, and a probe begun for it
+    h.schedule("a", NOW - 10)
+    h.engine.mark_applied(0, 5)
+    began = h.engine.assignment_epoch
+    h.engine.inbound_homes([0, 1], began)
+    # When every partition is revoked and assigned again while the probe reads: the commands
+    # for partition 0 it had noted went with the old state
+    await h.engine.quiesce([0, 1])
+    h.engine.assigned()
+    h.engine.sync_assignment(2, [0, 1])
+    h.engine.mark_applied(0, 5)  # the new assignment's agent got as far
+    # And the probe then reads on (from its cursor) and finds partition 0 caught up
+    h.engine.expect_move(0, b"b", 1, 520, began)
+    h.engine.inbound_read_to(1, 600, began)
+    h.engine.observe_end_offsets(NOW, {0: 6}, epoch=began)
+    # Then a pass forwards nothing: a waits for a probe begun in the new assignment
+    await fire(h, NOW)
+    assert h.forwarded_ids() == []
+    # And that probe reads the other partitions again from their committed offsets
+    now_epoch = h.engine.assignment_epoch
+    h.engine.inbound_homes([0, 1], now_epoch)
+    assert h.engine.inbound_start(1, committed=100) == 100
+    h.engine.observe_end_offsets(NOW, {0: 6}, epoch=now_epoch)
+    await fire(h, NOW)
+    assert h.forwarded_ids() == [b"a"]
+
+
+async def test_a_state_made_between_revocation_and_assignment_is_not_kept(h: Harness) -> None:
+    # Given job a due in partition 0, applied there up to offset 5
+    h.schedule("a", NOW - 10)
+    h.engine.mark_applied(0, 5)
+    # When, after the partitions were revoked, work of the old assignment finishing late
+    # makes a state for partition 0 and frees its due jobs (no probe of the new assignment)
+    await h.engine.quiesce([0, 1])
+    h.engine.mark_applied(0, 5)
+    h.engine.observe_end_offsets(NOW, {0: 6})
+    # And the same partitions are assigned again
+    h.engine.assigned()
+    h.engine.sync_assignment(2, [0, 1])
+    h.engine.mark_applied(0, 5)  # the new assignment's agent got as far
+    # Then a pass forwards nothing until a probe of the new assignment
+    await fire(h, NOW)
+    assert h.forwarded_ids() == []
+    h.engine.observe_end_offsets(NOW, {0: 6}, epoch=h.engine.assignment_epoch)
+    await fire(h, NOW)
+    assert h.forwarded_ids() == [b"a"]
