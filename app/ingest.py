@@ -490,6 +490,10 @@ def _applies_here(
 ) -> bool:
     """Whether a valid command is for this partition: not one to move, nor a move seen before."""
     moved_from = parse_moved_from(headers)
+    if moved_from is not None and not _from_a_worker(ctx, message.partition, job_id, moved_from):
+        # A producer's (or a mirror's) header, not a move: the command counts as written here.
+        headers = [(name, value) for name, value in headers if name != HEADER_MOVED_FROM]
+        moved_from = None
     if moved_from is None:
         return not _move_if_away(ctx, message, headers, job_id, gap)
     source, offset = moved_from
@@ -500,6 +504,18 @@ def _applies_here(
     if timestamp_ms is not None:
         ctx.engine.stats.move_lag_ms.append(max(0, ctx.clock() - timestamp_ms))
     return True
+
+
+def _from_a_worker(
+    ctx: IngestContext, partition: int, job_id: bytes, moved_from: tuple[int, int]
+) -> bool:
+    """Whether a record's :data:`HEADER_MOVED_FROM` can be a worker's move: a worker moves a
+    command only to its job's home, and only from another partition of the topic."""
+    if not ctx.partitions:
+        return True  # no moves in this configuration: nothing to tell them by
+    source, _offset = moved_from
+    home = home_partition(job_id, ctx.partitions)
+    return home == partition and source != partition and source < ctx.partitions
 
 
 async def _resume_moves(ctx: IngestContext, partition: int, batch: _Batch) -> None:
@@ -538,9 +554,10 @@ def _move_if_away(
 ) -> bool:
     """Move a command that landed off its job's home partition there (app/moving.py, step 1).
 
-    False if the command is home (or carries :data:`HEADER_MOVED_FROM`: applied where it lands).
+    False if the command is home. A worker's moves are always home: a
+    :data:`HEADER_MOVED_FROM` on a command elsewhere is not one, and is replaced.
     """
-    if not ctx.partitions or parse_moved_from(headers) is not None:
+    if not ctx.partitions:
         return False
     home = home_partition(job_id, ctx.partitions)
     if home == message.partition:

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from app.agents import catch_up
-from app.moving import home_partition, parse_moved_from
+from app.moving import home_partition
 from app.runtime import active_partitions, engine
 from app.service import app, settings
 from app.times import now_ms
@@ -199,7 +199,8 @@ async def _read_inbound(
 
 
 def _note_inbound(record: Any, source: int, homes: set[int], epoch: int) -> None:
-    if not record.key or parse_moved_from([(str(n), v) for n, v in record.headers]) is not None:
+    # A worker's move is home already; a command elsewhere is moved, whatever its headers say.
+    if not record.key:
         return
     home = home_partition(record.key, settings.partitions)
     if home != source and home in homes:

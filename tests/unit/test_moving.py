@@ -245,3 +245,39 @@ async def test_a_new_owner_moves_again_what_the_last_one_may_not_have(h: Harness
     # And the next batch marks every move below 10 acknowledged
     await wiring.apply(schedule(9, ids_at_home(0, 1)[0], NOW + 5))
     assert (0, MOVED_OUT_KEY, encode_due_ms(10)) in h.changelog
+
+
+async def test_a_moved_from_header_off_the_home_partition_is_no_move_the_command_is_moved(
+    h: Harness,
+) -> None:
+    # Given a schedule for a job at home in partition 1, written to partition 0 at offset 6 with
+    # a delayq-moved-from header of its own (a producer's, or copied by a mirror)
+    wiring = moving(h)
+    [job_id] = ids_at_home(1, 1)
+    forged = schedule(6, job_id, NOW + 5, partition=0)
+    forged = dataclasses.replace(forged, headers=[*forged.headers, (HEADER_MOVED_FROM, b"1:900")])
+    # When partition 0's agent applies it
+    await wiring.apply(forged)
+    await turn()
+    # Then it is not applied there, where nothing would find it, but moved home like any command
+    assert h.engine.get(0, job_id) is None
+    [(topic, partition, [(_key, _value, headers, _ts)])] = h.producer.record_batches
+    assert (topic, partition) == ("ingest", 1)
+    assert [v for n, v in headers if n == HEADER_MOVED_FROM] == [b"0:6"]
+    ack(h, 0)
+    await h.engine.moves_settled()
+
+
+async def test_a_moved_from_header_naming_its_own_partition_is_no_move(h: Harness) -> None:
+    # Given moves from partition 0 applied in partition 1 up to offset 4
+    wiring = moving(h)
+    [job_id, other] = ids_at_home(1, 2)
+    await wiring.apply(moved(schedule(4, other, NOW + 5, partition=0), 0, 4, at=10))
+    # When a schedule at home in partition 1 claims to be moved from partition 1 itself
+    record = schedule(11, job_id, NOW + 5, partition=1)
+    await wiring.apply(
+        dataclasses.replace(record, headers=[*record.headers, (HEADER_MOVED_FROM, b"1:3")])
+    )
+    # Then it is applied as the command it is, and no mark of moves from partition 1 is kept
+    assert h.engine.get(1, job_id) is not None
+    assert h.engine.moved_offset(1, 1) == -1
