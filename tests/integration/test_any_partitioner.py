@@ -245,6 +245,30 @@ async def test_a_bad_command_on_another_partition_is_dead_lettered_once(
     assert b"delayq-target" in headers_of(letters[0])["delayq-error"]
 
 
+async def test_a_command_carrying_a_moved_from_header_of_its_own_is_found_at_home(
+    start_worker: WorkerFactory, kafka: Kafka, ns: Namespace
+) -> None:
+    # Given a schedule written off its home partition with a delayq-moved-from header that no
+    # worker wrote (a producer's own, or a mirror's copy of another cluster's ingest topic)
+    worker = start_worker()
+    job_id = away_ids("mirrored", FNV1A, 1, ns.partitions)[0]
+    fnv = Librdkafka(kafka.bootstrap, FNV1A)
+    headers = [*schedule(ns.target(), now_ms() + 60_000), ("delayq-moved-from", b"0:12345")]
+    fnv.produce(ns.ingest, job_id, b"v", headers)
+    fnv.flush()
+    assert_landed_away(fnv, [job_id], ns.partitions)
+
+    # When it is looked up over HTTP
+    path = f"/jobs/{job_id.decode()}"
+    wait_for(lambda: http(worker, "GET", path)[0] == 200, "GET finds the job")
+
+    # Then it lives in its home partition, and a cancel finds it there
+    _status, body = http(worker, "GET", path)
+    assert body["partition"] == home(job_id, ns.partitions), body
+    status, body = http(worker, "DELETE", f"{path}?wait=true")
+    assert status == 200 and body["status"] == "cancelled", (status, body)
+
+
 async def test_a_sigkill_while_commands_are_moved_loses_none_and_applies_none_twice(
     start_worker: WorkerFactory, kafka: Kafka, ns: Namespace
 ) -> None:
